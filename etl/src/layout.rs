@@ -19,7 +19,10 @@ impl Layout {
     pub fn split_root(self, root: &Path, split: Split) -> PathBuf {
         match self {
             Layout::Plain => root.to_path_buf(),
-            Layout::Kaggle => root.join("MELD-RAW").join("MELD.Raw").join(split.meld_name()),
+            Layout::Kaggle => root
+                .join("MELD-RAW")
+                .join("MELD.Raw")
+                .join(split.meld_name()),
         }
     }
 

@@ -4,7 +4,11 @@ use anyhow::Result;
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
-#[command(name = "meld-etl", version, about = "MELD.Raw → training dataset (CSV + 5-frame JPEG mosaics + WAVs)")]
+#[command(
+    name = "meld-etl",
+    version,
+    about = "MELD.Raw → training dataset (CSV + 5-frame JPEG mosaics + WAVs)"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,

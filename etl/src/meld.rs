@@ -105,7 +105,14 @@ impl fmt::Display for ClipTime {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let ms = self.millis % 1000;
         let s = self.millis / 1000;
-        write!(f, "{:02}:{:02}:{:02},{:03}", s / 3600, (s / 60) % 60, s % 60, ms)
+        write!(
+            f,
+            "{:02}:{:02}:{:02},{:03}",
+            s / 3600,
+            (s / 60) % 60,
+            s % 60,
+            ms
+        )
     }
 }
 
@@ -153,7 +160,10 @@ mod tests {
     fn clip_names_parse_only_labelled_clips() {
         assert_eq!(parse_clip_file_name("dia12_utt3.mp4"), Some((12, 3)));
         assert_eq!(parse_clip_file_name(&clip_file_name(0, 19)), Some((0, 19)));
-        assert_eq!(parse_clip_file_name("final_videos_testdia12_utt3.mp4"), None);
+        assert_eq!(
+            parse_clip_file_name("final_videos_testdia12_utt3.mp4"),
+            None
+        );
         assert_eq!(parse_clip_file_name("dia12_utt.mp4"), None);
         assert_eq!(parse_clip_file_name("dia1_utt2.mkv"), None);
     }

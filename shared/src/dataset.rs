@@ -88,12 +88,16 @@ impl DatasetRow {
             opt(&self.x_audio),
             self.label.name().to_string(),
             opt(&self.x_visual_faces),
-            self.sentiment.map(|s| s.name().to_string()).unwrap_or_default(),
+            self.sentiment
+                .map(|s| s.name().to_string())
+                .unwrap_or_default(),
             self.season.map(|v| v.to_string()).unwrap_or_default(),
             self.episode.map(|v| v.to_string()).unwrap_or_default(),
             opt(&self.start_time),
             opt(&self.end_time),
-            self.clip_duration.map(|d| format!("{d:.3}")).unwrap_or_default(),
+            self.clip_duration
+                .map(|d| format!("{d:.3}"))
+                .unwrap_or_default(),
         ]
     }
 }
@@ -119,8 +123,14 @@ impl DatasetWriter {
         let tmp = PathBuf::from(tmp);
         let file = File::create(&tmp).map_err(|e| Error::io(&tmp, e))?;
         let mut writer = csv::Writer::from_writer(BufWriter::new(file));
-        let header: Vec<&str> = REFERENCE_COLUMNS.iter().chain(EXTRA_COLUMNS.iter()).copied().collect();
-        writer.write_record(&header).map_err(|e| csv_error(&tmp, e))?;
+        let header: Vec<&str> = REFERENCE_COLUMNS
+            .iter()
+            .chain(EXTRA_COLUMNS.iter())
+            .copied()
+            .collect();
+        writer
+            .write_record(&header)
+            .map_err(|e| csv_error(&tmp, e))?;
         Ok(DatasetWriter { path, tmp, writer })
     }
 
@@ -178,7 +188,11 @@ struct ColumnIndex {
 
 impl ColumnIndex {
     fn new(path: &Path, header: &csv::StringRecord) -> Result<Self> {
-        let known: Vec<&str> = REFERENCE_COLUMNS.iter().chain(EXTRA_COLUMNS.iter()).copied().collect();
+        let known: Vec<&str> = REFERENCE_COLUMNS
+            .iter()
+            .chain(EXTRA_COLUMNS.iter())
+            .copied()
+            .collect();
         let mut position = vec![None; known.len()];
         for (i, name) in header.iter().enumerate() {
             let name = name.trim_start_matches('\u{feff}').trim();
@@ -234,8 +248,9 @@ impl ColumnIndex {
         };
         let number = |k: usize| -> Result<u32> {
             let v = cell(k).trim();
-            v.parse()
-                .map_err(|_| field_error(k, format!("expected a non-negative integer, found `{v}`")))
+            v.parse().map_err(|_| {
+                field_error(k, format!("expected a non-negative integer, found `{v}`"))
+            })
         };
         let optional_number = |k: usize| -> Result<Option<u32>> {
             if cell(k).trim().is_empty() {
@@ -253,7 +268,10 @@ impl ColumnIndex {
             .map_err(|e| field_error(6, e.to_string()))?;
         let sentiment = match cell(8).trim() {
             "" => None,
-            v => Some(v.parse::<Sentiment>().map_err(|e| field_error(8, e.to_string()))?),
+            v => Some(
+                v.parse::<Sentiment>()
+                    .map_err(|e| field_error(8, e.to_string()))?,
+            ),
         };
         let clip_duration = match cell(13).trim() {
             "" => None,
@@ -318,7 +336,9 @@ mod tests {
         write_dataset(&path, &sample()).unwrap();
         assert!(!dir.path().join("train.csv.tmp").exists());
         let text = std::fs::read_to_string(&path).unwrap();
-        assert!(text.starts_with("dialogue,sequence,speaker,x_text,x_visual,x_audio,label,x_visual_faces,"));
+        assert!(text.starts_with(
+            "dialogue,sequence,speaker,x_text,x_visual,x_audio,label,x_visual_faces,"
+        ));
         let rows = read_dataset(&path).unwrap();
         let mut expected = sample();
         expected.sort_by_key(|r| r.key());
@@ -350,9 +370,16 @@ mod tests {
         )
         .unwrap();
         let err = read_dataset(&path).unwrap_err().to_string();
-        assert!(err.contains("line 3") && err.contains("`sequence`") && err.contains("`x`"), "{err}");
+        assert!(
+            err.contains("line 3") && err.contains("`sequence`") && err.contains("`x`"),
+            "{err}"
+        );
 
-        std::fs::write(&path, "dialogue,sequence,speaker,x_text,x_visual,x_audio,label\n0,0,A,ok,,,happy\n").unwrap();
+        std::fs::write(
+            &path,
+            "dialogue,sequence,speaker,x_text,x_visual,x_audio,label\n0,0,A,ok,,,happy\n",
+        )
+        .unwrap();
         let err = read_dataset(&path).unwrap_err().to_string();
         assert!(err.contains("`label`") && err.contains("happy"), "{err}");
 
