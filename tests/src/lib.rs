@@ -1,1 +1,92 @@
+//! Helpers for the end-to-end tests: locate the built binaries, run them, and inspect media through an
+//! independent path (the ffmpeg CLI tools), never through the code under test.
 
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+/// The directory of the built binaries: `MELD_BIN_DIR`, or the profile directory the test binary runs from
+/// (`target/release/deps/<test>` → `target/release`).
+pub fn bin_dir() -> PathBuf {
+    if let Some(dir) = std::env::var_os("MELD_BIN_DIR") {
+        return PathBuf::from(dir);
+    }
+    let exe = std::env::current_exe().expect("test executable path");
+    exe.parent()
+        .and_then(Path::parent)
+        .map(Path::to_path_buf)
+        .expect("test executable lives in target/<profile>/deps")
+}
+
+/// A command for one of the workspace's binaries (`meld-etl`, `erc-train`).
+pub fn bin(name: &str) -> Command {
+    let path = bin_dir().join(name);
+    assert!(
+        path.exists(),
+        "{} is not built: run `make test` (or `cargo build --release --bins` before `cargo test --release`)",
+        path.display()
+    );
+    Command::new(path)
+}
+
+/// Runs a command and returns its output, failing the test with its stderr if it exits non-zero.
+pub fn run_ok(cmd: &mut Command) -> Output {
+    let output = cmd.output().unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"));
+    assert!(
+        output.status.success(),
+        "{cmd:?} failed ({}):\n{}\n{}",
+        output.status,
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    output
+}
+
+/// ffprobe's JSON for a file's streams and format, or `None` if ffprobe cannot read it.
+pub fn ffprobe(path: &Path) -> Option<serde_json::Value> {
+    let output = Command::new("ffprobe")
+        .args(["-v", "error", "-print_format", "json", "-show_streams", "-show_format"])
+        .arg(path)
+        .output()
+        .expect("ffprobe is installed (apt package ffmpeg)");
+    if !output.status.success() {
+        return None;
+    }
+    serde_json::from_slice(&output.stdout).ok()
+}
+
+/// The stream of a given codec type (`video`, `audio`) in ffprobe's JSON.
+pub fn stream<'a>(probe: &'a serde_json::Value, kind: &str) -> Option<&'a serde_json::Value> {
+    probe["streams"]
+        .as_array()?
+        .iter()
+        .find(|s| s["codec_type"] == kind)
+}
+
+/// A numeric field that ffprobe prints as a string (`"duration": "2.460000"`).
+pub fn number(value: &serde_json::Value) -> f64 {
+    match value {
+        serde_json::Value::String(s) => s.parse().unwrap_or(f64::NAN),
+        v => v.as_f64().unwrap_or(f64::NAN),
+    }
+}
+
+/// Number of keyframes of the first video stream (ffprobe decodes only keyframes here, so it is quick).
+pub fn keyframe_count(path: &Path) -> usize {
+    let output = run_ok(Command::new("ffprobe").args([
+        "-v", "error", "-select_streams", "v:0", "-skip_frame", "nokey", "-show_entries", "frame=key_frame",
+        "-of", "csv=p=0",
+    ]).arg(path));
+    // ffprobe ends each csv line with a separator for the (empty) side-data section: `1,`.
+    String::from_utf8_lossy(&output.stdout)
+        .lines()
+        .filter(|l| l.trim().trim_end_matches(',') == "1")
+        .count()
+}
+
+/// Parses a CSV file into its header and records (independently of the project's readers).
+pub fn read_csv(path: &Path) -> (Vec<String>, Vec<csv::StringRecord>) {
+    let mut reader = csv::Reader::from_path(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    let header = reader.headers().expect("header").iter().map(str::to_string).collect();
+    let records = reader.records().map(|r| r.expect("record")).collect();
+    (header, records)
+}

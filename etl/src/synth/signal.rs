@@ -18,10 +18,12 @@ use rand::Rng;
 /// Probability that a modality's cue is the row's own emotion.
 pub const CUE_AGREEMENT: f64 = 0.85;
 
-/// The frequency of the tone planted in the audio of a clip whose audio cue is `emotion`: three semitones apart
-/// from 220 Hz, so no tone is a harmonic of another and all survive resampling to 8 kHz or more.
+/// The frequency of the tone planted in the audio of a clip whose audio cue is `emotion`: a geometric ladder from
+/// 220 Hz with ratio 1.16 (220 … 536 Hz). Not semitones of an equal-tempered scale: a step of 3 semitones puts the
+/// fifth tone an octave above the first, i.e. on its second harmonic. With ratio 1.16 every pair of tones is at least
+/// 0.1 away from an integer ratio, neighbours are ≥ 35 Hz apart, and all survive resampling to 8 kHz or more.
 pub fn tone_hz(emotion: Emotion) -> f64 {
-    220.0 * 2f64.powf(3.0 * emotion.index() as f64 / 12.0)
+    220.0 * 1.16f64.powi(emotion.index() as i32)
 }
 
 /// Words that signal each emotion; all are in GloVe's 6B vocabulary.
