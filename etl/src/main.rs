@@ -16,6 +16,12 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Extract the dataset: per-split CSVs, 5-frame JPEG mosaics and WAVs, failures.csv, manifest.json.
+    Extract(meld_etl::extract::ExtractArgs),
+    /// Report what a MELD.Raw tree holds (layout, rows, clips, missing/unlabelled/prefixed) without writing.
+    Scan(meld_etl::scan::ScanArgs),
+    /// Check a written dataset: every referenced file exists and decodes with the expected format.
+    Verify(meld_etl::verify::VerifyArgs),
     /// Write a MELD.Raw-shaped tree of synthetic clips with a learnable signal per modality.
     Synth(meld_etl::synth::SynthArgs),
 }
@@ -29,6 +35,21 @@ fn main() -> Result<()> {
         .with_writer(std::io::stderr)
         .init();
     match Cli::parse().command {
+        Command::Extract(args) => {
+            let summary = meld_etl::extract::run(&args)?;
+            if !summary.complete {
+                std::process::exit(130);
+            }
+            Ok(())
+        }
+        Command::Scan(args) => meld_etl::scan::run(&args).map(|_| ()),
+        Command::Verify(args) => {
+            let report = meld_etl::verify::run(&args)?;
+            if report.problems > 0 {
+                std::process::exit(1);
+            }
+            Ok(())
+        }
         Command::Synth(args) => meld_etl::synth::run(&args).map(|_| ()),
     }
 }
