@@ -1,1 +1,28 @@
+//! `erc-train`: a multimodal emotion-recognition trainer (candle) for MELD, a faithful re-implementation of the
+//! HLM12ERC experiments (see `shared/reference/hlm12erc-behaviour.md` §2, §3, §5, §6).
+//!
+//! The way through the code: [`config`] → [`dataset`] → [`model`] (encoders [`glove`], [`resnet`],
+//! [`waveform`]; [`fusion`]; [`head`]) → [`losses`] → [`train`] (with [`optim`] and [`metrics`]) → [`report`].
 
+pub mod attention;
+pub mod config;
+pub mod dataset;
+pub mod error;
+pub mod fusion;
+pub mod glove;
+pub mod head;
+pub mod im2col;
+pub mod losses;
+pub mod metrics;
+pub mod model;
+pub mod nn;
+pub mod optim;
+pub mod params;
+pub mod pool;
+pub mod report;
+pub mod resnet;
+pub mod train;
+pub mod waveform;
+
+pub use config::{Config, LoadedConfig};
+pub use error::{Error, Result};

@@ -1,1 +1,303 @@
-fn main() {}
+//! `erc-train`: train an experiment, evaluate a run folder, or check a config against a data folder.
+//! Argument parsing only; the work is in the `erc_train` library.
+
+use std::io::IsTerminal;
+use std::path::PathBuf;
+
+use anyhow::{bail, Context, Result};
+use candle_core::Device;
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use erc_train::config::Config;
+use erc_train::losses::Loss;
+use erc_train::model::Model;
+use erc_train::report::RunFolder;
+use erc_train::train::{self, glove_path, planned_steps, prepare, TrainOptions, VocabSource};
+use meld_shared::Split;
+
+/// Multimodal emotion-recognition trainer for MELD (HLM12ERC experiments, candle).
+///
+/// Without a subcommand: trains CONFIG on the dataset DATA (the output of `meld-etl extract`) and writes a run
+/// folder under OUT (config used, metrics.jsonl, summary.json, reports, plots, best weights).
+#[derive(Parser)]
+#[command(name = "erc-train", version, args_conflicts_with_subcommands = true)]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+    #[command(flatten)]
+    train: Option<TrainArgs>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Evaluate the best weights of a run folder on a split and print the classification report.
+    Eval(EvalArgs),
+    /// Validate a config and a data folder and print what would be trained.
+    Check(CheckArgs),
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum DeviceArg {
+    Cpu,
+    Cuda,
+}
+
+#[derive(Args)]
+struct TrainArgs {
+    /// Experiment config (YAML, the reference's keys).
+    #[arg(long)]
+    config: PathBuf,
+    /// Dataset folder written by `meld-etl extract` (train.csv, valid.csv, test.csv and media).
+    #[arg(long)]
+    data: PathBuf,
+    /// Where run folders are created.
+    #[arg(long, default_value = "runs")]
+    out: PathBuf,
+    #[arg(long, value_enum, default_value = "cpu")]
+    device: DeviceArg,
+    /// Overrides the config's `seed`.
+    #[arg(long)]
+    seed: Option<u64>,
+    /// Overrides the config's `epochs`.
+    #[arg(long)]
+    epochs: Option<usize>,
+    /// Overrides the config's `batch_size`.
+    #[arg(long)]
+    batch_size: Option<usize>,
+    /// GloVe vectors (`glove.6B.50d.txt`); default: the config's `text_glove_path`, else models/.
+    #[arg(long)]
+    glove: Option<PathBuf>,
+    /// Use only the first N rows of each split (quick smoke runs).
+    #[arg(long)]
+    max_rows: Option<usize>,
+}
+
+#[derive(Args)]
+struct EvalArgs {
+    /// A run folder written by a training run.
+    #[arg(long)]
+    run: PathBuf,
+    /// valid (or dev) or test.
+    #[arg(long, default_value = "valid")]
+    split: String,
+    /// Dataset folder; default: the one the run was trained on.
+    #[arg(long)]
+    data: Option<PathBuf>,
+    #[arg(long, value_enum, default_value = "cpu")]
+    device: DeviceArg,
+    /// Evaluation batch size; default: the training batch size (it matters with cross-batch attention).
+    #[arg(long)]
+    batch_size: Option<usize>,
+}
+
+#[derive(Args)]
+struct CheckArgs {
+    #[arg(long)]
+    config: PathBuf,
+    #[arg(long)]
+    data: PathBuf,
+    #[arg(long)]
+    glove: Option<PathBuf>,
+}
+
+fn device(arg: DeviceArg) -> Result<(Device, String)> {
+    match arg {
+        DeviceArg::Cpu => Ok((Device::Cpu, "cpu".into())),
+        DeviceArg::Cuda => Ok((
+            Device::new_cuda(0).context("--device cuda (build with `--features cuda`)")?,
+            "cuda:0".into(),
+        )),
+    }
+}
+
+fn main() -> Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
+        .init();
+    let cli = Cli::parse();
+    match (cli.command, cli.train) {
+        (Some(Command::Eval(args)), _) => eval(args),
+        (Some(Command::Check(args)), _) => check(args),
+        (None, Some(args)) => run_training(args),
+        (None, None) => bail!("nothing to do: pass --config and --data to train (see --help)"),
+    }
+}
+
+fn run_training(args: TrainArgs) -> Result<()> {
+    let mut loaded = Config::load(&args.config)?;
+    let config = &mut loaded.config;
+    if args.seed.is_some() {
+        config.seed = args.seed;
+    }
+    if args.epochs.is_some() {
+        config.epochs = args.epochs;
+    }
+    if args.batch_size.is_some() {
+        config.batch_size = args.batch_size;
+    }
+    if args.epochs == Some(0) || args.batch_size == Some(0) {
+        bail!("--epochs and --batch-size must be positive");
+    }
+    let glove = glove_path(config, args.glove.as_deref());
+    let (device, device_name) = device(args.device)?;
+    let prepared = prepare(
+        loaded,
+        &args.data,
+        VocabSource::GloveFile(glove),
+        args.max_rows,
+    )?;
+    let options = TrainOptions {
+        data: args.data.clone(),
+        out: args.out.clone(),
+        device,
+        device_name,
+        glove: args.glove.clone(),
+        progress: std::io::stderr().is_terminal(),
+    };
+    let (run, summary) = train::train(prepared, &options)?;
+    println!("{}", summary.table());
+    let report = run.join("report-valid.txt");
+    if let Ok(text) = std::fs::read_to_string(&report) {
+        println!("classification report (valid, best epoch):\n{text}");
+    }
+    println!("run folder: {}", run.display());
+    Ok(())
+}
+
+fn eval(args: EvalArgs) -> Result<()> {
+    let run = RunFolder::open(&args.run)?;
+    let info = run.run_info()?;
+    let data = match args.data {
+        Some(d) => d,
+        None => PathBuf::from(
+            info["data"]
+                .as_str()
+                .context("run.json has no `data`: pass --data")?,
+        ),
+    };
+    let split: Split = args.split.parse()?;
+    let loaded = Config::load(&run.config())?;
+    let seed = loaded.config.seed();
+    let batch_size = args.batch_size.unwrap_or(loaded.config.batch_size());
+    let vocab_path = run.vocab();
+    let prepared = prepare(loaded, &data, VocabSource::RunWords(&vocab_path), None)?;
+    let (device, _) = device(args.device)?;
+    let model = Model::build(
+        &prepared.config.config,
+        prepared.vocab.as_ref(),
+        &device,
+        seed,
+    )?;
+    model.store.load(&run.weights())?;
+    let loss = Loss::new(&prepared.config.config);
+    let data = match split {
+        Split::Train => &prepared.train,
+        Split::Dev => &prepared.valid,
+        Split::Test => &prepared.test,
+    };
+    let eval = train::evaluate(
+        &model,
+        data,
+        &prepared.prep,
+        batch_size,
+        &loss,
+        &prepared.classes,
+    )?;
+    println!(
+        "{} on {} ({} rows, batch {batch_size}): weighted F1 {:.4}, accuracy {:.4}, loss {:.4}\n",
+        args.run.display(),
+        split,
+        data.len(),
+        eval.metrics.f1_weighted,
+        eval.metrics.accuracy,
+        eval.loss
+    );
+    println!("{}", eval.metrics.report());
+    Ok(())
+}
+
+fn check(args: CheckArgs) -> Result<()> {
+    let loaded = Config::load(&args.config)?;
+    let config = loaded.config.clone();
+    let glove = glove_path(&config, args.glove.as_deref());
+    let prepared = prepare(loaded, &args.data, VocabSource::GloveFile(glove), None)?;
+    let model = Model::build(
+        &config,
+        prepared.vocab.as_ref(),
+        &Device::Cpu,
+        config.seed(),
+    )?;
+    let (per_epoch, total) = planned_steps(
+        train::epoch_len(&config, &prepared.train.labels),
+        config.batch_size(),
+        config.epochs(),
+    );
+    println!(
+        "config   {} ({})",
+        args.config.display(),
+        config.classifier_name
+    );
+    println!(
+        "encoders text {:?}, visual {:?}, audio {:?}; fusion {:?} ({} features); loss {}",
+        config.modules_text_encoder,
+        config.modules_visual_encoder,
+        config.modules_audio_encoder,
+        config.modules_fusion,
+        model.fusion_features(),
+        config.classifier_loss_fn
+    );
+    if let Some(spec) = prepared.prep.visual {
+        println!(
+            "images   {:?} per item ({:?} crop)",
+            spec.shape(),
+            spec.crop
+        );
+    }
+    if let Some(spec) = prepared.prep.audio {
+        println!(
+            "audio    {} samples per item ({:?})",
+            spec.samples, spec.input
+        );
+    }
+    if let Some(vocab) = &prepared.vocab {
+        println!(
+            "glove    {} of {} vectors used by this data ({}-d)",
+            vocab.len(),
+            vocab.file_words,
+            vocab.dim
+        );
+    }
+    println!("parameters {} trainable", model.store.parameter_count());
+    for (module, count) in model.store.parameter_count_by_module() {
+        println!("  {module:<8} {count:>12}");
+    }
+    println!(
+        "training {} epochs x {per_epoch} steps (batch {}) = {total} steps, warm-up {}, lr {:e}, weight decay {}",
+        config.epochs(),
+        config.batch_size(),
+        config.classifier_warmup_steps,
+        config.classifier_learning_rate,
+        config.classifier_weight_decay
+    );
+    println!(
+        "{:<6} {:>6} {:>15} {:>14}",
+        "split", "rows", "missing images", "missing audio"
+    );
+    for (data, media) in [&prepared.train, &prepared.valid, &prepared.test]
+        .iter()
+        .zip(prepared.media.iter())
+    {
+        println!(
+            "{:<6} {:>6} {:>15} {:>14}",
+            data.split.dataset_name(),
+            data.len(),
+            media.missing_visual,
+            media.missing_audio
+        );
+    }
+    Ok(())
+}

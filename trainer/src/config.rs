@@ -1,0 +1,795 @@
+//! Experiment configuration: the reference's YAML keys (behaviour spec §6), unchanged, plus a few keys of ours.
+//!
+//! The reference's 30 experiment files load as they are. Keys of ours (all optional):
+//! * `epochs`, `batch_size`, `seed` — what the reference passed outside its YAML (Table 4: 10/15 epochs,
+//!   batch 64/16/11/8); the command line overrides them;
+//! * `text_glove_path` — the `glove.*.txt` file (`--glove` overrides; default `models/glove.6B.<dim>d.txt`);
+//! * `text_context: dialogue | utterance` — the reference's whole-dialogue prompt (quirk Q14) or the row's own
+//!   turn only;
+//! * `visual_crop: reference | full` — the reference's top-left 256x721 crop (quirk Q6) or the whole mosaic;
+//! * `visual_short_side` — the short side of the resized mosaic (256 in the reference; smaller for quick tests);
+//! * `attention_scope: batch | sample` — the reference's attention across the batch (quirk Q7) or per sample;
+//! * `audio_input: reference | normalized_mono` — interleaved int16-scale samples as written (Q12/Q13) or the
+//!   channel mean scaled to [-1, 1];
+//! * `classifier_loss_fn: ce` (and `ce+triplet`) — cross-entropy on logits, the correction of quirk Q8 (`cce`).
+//!
+//! Unknown keys, wrong types and missing required keys are errors that name the file, the key and what is
+//! allowed. Parts of the model that later issues build (GPT-2, wav2vec2, face-only preprocessing) load fine
+//! but [`Config::require_buildable`] rejects them with an error naming the part.
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, Result};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TextEncoder {
+    None,
+    Glove,
+    Gpt2,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum VisualEncoder {
+    None,
+    Resnet50,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AudioEncoder {
+    None,
+    Waveform,
+    Wav2vec2,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Fusion {
+    Concat,
+    MultiHeadedAttn,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum BestMetric {
+    F1Weighted,
+    Acc,
+    Loss,
+}
+
+/// How the mosaic becomes the image tensor (§2.3).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum VisualCrop {
+    /// Top-left crop of height S and width L of the S-wide resized mosaic, zero padded (quirk Q6).
+    Reference,
+    /// The whole resized mosaic.
+    Full,
+}
+
+/// What attention layers attend over (quirk Q7).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AttentionScope {
+    /// The (B, D) batch is one sequence of length B: samples attend to each other (the reference).
+    Batch,
+    /// Each sample is its own sequence of length 1.
+    Sample,
+}
+
+/// What the text encoder reads (§2.2, quirk Q14).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TextContext {
+    /// The dialogue prompt: every earlier turn of the dialogue, then the row's own (the reference).
+    Dialogue,
+    /// The row's own turn only.
+    Utterance,
+}
+
+/// How the WAV becomes the audio vector (§2.5).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AudioInput {
+    /// All samples as written, channels interleaved, int16 scale (quirks Q12/Q13).
+    Reference,
+    /// Mean over channels, scaled to [-1, 1].
+    NormalizedMono,
+}
+
+/// The classifier part of the loss.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ClassifierLoss {
+    /// Cross-entropy applied to the softmax probabilities (double softmax, quirk Q8) — the reference's `cce`.
+    Cce,
+    /// Cross-entropy on the logits (the corrected option).
+    Ce,
+    Dice,
+    Focal,
+}
+
+/// `classifier_loss_fn`: a classifier loss, optionally `+triplet`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct LossFn {
+    pub classifier: ClassifierLoss,
+    pub triplet: bool,
+}
+
+impl LossFn {
+    pub const ALLOWED: &'static str =
+        "cce, ce, dice, focal, cce+triplet, ce+triplet, dice+triplet, focal+triplet";
+}
+
+impl TryFrom<String> for LossFn {
+    type Error = String;
+
+    fn try_from(value: String) -> std::result::Result<Self, String> {
+        let (base, triplet) = match value.strip_suffix("+triplet") {
+            Some(base) => (base, true),
+            None => (value.as_str(), false),
+        };
+        let classifier = match base {
+            "cce" => ClassifierLoss::Cce,
+            "ce" => ClassifierLoss::Ce,
+            "dice" => ClassifierLoss::Dice,
+            "focal" => ClassifierLoss::Focal,
+            _ => {
+                return Err(format!(
+                    "classifier_loss_fn: unknown loss `{value}`, expected one of {}",
+                    LossFn::ALLOWED
+                ))
+            }
+        };
+        Ok(LossFn {
+            classifier,
+            triplet,
+        })
+    }
+}
+
+impl From<LossFn> for String {
+    fn from(loss: LossFn) -> String {
+        loss.to_string()
+    }
+}
+
+impl fmt::Display for LossFn {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let base = match self.classifier {
+            ClassifierLoss::Cce => "cce",
+            ClassifierLoss::Ce => "ce",
+            ClassifierLoss::Dice => "dice",
+            ClassifierLoss::Focal => "focal",
+        };
+        write!(f, "{base}{}", if self.triplet { "+triplet" } else { "" })
+    }
+}
+
+/// One layer of the feed-forward head (§3.8).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FeedForwardLayer {
+    #[serde(default)]
+    pub out_features: Option<i64>,
+    #[serde(default)]
+    pub dropout: Option<f64>,
+}
+
+fn default_name() -> String {
+    "untagged".into()
+}
+fn default_lr() -> f64 {
+    5e-5
+}
+fn default_wd() -> f64 {
+    0.1
+}
+fn default_warmup() -> usize {
+    500
+}
+fn default_epsilon() -> f64 {
+    1e-8
+}
+fn default_loss() -> LossFn {
+    LossFn {
+        classifier: ClassifierLoss::Cce,
+        triplet: false,
+    }
+}
+fn default_true() -> bool {
+    true
+}
+fn default_metric() -> BestMetric {
+    BestMetric::Loss
+}
+fn default_text() -> TextEncoder {
+    TextEncoder::None
+}
+fn default_visual() -> VisualEncoder {
+    VisualEncoder::None
+}
+fn default_audio() -> AudioEncoder {
+    AudioEncoder::None
+}
+fn default_fusion() -> Fusion {
+    Fusion::Concat
+}
+fn default_crop() -> VisualCrop {
+    VisualCrop::Reference
+}
+fn default_scope() -> AttentionScope {
+    AttentionScope::Batch
+}
+fn default_text_context() -> TextContext {
+    TextContext::Dialogue
+}
+fn default_audio_input() -> AudioInput {
+    AudioInput::Reference
+}
+
+/// An experiment (ERCConfig of the reference, §6, plus our keys).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    pub classifier_classes: Vec<String>,
+    #[serde(default = "default_name")]
+    pub classifier_name: String,
+    #[serde(default = "default_lr")]
+    pub classifier_learning_rate: f64,
+    #[serde(default = "default_wd")]
+    pub classifier_weight_decay: f64,
+    #[serde(default = "default_warmup")]
+    pub classifier_warmup_steps: usize,
+    #[serde(default = "default_epsilon")]
+    pub classifier_epsilon: f64,
+    #[serde(default = "default_loss")]
+    pub classifier_loss_fn: LossFn,
+    #[serde(default)]
+    pub classifier_early_stopping_patience: Option<i64>,
+    #[serde(default = "default_metric")]
+    pub classifier_metric_for_best_model: BestMetric,
+
+    #[serde(default)]
+    pub losses_focal_alpha: Option<Vec<f64>>,
+    #[serde(default)]
+    pub losses_focal_gamma: Option<f64>,
+    #[serde(default)]
+    pub losses_focal_reduction: Option<String>,
+
+    #[serde(default = "default_text")]
+    pub modules_text_encoder: TextEncoder,
+    #[serde(default = "default_visual")]
+    pub modules_visual_encoder: VisualEncoder,
+    #[serde(default = "default_audio")]
+    pub modules_audio_encoder: AudioEncoder,
+    #[serde(default = "default_fusion")]
+    pub modules_fusion: Fusion,
+
+    #[serde(default)]
+    pub text_in_features: Option<i64>,
+    #[serde(default)]
+    pub text_out_features: Option<i64>,
+    #[serde(default)]
+    pub text_limit_to_n_last_tokens: Option<i64>,
+    #[serde(default = "default_true")]
+    pub text_l2norm: bool,
+
+    #[serde(default)]
+    pub audio_in_features: Option<i64>,
+    #[serde(default)]
+    pub audio_out_features: Option<i64>,
+    #[serde(default)]
+    pub audio_waveform_attention_heads_degree: Option<i64>,
+    #[serde(default = "default_true")]
+    pub audio_l2norm: bool,
+
+    #[serde(default)]
+    pub visual_preprocess_faceonly: Option<bool>,
+    #[serde(default)]
+    pub visual_preprocess_retinaface_weights_path: Option<String>,
+    #[serde(default)]
+    pub visual_in_features: Option<Vec<i64>>,
+    #[serde(default)]
+    pub visual_out_features: Option<i64>,
+    #[serde(default = "default_true")]
+    pub visual_l2norm: bool,
+
+    #[serde(default)]
+    pub fusion_attention_heads_degree: Option<i64>,
+    #[serde(default)]
+    pub fusion_out_features: Option<i64>,
+
+    #[serde(default)]
+    pub feedforward_l2norm: bool,
+    #[serde(default)]
+    pub feedforward_layers: Option<Vec<FeedForwardLayer>>,
+
+    // ---- keys of ours ----
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub epochs: Option<usize>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub batch_size: Option<usize>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub seed: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub text_glove_path: Option<String>,
+    #[serde(default = "default_text_context")]
+    pub text_context: TextContext,
+    #[serde(default = "default_crop")]
+    pub visual_crop: VisualCrop,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub visual_short_side: Option<usize>,
+    #[serde(default = "default_scope")]
+    pub attention_scope: AttentionScope,
+    #[serde(default = "default_audio_input")]
+    pub audio_input: AudioInput,
+}
+
+/// Defaults for our keys when neither the config nor the command line sets them.
+pub const DEFAULT_EPOCHS: usize = 10;
+pub const DEFAULT_BATCH_SIZE: usize = 64;
+pub const DEFAULT_SEED: u64 = 42;
+/// The reference's resize target (torchvision `Resize(256)`).
+pub const REFERENCE_SHORT_SIDE: usize = 256;
+
+/// A config and the file it came from (errors name the file).
+#[derive(Debug, Clone)]
+pub struct LoadedConfig {
+    pub path: PathBuf,
+    pub config: Config,
+}
+
+impl Config {
+    /// Reads and validates a YAML config file.
+    pub fn load(path: &Path) -> Result<LoadedConfig> {
+        let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+        let config = Config::parse(path, &text)?;
+        Ok(LoadedConfig {
+            path: path.to_path_buf(),
+            config,
+        })
+    }
+
+    /// Parses and validates YAML text; `path` is only used in error messages.
+    pub fn parse(path: &Path, text: &str) -> Result<Config> {
+        let config: Config = yaml_serde::from_str(text).map_err(|e| Error::Config {
+            path: path.to_path_buf(),
+            message: e.to_string(),
+        })?;
+        config.validate(path)?;
+        Ok(config)
+    }
+
+    fn invalid(path: &Path, key: &str, message: impl fmt::Display) -> Error {
+        Error::Config {
+            path: path.to_path_buf(),
+            message: format!("{key}: {message}"),
+        }
+    }
+
+    /// Checks what serde cannot: values that must agree with each other.
+    fn validate(&self, path: &Path) -> Result<()> {
+        let bad = |key: &str, message: String| Err(Config::invalid(path, key, message));
+        if self.classifier_classes.is_empty() {
+            return bad("classifier_classes", "expected at least one class".into());
+        }
+        let mut sorted = self.classifier_classes.clone();
+        sorted.sort();
+        sorted.dedup();
+        if sorted.len() != self.classifier_classes.len() {
+            return bad("classifier_classes", "a class is listed twice".into());
+        }
+        for class in &self.classifier_classes {
+            if class.parse::<meld_shared::Emotion>().is_err() {
+                return bad(
+                    "classifier_classes",
+                    format!(
+                        "unknown class `{class}`, expected MELD's emotions: {}",
+                        meld_shared::Emotion::ALL.map(|e| e.name()).join(", ")
+                    ),
+                );
+            }
+        }
+        // written so that NaN is rejected too
+        if self.classifier_learning_rate.is_nan() || self.classifier_learning_rate <= 0.0 {
+            return bad(
+                "classifier_learning_rate",
+                format!(
+                    "expected a positive number, found {}",
+                    self.classifier_learning_rate
+                ),
+            );
+        }
+        if self.classifier_weight_decay < 0.0 {
+            return bad(
+                "classifier_weight_decay",
+                "expected a non-negative number".into(),
+            );
+        }
+        if self.classifier_loss_fn.classifier == ClassifierLoss::Focal {
+            match &self.losses_focal_alpha {
+                None => {
+                    return bad(
+                        "losses_focal_alpha",
+                        format!(
+                            "required by `classifier_loss_fn: {}`: one value per class ({})",
+                            self.classifier_loss_fn,
+                            self.classifier_classes.len()
+                        ),
+                    )
+                }
+                Some(alpha) if alpha.len() != self.classifier_classes.len() => {
+                    return bad(
+                        "losses_focal_alpha",
+                        format!(
+                            "expected one value per class ({}), found {}",
+                            self.classifier_classes.len(),
+                            alpha.len()
+                        ),
+                    )
+                }
+                _ => {}
+            }
+        }
+        if self.modules_text_encoder == TextEncoder::None
+            && self.modules_visual_encoder == VisualEncoder::None
+            && self.modules_audio_encoder == AudioEncoder::None
+        {
+            return bad(
+                "modules_text_encoder",
+                "every encoder is `none`: at least one modality is needed".into(),
+            );
+        }
+        if self.modules_text_encoder == TextEncoder::Glove {
+            match self.text_out_features {
+                Some(d) if d > 0 => {}
+                other => {
+                    return bad(
+                        "text_out_features",
+                        format!("`modules_text_encoder: glove` needs the GloVe dimension (e.g. 50), found {other:?}"),
+                    )
+                }
+            }
+        }
+        if self.modules_audio_encoder != AudioEncoder::None {
+            match self.audio_in_features {
+                Some(n) if n > 0 => {}
+                other => {
+                    return bad(
+                        "audio_in_features",
+                        format!("an audio encoder needs the number of samples kept (e.g. 150000), found {other:?}"),
+                    )
+                }
+            }
+        }
+        if self.modules_audio_encoder == AudioEncoder::Waveform {
+            match self.audio_out_features {
+                Some(n) if n > 0 => {}
+                other => {
+                    let message =
+                        format!("a waveform encoder needs a positive width, found {other:?}");
+                    return bad("audio_out_features", message);
+                }
+            }
+        }
+        if let Some(degree) = self.audio_waveform_attention_heads_degree {
+            if degree < 1 {
+                return bad(
+                    "audio_waveform_attention_heads_degree",
+                    format!("expected a positive integer or null, found {degree}"),
+                );
+            }
+        }
+        if self.modules_fusion == Fusion::MultiHeadedAttn {
+            match self.fusion_out_features {
+                Some(n) if n > 0 => {}
+                other => {
+                    return bad(
+                        "fusion_out_features",
+                        format!("`modules_fusion: multi_headed_attn` needs a positive width, found {other:?}"),
+                    )
+                }
+            }
+            match self.fusion_attention_heads_degree {
+                Some(n) if n > 0 => {}
+                other => {
+                    return bad(
+                        "fusion_attention_heads_degree",
+                        format!("`modules_fusion: multi_headed_attn` needs a positive degree, found {other:?}"),
+                    )
+                }
+            }
+        }
+        for (i, layer) in self.feedforward_layers.iter().flatten().enumerate() {
+            if let Some(n) = layer.out_features {
+                if n <= 0 {
+                    return bad(
+                        &format!("feedforward_layers[{i}].out_features"),
+                        format!("expected a positive integer or null, found {n}"),
+                    );
+                }
+            }
+            if let Some(p) = layer.dropout {
+                if !(0.0..1.0).contains(&p) {
+                    return bad(
+                        &format!("feedforward_layers[{i}].dropout"),
+                        format!("expected a probability in [0, 1), found {p}"),
+                    );
+                }
+            }
+        }
+        if self.epochs == Some(0) {
+            return bad("epochs", "expected a positive integer".into());
+        }
+        if self.batch_size == Some(0) {
+            return bad("batch_size", "expected a positive integer".into());
+        }
+        if let Some(side) = self.visual_short_side {
+            if side < 32 {
+                return bad(
+                    "visual_short_side",
+                    format!(
+                        "expected at least 32 pixels (ResNet-50 downsamples 32x), found {side}"
+                    ),
+                );
+            }
+        }
+        Ok(())
+    }
+
+    /// Rejects configs that need parts of the model this version does not have yet, naming the part.
+    pub fn require_buildable(&self, path: &Path) -> Result<()> {
+        let not_built = |key: &'static str, value: &str, part: &'static str| {
+            Err(Error::NotBuilt {
+                path: path.to_path_buf(),
+                key,
+                value: value.to_string(),
+                part,
+            })
+        };
+        if self.modules_text_encoder == TextEncoder::Gpt2 {
+            return not_built(
+                "modules_text_encoder",
+                "gpt2",
+                "the GPT-2 text encoder (backbones issue)",
+            );
+        }
+        if self.modules_audio_encoder == AudioEncoder::Wav2vec2 {
+            return not_built(
+                "modules_audio_encoder",
+                "wav2vec2",
+                "the wav2vec 2.0 audio encoder (backbones issue)",
+            );
+        }
+        if self.visual_preprocess_faceonly == Some(true) {
+            return not_built(
+                "visual_preprocess_faceonly",
+                "true",
+                "the RetinaFace face-only preprocessing (face-detection issue)",
+            );
+        }
+        Ok(())
+    }
+
+    /// Class names in the order of the class indices: alphabetical, as the reference encodes them (§2.6).
+    pub fn classes(&self) -> Vec<String> {
+        let mut classes = self.classifier_classes.clone();
+        classes.sort();
+        classes
+    }
+
+    pub fn epochs(&self) -> usize {
+        self.epochs.unwrap_or(DEFAULT_EPOCHS)
+    }
+
+    pub fn batch_size(&self) -> usize {
+        self.batch_size.unwrap_or(DEFAULT_BATCH_SIZE)
+    }
+
+    pub fn seed(&self) -> u64 {
+        self.seed.unwrap_or(DEFAULT_SEED)
+    }
+
+    pub fn short_side(&self) -> usize {
+        self.visual_short_side.unwrap_or(REFERENCE_SHORT_SIDE)
+    }
+
+    /// Early-stopping patience; `None` (null or ≤ 0 in the config) disables early stopping.
+    pub fn patience(&self) -> Option<usize> {
+        self.classifier_early_stopping_patience
+            .filter(|p| *p > 0)
+            .map(|p| p as usize)
+    }
+
+    pub fn focal_gamma(&self) -> f64 {
+        self.losses_focal_gamma.unwrap_or(2.0)
+    }
+
+    /// The reference sums unless the reduction is (null or) "mean".
+    pub fn focal_mean(&self) -> bool {
+        matches!(self.losses_focal_reduction.as_deref(), None | Some("mean"))
+    }
+
+    pub fn uses_text(&self) -> bool {
+        self.modules_text_encoder != TextEncoder::None
+    }
+
+    pub fn uses_visual(&self) -> bool {
+        self.modules_visual_encoder != VisualEncoder::None
+    }
+
+    pub fn uses_audio(&self) -> bool {
+        self.modules_audio_encoder != AudioEncoder::None
+    }
+
+    /// Number of audio samples kept per item (`audio_in_features`).
+    pub fn audio_samples(&self) -> usize {
+        self.audio_in_features.unwrap_or(0).max(0) as usize
+    }
+
+    /// The config as YAML (what a run folder keeps as "the config used").
+    pub fn to_yaml(&self) -> Result<String> {
+        yaml_serde::to_string(self)
+            .map_err(|e| Error::Other(format!("cannot write config as YAML: {e}")))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MINIMAL: &str =
+        "classifier_classes: [anger, joy]\nmodules_text_encoder: glove\ntext_out_features: 50\n";
+
+    fn err(text: &str) -> String {
+        Config::parse(Path::new("x.yml"), text)
+            .unwrap_err()
+            .to_string()
+    }
+
+    #[test]
+    fn every_reference_config_loads() {
+        // A verbatim copy of the reference repository's configs/ folder.
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/reference-configs");
+        let mut n = 0;
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.extension().and_then(|e| e.to_str()) != Some("yml") {
+                continue;
+            }
+            let loaded = Config::load(&path).unwrap_or_else(|e| panic!("{e}"));
+            assert!(!loaded.config.classifier_classes.is_empty());
+            n += 1;
+        }
+        assert_eq!(n, 32, "30 experiments + final.yml + _mock.yml");
+    }
+
+    #[test]
+    fn our_configs_load_and_match_the_table() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../configs");
+        let mut names = Vec::new();
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.extension().and_then(|e| e.to_str()) != Some("yml") {
+                continue;
+            }
+            let loaded = Config::load(&path).unwrap_or_else(|e| panic!("{e}"));
+            let c = loaded.config;
+            assert!(
+                c.epochs.is_some() && c.batch_size.is_some() && c.seed.is_some(),
+                "{}",
+                path.display()
+            );
+            names.push(path.file_stem().unwrap().to_string_lossy().to_string());
+        }
+        for row in [
+            "baseline-cce",
+            "t-um-glove",
+            "a-um-waveform",
+            "final-i10-best-l2norm_off",
+        ] {
+            assert!(names.iter().any(|n| n == row), "configs/{row}.yml missing");
+        }
+        let c = Config::load(&dir.join("losses-dice_triplet.yml"))
+            .unwrap()
+            .config;
+        assert_eq!(c.batch_size, Some(11));
+        assert!(c.classifier_loss_fn.triplet);
+        let c = Config::load(&dir.join("final-i03-waveform-200Kx768.yml"))
+            .unwrap()
+            .config;
+        assert_eq!(c.audio_out_features, Some(768), "row 22 ran with A = 768");
+    }
+
+    #[test]
+    fn defaults_follow_the_reference() {
+        let c = Config::parse(Path::new("x.yml"), MINIMAL).unwrap();
+        assert_eq!(c.classifier_learning_rate, 5e-5);
+        assert_eq!(c.classifier_warmup_steps, 500);
+        assert_eq!(c.classifier_loss_fn.to_string(), "cce");
+        assert_eq!(c.classifier_metric_for_best_model, BestMetric::Loss);
+        assert!(c.text_l2norm && c.audio_l2norm && c.visual_l2norm && !c.feedforward_l2norm);
+        assert_eq!(c.visual_crop, VisualCrop::Reference);
+        assert_eq!(c.attention_scope, AttentionScope::Batch);
+        assert_eq!(c.patience(), None);
+        // round trip through YAML
+        let again = Config::parse(Path::new("y.yml"), &c.to_yaml().unwrap()).unwrap();
+        assert_eq!(again, c);
+    }
+
+    #[test]
+    fn errors_name_file_key_and_allowed_values() {
+        let e = err(&format!("{MINIMAL}classifier_lr: 1\n"));
+        assert!(
+            e.contains("x.yml")
+                && e.contains("classifier_lr")
+                && e.contains("classifier_learning_rate"),
+            "{e}"
+        );
+        let e = err(&format!("{MINIMAL}classifier_learning_rate: fast\n"));
+        assert!(
+            e.contains("classifier_learning_rate") && e.contains("fast"),
+            "{e}"
+        );
+        let e = err("modules_text_encoder: glove\n");
+        assert!(e.contains("classifier_classes"), "{e}");
+        let e = err(&format!("{MINIMAL}modules_audio_encoder: mfcc\n"));
+        assert!(
+            e.contains("modules_audio_encoder") && e.contains("waveform") && e.contains("wav2vec2"),
+            "{e}"
+        );
+        let e = err(&format!("{MINIMAL}classifier_loss_fn: hinge\n"));
+        assert!(
+            e.contains("classifier_loss_fn") && e.contains("dice+triplet"),
+            "{e}"
+        );
+        let e = err(&format!("{MINIMAL}classifier_loss_fn: focal\n"));
+        assert!(e.contains("losses_focal_alpha"), "{e}");
+        let e = err(&format!(
+            "{MINIMAL}feedforward_layers:\n  - out_features: 4\n    dropuot: 0.1\n"
+        ));
+        assert!(
+            e.contains("feedforward_layers") && e.contains("dropuot"),
+            "{e}"
+        );
+        let e = err(&format!("{MINIMAL}modules_fusion: multi_headed_attn\n"));
+        assert!(e.contains("fusion_out_features"), "{e}");
+        let e = err("classifier_classes: [anger, happy]\nmodules_text_encoder: glove\ntext_out_features: 50\n");
+        assert!(e.contains("happy") && e.contains("surprise"), "{e}");
+    }
+
+    #[test]
+    fn unbuilt_parts_are_named() {
+        let c = Config::parse(
+            Path::new("x.yml"),
+            "classifier_classes: [joy]\nmodules_text_encoder: gpt2\n",
+        )
+        .unwrap();
+        let e = c
+            .require_buildable(Path::new("x.yml"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("gpt2") && e.contains("GPT-2") && e.contains("not built yet"),
+            "{e}"
+        );
+        let c = Config::parse(Path::new("x.yml"), MINIMAL).unwrap();
+        c.require_buildable(Path::new("x.yml")).unwrap();
+    }
+
+    #[test]
+    fn classes_are_alphabetical() {
+        let c = Config::parse(
+            Path::new("x.yml"),
+            "classifier_classes: [surprise, fear, neutral]\nmodules_text_encoder: glove\ntext_out_features: 50\n",
+        )
+        .unwrap();
+        assert_eq!(c.classes(), ["fear", "neutral", "surprise"]);
+    }
+}

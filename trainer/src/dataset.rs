@@ -1,0 +1,611 @@
+//! The dataset at training time (§2): a split's rows read through `meld_shared::dataset`, turned into model
+//! inputs, batched on worker threads ahead of the model.
+//!
+//! * text — the dialogue prompt (§2.2): every earlier turn of the same dialogue, then the row's own, each as
+//!   `The speaker "<speaker>" said:\n###\n<text>\n###`, joined by three newlines; tokenised for GloVe;
+//! * visual — the mosaic resized so its short side is S (256), then the reference's crop (§2.3, quirk Q6):
+//!   top-left S × L (L = ⌊S·1200/426⌋ = 721) zero-padded, or with `visual_crop: full` the whole mosaic resized
+//!   to S × L; scaled to [0, 1] and normalised with the training mosaics' statistics → (3, S, L) / (3, L, S);
+//! * audio — the WAV's samples as written, channels interleaved, int16 scale (§2.5), cut or zero-padded to
+//!   `audio_in_features` (or, with `audio_input: normalized_mono`, the channel mean in [-1, 1]);
+//! * labels — class indices in alphabetical order of the config's classes (§2.6).
+//!
+//! An empty media cell (the ETL could not produce that medium) becomes zeros and is counted; a cell naming a
+//! file that does not exist is an error found before training starts ([`SplitData::check_media`]).
+
+use std::path::{Path, PathBuf};
+use std::sync::mpsc::{sync_channel, Receiver};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+
+use candle_core::{Device, Tensor};
+use meld_shared::{dataset::media_path, DatasetRow, Split};
+use rayon::prelude::*;
+
+use crate::config::{AudioInput, Config, TextContext, VisualCrop};
+use crate::error::{Error, Result};
+use crate::glove::{basic_english, GloveVocab};
+
+/// Per-channel statistics of the reference's training mosaics (§2.3).
+pub const VISUAL_MEAN: [f32; 3] = [0.2706, 0.2010, 0.1914];
+pub const VISUAL_STD: [f32; 3] = [0.1857, 0.1608, 0.1667];
+
+/// One turn of a dialogue prompt.
+pub fn render_turn(speaker: &str, text: &str) -> String {
+    format!("The speaker \"{speaker}\" said:\n###\n{text}\n###")
+}
+
+/// How items become tensors (derived from the config).
+#[derive(Debug, Clone)]
+pub struct Preprocess {
+    pub text: bool,
+    pub visual: Option<VisualSpec>,
+    pub audio: Option<AudioSpec>,
+}
+
+#[derive(Debug, Clone, Copy)]
+pub struct VisualSpec {
+    pub short_side: usize,
+    pub crop: VisualCrop,
+}
+
+impl VisualSpec {
+    /// The long side: ⌊S·1200/426⌋ (721 for S = 256), the reference's crop width for a 426×1200 mosaic.
+    pub fn long_side(&self) -> usize {
+        (self.short_side as f64 * 1200.0 / 426.0) as usize
+    }
+
+    /// (channels, height, width) of the image tensor.
+    pub fn shape(&self) -> (usize, usize, usize) {
+        match self.crop {
+            VisualCrop::Reference => (3, self.short_side, self.long_side()),
+            VisualCrop::Full => (3, self.long_side(), self.short_side),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy)]
+pub struct AudioSpec {
+    pub samples: usize,
+    pub input: AudioInput,
+}
+
+impl Preprocess {
+    pub fn new(config: &Config) -> Self {
+        Preprocess {
+            text: config.uses_text(),
+            visual: config.uses_visual().then(|| VisualSpec {
+                short_side: config.short_side(),
+                crop: config.visual_crop,
+            }),
+            audio: config.uses_audio().then(|| AudioSpec {
+                samples: config.audio_samples(),
+                input: config.audio_input,
+            }),
+        }
+    }
+}
+
+/// A split's rows, labels and prompts.
+#[derive(Debug, Clone)]
+pub struct SplitData {
+    pub split: Split,
+    pub csv: PathBuf,
+    pub rows: Vec<DatasetRow>,
+    pub labels: Vec<usize>,
+    /// Tokens of each row's own turn (basic_english).
+    turn_tokens: Vec<Vec<String>>,
+    /// Index of the first row of each row's dialogue (rows are sorted by dialogue, sequence).
+    dialogue_start: Vec<usize>,
+    /// GloVe ids of each row's whole prompt (after [`SplitData::encode_text`]).
+    pub token_ids: Vec<Vec<u32>>,
+}
+
+impl SplitData {
+    /// Reads `<data>/<split>.csv`. Labels outside `classes` (alphabetical) are errors naming the row.
+    pub fn load(data: &Path, split: Split, classes: &[String]) -> Result<Self> {
+        let csv = data.join(split.dataset_csv());
+        if !csv.exists() {
+            return Err(Error::data(
+                &csv,
+                "missing: is this a `meld-etl extract` output folder (train.csv, valid.csv, test.csv)?",
+            ));
+        }
+        let rows = meld_shared::dataset::read_dataset(&csv)?;
+        if rows.is_empty() {
+            return Err(Error::data(&csv, "the split has no rows"));
+        }
+        let mut labels = Vec::with_capacity(rows.len());
+        for row in &rows {
+            let name = row.label.name();
+            let index = classes.iter().position(|c| c == name).ok_or_else(|| {
+                Error::data(
+                    &csv,
+                    format!(
+                        "dialogue {} sequence {}: label `{name}` is not one of the config's classifier_classes ({})",
+                        row.dialogue,
+                        row.sequence,
+                        classes.join(", ")
+                    ),
+                )
+            })?;
+            labels.push(index);
+        }
+        let turn_tokens = rows
+            .iter()
+            .map(|r| basic_english(&render_turn(&r.speaker, &r.x_text)))
+            .collect();
+        let mut dialogue_start = Vec::with_capacity(rows.len());
+        for (i, row) in rows.iter().enumerate() {
+            let start = if i > 0 && rows[i - 1].dialogue == row.dialogue {
+                dialogue_start[i - 1]
+            } else {
+                i
+            };
+            dialogue_start.push(start);
+        }
+        Ok(SplitData {
+            split,
+            csv,
+            rows,
+            labels,
+            turn_tokens,
+            dialogue_start,
+            token_ids: Vec::new(),
+        })
+    }
+
+    pub fn len(&self) -> usize {
+        self.rows.len()
+    }
+
+    /// Keeps the first `n` rows (in dataset order): quick smoke runs on a slice of the data.
+    pub fn truncate(&mut self, n: usize) {
+        self.rows.truncate(n);
+        self.labels.truncate(n);
+        self.turn_tokens.truncate(n);
+        self.dialogue_start.truncate(n);
+        self.token_ids.truncate(n);
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.rows.is_empty()
+    }
+
+    /// The dialogue prompt of row `i` (§2.2).
+    pub fn prompt(&self, i: usize) -> String {
+        (self.dialogue_start[i]..=i)
+            .map(|j| render_turn(&self.rows[j].speaker, &self.rows[j].x_text))
+            .collect::<Vec<_>>()
+            .join("\n\n\n")
+    }
+
+    /// Every token that occurs in the split's prompts.
+    pub fn vocabulary(&self) -> impl Iterator<Item = &String> {
+        self.turn_tokens.iter().flatten()
+    }
+
+    /// Token ids of every prompt: the ids of the dialogue's turns up to and including the row's own
+    /// (`TextContext::Dialogue`), or of the row's own turn only.
+    pub fn encode_text(&mut self, vocab: &GloveVocab, context: TextContext) {
+        let turn_ids: Vec<Vec<u32>> = self
+            .turn_tokens
+            .iter()
+            .map(|tokens| tokens.iter().filter_map(|t| vocab.id(t)).collect())
+            .collect();
+        self.token_ids = (0..self.rows.len())
+            .map(|i| {
+                let first = match context {
+                    TextContext::Dialogue => self.dialogue_start[i],
+                    TextContext::Utterance => i,
+                };
+                (first..=i)
+                    .flat_map(|j| turn_ids[j].iter().copied())
+                    .collect()
+            })
+            .collect();
+    }
+
+    /// Rows whose cell for a medium is empty, and the first cell naming a file that does not exist.
+    pub fn check_media(&self, visual: bool, audio: bool) -> Result<MediaCounts> {
+        let mut counts = MediaCounts::default();
+        for row in &self.rows {
+            for (wanted, cell, missing) in [
+                (visual, &row.x_visual, &mut counts.missing_visual),
+                (audio, &row.x_audio, &mut counts.missing_audio),
+            ] {
+                if !wanted {
+                    continue;
+                }
+                match cell {
+                    None => *missing += 1,
+                    Some(cell) => {
+                        let path = media_path(&self.csv, cell);
+                        if !path.is_file() {
+                            return Err(Error::data(
+                                &self.csv,
+                                format!(
+                                    "dialogue {} sequence {}: media file {} does not exist",
+                                    row.dialogue,
+                                    row.sequence,
+                                    path.display()
+                                ),
+                            ));
+                        }
+                    }
+                }
+            }
+        }
+        let n = self.rows.len();
+        if visual && counts.missing_visual == n {
+            return Err(Error::data(
+                &self.csv,
+                "no row has an image (x_visual) but the config's visual encoder needs one",
+            ));
+        }
+        if audio && counts.missing_audio == n {
+            return Err(Error::data(
+                &self.csv,
+                "no row has audio (x_audio) but the config's audio encoder needs it",
+            ));
+        }
+        Ok(counts)
+    }
+}
+
+/// Rows of a split whose medium is absent (filled with zeros).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+pub struct MediaCounts {
+    pub missing_visual: usize,
+    pub missing_audio: usize,
+}
+
+/// The (3, H, W) image tensor of a mosaic, row-major.
+pub fn load_visual(path: &Path, spec: VisualSpec) -> Result<Vec<f32>> {
+    let image = image::open(path)
+        .map_err(|e| Error::data(path, format!("cannot decode the image: {e}")))?
+        .to_rgb8();
+    let (w, h) = image.dimensions();
+    let s = spec.short_side as u32;
+    // torchvision Resize(S): the short side becomes S, the long side int(S·long/short).
+    let (rw, rh) = match spec.crop {
+        VisualCrop::Reference if w <= h => (s, (s as f64 * h as f64 / w as f64) as u32),
+        VisualCrop::Reference => ((s as f64 * w as f64 / h as f64) as u32, s),
+        VisualCrop::Full => (s, spec.long_side() as u32),
+    };
+    let resized = image::imageops::resize(
+        &image,
+        rw.max(1),
+        rh.max(1),
+        image::imageops::FilterType::Triangle,
+    );
+    let (c, oh, ow) = spec.shape();
+    let mut out = vec![0f32; c * oh * ow];
+    for y in 0..oh.min(rh as usize) {
+        for x in 0..ow.min(rw as usize) {
+            let p = resized.get_pixel(x as u32, y as u32);
+            for ch in 0..3 {
+                out[ch * oh * ow + y * ow + x] = p[ch] as f32 / 255.0;
+            }
+        }
+    }
+    // Normalise everything, padding included (black padding becomes ≈ (−1.457, −1.250, −1.148)).
+    for ch in 0..3 {
+        for v in &mut out[ch * oh * ow..(ch + 1) * oh * ow] {
+            *v = (*v - VISUAL_MEAN[ch]) / VISUAL_STD[ch];
+        }
+    }
+    Ok(out)
+}
+
+/// The audio vector of a WAV, `spec.samples` long.
+pub fn load_audio(path: &Path, spec: AudioSpec) -> Result<Vec<f32>> {
+    let mut reader = hound::WavReader::open(path)
+        .map_err(|e| Error::data(path, format!("cannot read the WAV: {e}")))?;
+    let wav = reader.spec();
+    let channels = wav.channels.max(1) as usize;
+    let full_scale = match wav.sample_format {
+        hound::SampleFormat::Int => (1u64 << (wav.bits_per_sample.max(1) - 1)) as f32,
+        hound::SampleFormat::Float => 1.0,
+    };
+    let n = spec.samples;
+    let mut out = vec![0f32; n];
+    let wanted = match spec.input {
+        AudioInput::Reference => n,
+        AudioInput::NormalizedMono => n * channels,
+    };
+    let samples: Vec<f32> = match wav.sample_format {
+        hound::SampleFormat::Int => reader
+            .samples::<i32>()
+            .take(wanted)
+            .map(|s| s.map(|v| v as f32))
+            .collect::<std::result::Result<_, _>>(),
+        hound::SampleFormat::Float => reader
+            .samples::<f32>()
+            .take(wanted)
+            .collect::<std::result::Result<_, _>>(),
+    }
+    .map_err(|e| Error::data(path, format!("cannot read the WAV samples: {e}")))?;
+    match spec.input {
+        AudioInput::Reference => out[..samples.len()].copy_from_slice(&samples),
+        AudioInput::NormalizedMono => {
+            for (i, frame) in samples.chunks(channels).enumerate() {
+                out[i] = frame.iter().sum::<f32>() / (channels as f32 * full_scale);
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// Model inputs for a batch of rows.
+pub struct Batch {
+    pub indices: Vec<usize>,
+    pub text_ids: Vec<Vec<u32>>,
+    /// (B, 3, H, W)
+    pub visual: Option<Tensor>,
+    /// (B, N)
+    pub audio: Option<Tensor>,
+    pub labels: Vec<usize>,
+    pub missing: MediaCounts,
+}
+
+impl Batch {
+    pub fn len(&self) -> usize {
+        self.indices.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.indices.is_empty()
+    }
+
+    /// One-hot targets (B, classes).
+    pub fn one_hot(&self, classes: usize, device: &Device) -> Result<Tensor> {
+        let mut y = vec![0f32; self.labels.len() * classes];
+        for (i, l) in self.labels.iter().enumerate() {
+            y[i * classes + l] = 1.0;
+        }
+        Ok(Tensor::from_vec(y, (self.labels.len(), classes), device)?)
+    }
+}
+
+/// Decodes the items of one batch (in parallel) and stacks them.
+pub fn make_batch(data: &SplitData, prep: &Preprocess, indices: &[usize]) -> Result<Batch> {
+    let b = indices.len();
+    let mut missing = MediaCounts::default();
+    let visual = match prep.visual {
+        Some(spec) => {
+            let (c, h, w) = spec.shape();
+            let items: Vec<Option<Vec<f32>>> = indices
+                .par_iter()
+                .map(|i| match &data.rows[*i].x_visual {
+                    Some(cell) => load_visual(&media_path(&data.csv, cell), spec).map(Some),
+                    None => Ok(None),
+                })
+                .collect::<Result<_>>()?;
+            let mut flat = Vec::with_capacity(b * c * h * w);
+            for item in items {
+                match item {
+                    Some(v) => flat.extend(v),
+                    None => {
+                        missing.missing_visual += 1;
+                        flat.extend(std::iter::repeat_n(0f32, c * h * w));
+                    }
+                }
+            }
+            Some(Tensor::from_vec(flat, (b, c, h, w), &Device::Cpu)?)
+        }
+        None => None,
+    };
+    let audio = match prep.audio {
+        Some(spec) => {
+            let items: Vec<Option<Vec<f32>>> = indices
+                .par_iter()
+                .map(|i| match &data.rows[*i].x_audio {
+                    Some(cell) => load_audio(&media_path(&data.csv, cell), spec).map(Some),
+                    None => Ok(None),
+                })
+                .collect::<Result<_>>()?;
+            let mut flat = Vec::with_capacity(b * spec.samples);
+            for item in items {
+                match item {
+                    Some(v) => flat.extend(v),
+                    None => {
+                        missing.missing_audio += 1;
+                        flat.extend(std::iter::repeat_n(0f32, spec.samples));
+                    }
+                }
+            }
+            Some(Tensor::from_vec(flat, (b, spec.samples), &Device::Cpu)?)
+        }
+        None => None,
+    };
+    let text_ids = if prep.text {
+        indices
+            .iter()
+            .map(|i| data.token_ids.get(*i).cloned().unwrap_or_default())
+            .collect()
+    } else {
+        Vec::new()
+    };
+    Ok(Batch {
+        indices: indices.to_vec(),
+        text_ids,
+        visual,
+        audio,
+        labels: indices.iter().map(|i| data.labels[*i]).collect(),
+        missing,
+    })
+}
+
+/// Batches decoded on a worker thread, a few ahead of the consumer, in the given order.
+pub struct Loader {
+    rx: Receiver<Result<Batch>>,
+    worker: Option<JoinHandle<()>>,
+}
+
+/// How many decoded batches may wait for the model.
+const PREFETCH: usize = 3;
+
+impl Loader {
+    pub fn spawn(
+        data: Arc<SplitData>,
+        prep: Arc<Preprocess>,
+        order: Vec<usize>,
+        batch_size: usize,
+    ) -> Self {
+        let (tx, rx) = sync_channel(PREFETCH);
+        let worker = std::thread::spawn(move || {
+            for chunk in order.chunks(batch_size.max(1)) {
+                let batch = make_batch(&data, &prep, chunk);
+                let failed = batch.is_err();
+                if tx.send(batch).is_err() || failed {
+                    break; // the consumer is gone, or it has been told of the error
+                }
+            }
+        });
+        Loader {
+            rx,
+            worker: Some(worker),
+        }
+    }
+}
+
+impl Iterator for Loader {
+    type Item = Result<Batch>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        self.rx.recv().ok()
+    }
+}
+
+impl Drop for Loader {
+    fn drop(&mut self) {
+        // Unblock the worker (its sends fail once the receiver is gone), then wait for it.
+        let (_, dead) = sync_channel(0);
+        self.rx = dead;
+        if let Some(worker) = self.worker.take() {
+            let _ = worker.join();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use meld_shared::Emotion;
+
+    fn classes() -> Vec<String> {
+        Emotion::ALL.iter().map(|e| e.name().to_string()).collect()
+    }
+
+    #[test]
+    fn prompts_follow_the_reference() {
+        let dir = tempfile::tempdir().unwrap();
+        let rows = vec![
+            DatasetRow::new(0, 0, "Chandler", "hi there", Emotion::Neutral),
+            DatasetRow::new(0, 1, "Chandler", "cool!", Emotion::Joy),
+            DatasetRow::new(1, 0, "Ross", "no", Emotion::Sadness),
+        ];
+        meld_shared::dataset::write_dataset(&dir.path().join("train.csv"), &rows).unwrap();
+        let data = SplitData::load(dir.path(), Split::Train, &classes()).unwrap();
+        assert_eq!(
+            data.prompt(1),
+            "The speaker \"Chandler\" said:\n###\nhi there\n###\n\n\nThe speaker \"Chandler\" said:\n###\ncool!\n###"
+        );
+        assert_eq!(data.prompt(2), "The speaker \"Ross\" said:\n###\nno\n###");
+        assert_eq!(data.labels, [4, 3, 5]);
+        let err = SplitData::load(dir.path(), Split::Train, &["joy".into(), "neutral".into()])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("train.csv") && err.contains("sadness"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn reference_crop_keeps_the_top_rows_and_pads_with_black() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("m.png");
+        // 426x1200 mosaic: the top 240 rows white, the rest black
+        let img = image::RgbImage::from_fn(426, 1200, |_, y| {
+            if y < 240 {
+                image::Rgb([255, 255, 255])
+            } else {
+                image::Rgb([0, 0, 0])
+            }
+        });
+        img.save(&path).unwrap();
+        let spec = VisualSpec {
+            short_side: 256,
+            crop: VisualCrop::Reference,
+        };
+        assert_eq!(spec.shape(), (3, 256, 721));
+        let v = load_visual(&path, spec).unwrap();
+        assert_eq!(v.len(), 3 * 256 * 721);
+        let at = |c: usize, y: usize, x: usize| v[c * 256 * 721 + y * 721 + x];
+        let white = (1.0 - VISUAL_MEAN[0]) / VISUAL_STD[0];
+        let black = -VISUAL_MEAN[0] / VISUAL_STD[0];
+        assert!((at(0, 10, 10) - white).abs() < 1e-3);
+        assert!(
+            (at(0, 10, 300) - black).abs() < 1e-6,
+            "columns past 256 are padding"
+        );
+        assert!((black + 1.457).abs() < 1e-3);
+        // row 240 of the mosaic lands at 240·256/426 ≈ 144 after resizing: black below
+        assert!((at(0, 200, 10) - black).abs() < 1e-3);
+        let full = VisualSpec {
+            short_side: 64,
+            crop: VisualCrop::Full,
+        };
+        assert_eq!(load_visual(&path, full).unwrap().len(), 3 * 180 * 64);
+    }
+
+    #[test]
+    fn audio_is_interleaved_int16_scale_then_padded() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("a.wav");
+        let spec = hound::WavSpec {
+            channels: 2,
+            sample_rate: 44100,
+            bits_per_sample: 16,
+            sample_format: hound::SampleFormat::Int,
+        };
+        let mut w = hound::WavWriter::create(&path, spec).unwrap();
+        for (l, r) in [(100i16, -100i16), (32767, -32768), (5, 6)] {
+            w.write_sample(l).unwrap();
+            w.write_sample(r).unwrap();
+        }
+        w.finalize().unwrap();
+        let reference = load_audio(
+            &path,
+            AudioSpec {
+                samples: 8,
+                input: AudioInput::Reference,
+            },
+        )
+        .unwrap();
+        assert_eq!(
+            reference,
+            [100.0, -100.0, 32767.0, -32768.0, 5.0, 6.0, 0.0, 0.0]
+        );
+        let cut = load_audio(
+            &path,
+            AudioSpec {
+                samples: 3,
+                input: AudioInput::Reference,
+            },
+        )
+        .unwrap();
+        assert_eq!(cut, [100.0, -100.0, 32767.0]);
+        let mono = load_audio(
+            &path,
+            AudioSpec {
+                samples: 4,
+                input: AudioInput::NormalizedMono,
+            },
+        )
+        .unwrap();
+        assert_eq!(mono, [0.0, -0.5 / 32768.0, 5.5 / 32768.0, 0.0]);
+    }
+}

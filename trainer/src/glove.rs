@@ -1,0 +1,282 @@
+//! GloVe text encoder (§3.1): the dialogue prompt is tokenised with torchtext's `basic_english` rules, tokens are
+//! looked up in a trainable embedding initialised from a standard `glove.*.txt` file (out-of-vocabulary tokens
+//! and all-zero vectors dropped), summed, divided by the longest token count of the batch (the reference's mean
+//! over the zero-padded length), then l2-normalised if `text_l2norm`.
+//!
+//! Only the words that occur in the dataset's prompts are kept from the GloVe file: the other rows of the
+//! embedding never receive a gradient nor take part in any prediction on this data, so dropping them changes no
+//! number and saves most of the 400k×50 matrix (and its optimiser state).
+
+use std::collections::{HashMap, HashSet};
+use std::io::{BufRead, BufReader, Write};
+use std::path::Path;
+
+use candle_core::{Device, Tensor};
+
+use crate::error::{Error, Result};
+use crate::nn::l2_normalize;
+use crate::params::ParamStore;
+
+/// torchtext's `basic_english` tokenizer: lower-case, the same replacement table applied in the same order,
+/// then split on whitespace.
+pub fn basic_english(text: &str) -> Vec<String> {
+    const RULES: [(&str, &str); 11] = [
+        ("'", " '  "),
+        ("\"", ""),
+        (".", " . "),
+        ("<br />", " "),
+        (",", " , "),
+        ("(", " ( "),
+        (")", " ) "),
+        ("!", " ! "),
+        ("?", " ? "),
+        (";", " "),
+        (":", " "),
+    ];
+    let mut line = text.to_lowercase();
+    for (pattern, replacement) in RULES {
+        if line.contains(pattern) {
+            line = line.replace(pattern, replacement);
+        }
+    }
+    line.split_whitespace().map(str::to_string).collect()
+}
+
+/// The words kept from a GloVe file and their initial vectors.
+#[derive(Debug, Clone)]
+pub struct GloveVocab {
+    pub words: Vec<String>,
+    index: HashMap<String, u32>,
+    pub dim: usize,
+    /// Vectors, row-major (words.len() × dim); empty when the vocabulary was restored from a run folder.
+    pub vectors: Vec<f32>,
+    /// Number of vectors in the GloVe file (for reports).
+    pub file_words: usize,
+}
+
+impl GloveVocab {
+    /// Reads `path` (one `word v1 … vD` per line) keeping the words in `wanted`. Wrong dimensions are errors
+    /// naming the line; all-zero vectors are dropped as the reference does.
+    pub fn load(path: &Path, dim: usize, wanted: &HashSet<String>) -> Result<Self> {
+        let file = std::fs::File::open(path).map_err(|e| {
+            Error::data(
+                path,
+                format!("cannot open the GloVe vectors ({e}); run `make glove`, pass --glove PATH or set text_glove_path"),
+            )
+        })?;
+        let reader = BufReader::with_capacity(1 << 20, file);
+        let mut words = Vec::new();
+        let mut vectors = Vec::new();
+        let mut file_words = 0;
+        for (n, line) in reader.split(b'\n').enumerate() {
+            let line = line.map_err(|e| Error::io(path, e))?;
+            if line.is_empty() {
+                continue;
+            }
+            file_words += 1;
+            let space = line.iter().position(|b| *b == b' ').ok_or_else(|| {
+                Error::data(path, format!("line {}: expected `word v1 … v{dim}`", n + 1))
+            })?;
+            let word = String::from_utf8_lossy(&line[..space]);
+            if !wanted.contains(word.as_ref()) {
+                continue;
+            }
+            let rest = std::str::from_utf8(&line[space + 1..])
+                .map_err(|_| Error::data(path, format!("line {}: not UTF-8", n + 1)))?;
+            let values: Vec<f32> = rest
+                .split_ascii_whitespace()
+                .map(|v| v.parse::<f32>())
+                .collect::<std::result::Result<_, _>>()
+                .map_err(|e| Error::data(path, format!("line {}: {e}", n + 1)))?;
+            if values.len() != dim {
+                return Err(Error::data(
+                    path,
+                    format!(
+                        "line {}: `{word}` has {} values, the config's text_out_features is {dim}",
+                        n + 1,
+                        values.len()
+                    ),
+                ));
+            }
+            if values.iter().all(|v| *v == 0.0) {
+                continue;
+            }
+            words.push(word.into_owned());
+            vectors.extend(values);
+        }
+        if file_words == 0 {
+            return Err(Error::data(path, "the GloVe file is empty"));
+        }
+        Ok(GloveVocab::from_parts(words, dim, vectors, file_words))
+    }
+
+    fn from_parts(words: Vec<String>, dim: usize, vectors: Vec<f32>, file_words: usize) -> Self {
+        let index = words
+            .iter()
+            .enumerate()
+            .map(|(i, w)| (w.clone(), i as u32))
+            .collect();
+        GloveVocab {
+            words,
+            index,
+            dim,
+            vectors,
+            file_words,
+        }
+    }
+
+    /// The word list a run folder keeps (`glove-vocab.txt`), one word per line, in row order.
+    pub fn save_words(&self, path: &Path) -> Result<()> {
+        let mut file =
+            std::io::BufWriter::new(std::fs::File::create(path).map_err(|e| Error::io(path, e))?);
+        for word in &self.words {
+            writeln!(file, "{word}").map_err(|e| Error::io(path, e))?;
+        }
+        file.flush().map_err(|e| Error::io(path, e))
+    }
+
+    /// Restores a vocabulary saved by [`GloveVocab::save_words`] (vectors come from the checkpoint).
+    pub fn load_words(path: &Path, dim: usize) -> Result<Self> {
+        let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+        let words: Vec<String> = text.lines().map(str::to_string).collect();
+        let n = words.len();
+        Ok(GloveVocab::from_parts(words, dim, vec![0.0; n * dim], 0))
+    }
+
+    pub fn len(&self) -> usize {
+        self.words.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.words.is_empty()
+    }
+
+    /// The row of a token, if it is in the vocabulary.
+    pub fn id(&self, token: &str) -> Option<u32> {
+        self.index.get(token).copied()
+    }
+
+    /// Token ids of a text; unknown tokens are dropped.
+    pub fn encode(&self, text: &str) -> Vec<u32> {
+        basic_english(text)
+            .iter()
+            .filter_map(|t| self.index.get(t.as_str()).copied())
+            .collect()
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct GloveEncoder {
+    embedding: Tensor,
+    l2norm: bool,
+    dim: usize,
+}
+
+impl GloveEncoder {
+    /// The embedding is the trainable parameter `<name>.embedding.weight`, initialised from the vectors.
+    pub fn new(
+        store: &mut ParamStore,
+        name: &str,
+        vocab: &GloveVocab,
+        l2norm: bool,
+    ) -> Result<Self> {
+        let rows = vocab.len().max(1);
+        let mut values = vocab.vectors.clone();
+        values.resize(rows * vocab.dim, 0.0);
+        let embedding = store.values(
+            &format!("{name}.embedding.weight"),
+            &[rows, vocab.dim],
+            values,
+        )?;
+        Ok(GloveEncoder {
+            embedding,
+            l2norm,
+            dim: vocab.dim,
+        })
+    }
+
+    pub fn out_features(&self) -> usize {
+        self.dim
+    }
+
+    /// (B) token-id lists → (B, dim).
+    pub fn forward(&self, ids: &[Vec<u32>], device: &Device) -> Result<Tensor> {
+        let b = ids.len();
+        let max_len = ids.iter().map(Vec::len).max().unwrap_or(0);
+        let total: usize = ids.iter().map(Vec::len).sum();
+        if total == 0 {
+            return Ok(Tensor::zeros(
+                (b, self.dim),
+                candle_core::DType::F32,
+                device,
+            )?);
+        }
+        let flat: Vec<u32> = ids.iter().flatten().copied().collect();
+        let flat = Tensor::from_vec(flat, total, device)?;
+        let vectors = self.embedding.index_select(&flat, 0)?; // (total, dim)
+                                                              // Sum each sample's tokens with one matmul against a (B, total) 0/1 segment matrix, divided by the
+                                                              // padded length (the reference zero-pads to the longest sequence, then averages).
+        let mut segments = vec![0f32; b * total];
+        let mut offset = 0;
+        for (row, seq) in ids.iter().enumerate() {
+            for j in 0..seq.len() {
+                segments[row * total + offset + j] = 1.0 / max_len as f32;
+            }
+            offset += seq.len();
+        }
+        let segments = Tensor::from_vec(segments, (b, total), device)?;
+        let pooled = segments.matmul(&vectors)?;
+        if self.l2norm {
+            l2_normalize(&pooled)
+        } else {
+            Ok(pooled)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn basic_english_follows_torchtext() {
+        assert_eq!(
+            basic_english(
+                "The speaker \"Chandler\" said:\n###\nI'm fine, (really)!? Yes; no.<br />ok"
+            ),
+            [
+                "the", "speaker", "chandler", "said", "###", "i", "'", "m", "fine", ",", "(",
+                "really", ")", "!", "?", "yes", "no", ".", "ok"
+            ]
+        );
+    }
+
+    #[test]
+    fn loads_wanted_words_and_pools_like_the_reference() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("g.txt");
+        std::fs::write(&path, "hello 1 0\nworld 0 2\nzero 0 0\nother 5 5\n").unwrap();
+        let wanted: HashSet<String> = ["hello", "world", "zero"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+        let vocab = GloveVocab::load(&path, 2, &wanted).unwrap();
+        assert_eq!(vocab.words, ["hello", "world"]);
+        assert_eq!(vocab.file_words, 4);
+        assert_eq!(vocab.encode("Hello, zero WORLD!"), [0, 1]);
+        let mut store = ParamStore::new(&Device::Cpu, 0);
+        let enc = GloveEncoder::new(&mut store, "text", &vocab, false).unwrap();
+        let out = enc
+            .forward(&[vec![0, 1], vec![1]], &Device::Cpu)
+            .unwrap()
+            .to_vec2::<f32>()
+            .unwrap();
+        // padded length 2: (1,0)+(0,2) over 2, and (0,2) over 2
+        assert_eq!(out, [[0.5, 1.0], [0.0, 1.0]]);
+        let err = GloveVocab::load(&path, 3, &wanted).unwrap_err().to_string();
+        assert!(
+            err.contains("line 1") && err.contains("text_out_features"),
+            "{err}"
+        );
+    }
+}

@@ -1,0 +1,222 @@
+//! 2-D convolution as im2col + matrix product, for training on the CPU.
+//!
+//! candle 0.11's CPU convolution backward runs a direct transposed convolution (slow) and, for strided
+//! convolutions of inputs whose height and width differ in parity, returns a gradient of the wrong shape. Here the
+//! patch extraction is a custom op whose backward is the matching scatter-add (col2im), and everything else is a
+//! matrix product, whose forward and backward candle runs on its GEMM kernels.
+//!
+//! `cols[b, (oy, ox), (c, ky, kx)] = x[b, c, oy·s − p + ky, ox·s − p + kx]` (0 outside), then
+//! `y = cols · Wᵀ` with W reshaped to (C_out, C·k·k) — the row-major layout of PyTorch's (C_out, C, k, k) weight.
+
+use candle_core::{CpuStorage, CustomOp1, Device, Layout, Shape, Tensor};
+
+use crate::error::Result;
+
+#[derive(Debug, Clone, Copy)]
+struct Geometry {
+    c: usize,
+    h: usize,
+    w: usize,
+    k: usize,
+    stride: usize,
+    padding: usize,
+}
+
+impl Geometry {
+    fn out(&self, n: usize) -> usize {
+        (n + 2 * self.padding - self.k) / self.stride + 1
+    }
+
+    /// Visits every (column index, input index) pair of one image's patches.
+    fn for_each(&self, mut f: impl FnMut(usize, usize)) {
+        let (oh, ow) = (self.out(self.h), self.out(self.w));
+        let ckk = self.c * self.k * self.k;
+        for oy in 0..oh {
+            for ox in 0..ow {
+                let row = (oy * ow + ox) * ckk;
+                for c in 0..self.c {
+                    for ky in 0..self.k {
+                        let y = (oy * self.stride + ky) as isize - self.padding as isize;
+                        if y < 0 || y as usize >= self.h {
+                            continue;
+                        }
+                        for kx in 0..self.k {
+                            let x = (ox * self.stride + kx) as isize - self.padding as isize;
+                            if x < 0 || x as usize >= self.w {
+                                continue;
+                            }
+                            f(
+                                row + (c * self.k + ky) * self.k + kx,
+                                (c * self.h + y as usize) * self.w + x as usize,
+                            );
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+struct Im2Col {
+    k: usize,
+    stride: usize,
+    padding: usize,
+}
+
+impl Im2Col {
+    fn geometry(&self, c: usize, h: usize, w: usize) -> Geometry {
+        Geometry {
+            c,
+            h,
+            w,
+            k: self.k,
+            stride: self.stride,
+            padding: self.padding,
+        }
+    }
+}
+
+impl CustomOp1 for Im2Col {
+    fn name(&self) -> &'static str {
+        "im2col"
+    }
+
+    fn cpu_fwd(
+        &self,
+        storage: &CpuStorage,
+        layout: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        let (b, c, h, w) = layout.shape().dims4()?;
+        let data = match storage {
+            CpuStorage::F32(v) => v,
+            _ => candle_core::bail!("im2col expects f32"),
+        };
+        let Some((start, end)) = layout.contiguous_offsets() else {
+            candle_core::bail!("im2col expects a contiguous input")
+        };
+        let data = &data[start..end];
+        let g = self.geometry(c, h, w);
+        let l = g.out(h) * g.out(w);
+        let ckk = c * self.k * self.k;
+        let mut cols = vec![0f32; b * l * ckk];
+        use rayon::prelude::*;
+        cols.par_chunks_mut(l * ckk)
+            .zip(data.par_chunks(c * h * w))
+            .for_each(|(out, image)| g.for_each(|col, at| out[col] = image[at]));
+        Ok((CpuStorage::F32(cols), Shape::from((b, l, ckk))))
+    }
+
+    fn bwd(
+        &self,
+        arg: &Tensor,
+        _res: &Tensor,
+        grad_res: &Tensor,
+    ) -> candle_core::Result<Option<Tensor>> {
+        let (b, c, h, w) = arg.dims4()?;
+        let g = self.geometry(c, h, w);
+        let l = g.out(h) * g.out(w);
+        let ckk = c * self.k * self.k;
+        let grad = grad_res
+            .to_device(&Device::Cpu)?
+            .contiguous()?
+            .flatten_all()?
+            .to_vec1::<f32>()?;
+        let mut grad_in = vec![0f32; b * c * h * w];
+        use rayon::prelude::*;
+        grad_in
+            .par_chunks_mut(c * h * w)
+            .zip(grad.par_chunks(l * ckk))
+            .for_each(|(image, cols)| g.for_each(|col, at| image[at] += cols[col]));
+        Ok(Some(Tensor::from_vec(grad_in, (b, c, h, w), arg.device())?))
+    }
+}
+
+/// Convolution of x (B, C, H, W) with a bias-free weight (C_out, C, k, k), square kernel, on the CPU.
+pub fn conv2d(x: &Tensor, weight: &Tensor, stride: usize, padding: usize) -> Result<Tensor> {
+    let (b, c, h, w) = x.dims4()?;
+    let (cout, cin, k, _) = weight.dims4()?;
+    debug_assert_eq!(c, cin);
+    let g = Geometry {
+        c,
+        h,
+        w,
+        k,
+        stride,
+        padding,
+    };
+    let (oh, ow) = (g.out(h), g.out(w));
+    let cols = if k == 1 && stride == 1 && padding == 0 {
+        // a 1×1 convolution is a matrix product over the pixels: (B, H·W, C)
+        x.flatten_from(2)?.transpose(1, 2)?.contiguous()?
+    } else {
+        x.contiguous()?.apply_op1(Im2Col { k, stride, padding })?
+    };
+    let ckk = cin * k * k;
+    let y = cols
+        .reshape((b * oh * ow, ckk))?
+        .matmul(&weight.reshape((cout, ckk))?.t()?)?; // (B·L, C_out)
+    Ok(y.reshape((b, oh * ow, cout))?
+        .transpose(1, 2)?
+        .contiguous()?
+        .reshape((b, cout, oh, ow))?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::Var;
+
+    #[test]
+    fn matches_candle_forward_and_backward() {
+        let dev = Device::Cpu;
+        for (k, s, p, h, w) in [
+            (3, 1, 1, 6, 7),
+            (3, 2, 1, 8, 9),
+            (1, 2, 0, 8, 9),
+            (7, 2, 3, 11, 10),
+            (1, 1, 0, 5, 4),
+        ] {
+            let x =
+                Var::from_tensor(&Tensor::randn(0f32, 1.0, (2, 3, h, w), &dev).unwrap()).unwrap();
+            let weight =
+                Var::from_tensor(&Tensor::randn(0f32, 1.0, (4, 3, k, k), &dev).unwrap()).unwrap();
+            let ours = conv2d(x.as_tensor(), weight.as_tensor(), s, p).unwrap();
+            let reference = x
+                .as_tensor()
+                .conv2d(weight.as_tensor(), p, s, 1, 1)
+                .unwrap();
+            assert_eq!(ours.dims(), reference.dims());
+            let max = |t: Tensor| {
+                t.abs()
+                    .unwrap()
+                    .max_all()
+                    .unwrap()
+                    .to_scalar::<f32>()
+                    .unwrap()
+            };
+            assert!(max((&ours - &reference).unwrap()) < 1e-4);
+            // gradients against candle's where candle's are right (same parity of H and W, or stride 1)
+            let upstream = Tensor::randn(0f32, 1.0, ours.dims(), &dev).unwrap();
+            let g_ours = (&ours * &upstream)
+                .unwrap()
+                .sum_all()
+                .unwrap()
+                .backward()
+                .unwrap();
+            assert_eq!(g_ours.get(x.as_tensor()).unwrap().dims(), [2, 3, h, w]);
+            if s == 1 || h % 2 == w % 2 {
+                let g_ref = (&reference * &upstream)
+                    .unwrap()
+                    .sum_all()
+                    .unwrap()
+                    .backward()
+                    .unwrap();
+                for v in [x.as_tensor(), weight.as_tensor()] {
+                    let a = g_ours.get(v).unwrap();
+                    let b = g_ref.get(v).unwrap();
+                    assert!(max((a - b).unwrap()) < 1e-3, "k{k} s{s} {h}x{w}");
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,200 @@
+//! Losses (§3.9). The reference hands every classifier loss the SOFTMAX PROBABILITIES p (B, C) and one-hot
+//! targets y (B, C):
+//!
+//! * `cce` — PyTorch `CrossEntropyLoss(p, y)`: cross-entropy of softmax(p), a double softmax (quirk Q8), mean;
+//! * `ce` — cross-entropy on the logits (the corrected option of ours);
+//! * `dice` — 1 − mean_c 2TP_c/(2TP_c + FP_c + FN_c + ε) with soft counts over the batch, all classes;
+//! * `focal` — α[class]·(1 − p_t)^γ·(−ln p_t), p_t clamped to [ε, 1 − ε], mean (or sum);
+//! * triplet term on the hidden states: per class with ≥ 2 members (and another class present), anchor = first
+//!   member, sim = (1 + cos)/2, −ln(mean sim(a, P) / (mean sim(a, P) + mean sim(a, N) + ε)); mean over classes.
+//!
+//! All from candle primitives so gradients flow (see the gradient tests).
+
+use candle_core::{Tensor, D};
+
+use crate::config::{ClassifierLoss, Config, LossFn};
+use crate::error::Result;
+
+/// Cross-entropy with probability targets: mean_b −Σ_c y_bc·log_softmax(x)_bc.
+pub fn cross_entropy(x: &Tensor, y: &Tensor) -> Result<Tensor> {
+    let log_p = candle_nn::ops::log_softmax(x, D::Minus1)?;
+    Ok((y * log_p)?.sum(D::Minus1)?.mean_all()?.neg()?)
+}
+
+/// The reference's `cce`: cross-entropy applied to probabilities (double softmax, Q8).
+pub fn cce(probs: &Tensor, y: &Tensor) -> Result<Tensor> {
+    cross_entropy(probs, y)
+}
+
+/// Soft Dice loss over the batch, macro over all classes, ε in the denominator only.
+pub fn dice(probs: &Tensor, y: &Tensor, eps: f64) -> Result<Tensor> {
+    let tp = (probs * y)?.sum(0)?;
+    let fp = (probs * y.affine(-1.0, 1.0)?)?.sum(0)?;
+    let fneg = (probs.affine(-1.0, 1.0)? * y)?.sum(0)?;
+    let numerator = (&tp * 2.0)?;
+    let denominator = ((&numerator + fp)? + fneg)?.affine(1.0, eps)?;
+    let per_class = (numerator / denominator)?;
+    Ok(per_class.mean_all()?.affine(-1.0, 1.0)?)
+}
+
+/// Focal loss with per-class α (C), focusing γ, mean or sum reduction.
+pub fn focal(
+    probs: &Tensor,
+    y: &Tensor,
+    alpha: &Tensor,
+    gamma: f64,
+    eps: f64,
+    mean: bool,
+) -> Result<Tensor> {
+    let pt = (probs * y)?.sum(D::Minus1)?.clamp(eps, 1.0 - eps)?;
+    let alpha_b = y.broadcast_mul(&alpha.unsqueeze(0)?)?.sum(D::Minus1)?;
+    let modulating = pt.affine(-1.0, 1.0)?.powf(gamma)?;
+    let per_sample = ((alpha_b * modulating)? * pt.log()?.neg()?)?;
+    Ok(if mean {
+        per_sample.mean_all()?
+    } else {
+        per_sample.sum_all()?
+    })
+}
+
+/// Cosine similarity of each row of `x` (N, H) with `a` (1, H); norms clamped at 1e-8 as PyTorch does.
+fn cosine(a: &Tensor, x: &Tensor) -> Result<Tensor> {
+    const EPS2: f64 = 1e-16;
+    let a_norm = a.sqr()?.sum_keepdim(D::Minus1)?.maximum(EPS2)?.sqrt()?;
+    let x_norm = x.sqr()?.sum_keepdim(D::Minus1)?.maximum(EPS2)?.sqrt()?;
+    let a = a.broadcast_div(&a_norm)?;
+    let x = x.broadcast_div(&x_norm)?;
+    Ok(x.broadcast_mul(&a)?.sum(D::Minus1)?)
+}
+
+/// The triplet term over a batch's hidden states (B, H) and class indices; 0 when no class qualifies.
+pub fn triplet(hidden: &Tensor, labels: &[usize], eps: f64) -> Result<Tensor> {
+    let device = hidden.device();
+    let mut classes: Vec<usize> = labels.to_vec();
+    classes.sort_unstable();
+    classes.dedup();
+    let mut terms = Vec::new();
+    if classes.len() >= 2 {
+        for class in &classes {
+            let members: Vec<u32> = (0..labels.len())
+                .filter(|i| labels[*i] == *class)
+                .map(|i| i as u32)
+                .collect();
+            if members.len() < 2 {
+                continue;
+            }
+            let others: Vec<u32> = (0..labels.len())
+                .filter(|i| labels[*i] != *class)
+                .map(|i| i as u32)
+                .collect();
+            let pick = |ids: &[u32]| -> Result<Tensor> {
+                Ok(hidden.index_select(&Tensor::new(ids, device)?, 0)?)
+            };
+            let anchor = pick(&members[..1])?;
+            let positive = cosine(&anchor, &pick(&members[1..])?)?
+                .affine(0.5, 0.5)?
+                .mean_all()?;
+            let negative = cosine(&anchor, &pick(&others)?)?
+                .affine(0.5, 0.5)?
+                .mean_all()?;
+            let ratio = (&positive / (&positive + negative)?.affine(1.0, eps)?)?;
+            terms.push(ratio.log()?.neg()?);
+        }
+    }
+    if terms.is_empty() {
+        return Ok(Tensor::new(0f32, device)?);
+    }
+    Ok(Tensor::stack(&terms, 0)?.mean_all()?)
+}
+
+/// The configured loss of an experiment.
+#[derive(Debug, Clone)]
+pub struct Loss {
+    pub kind: LossFn,
+    eps: f64,
+    alpha: Option<Vec<f32>>,
+    gamma: f64,
+    mean: bool,
+}
+
+impl Loss {
+    pub fn new(config: &Config) -> Self {
+        Loss {
+            kind: config.classifier_loss_fn,
+            eps: config.classifier_epsilon,
+            alpha: config
+                .losses_focal_alpha
+                .as_ref()
+                .map(|a| a.iter().map(|v| *v as f32).collect()),
+            gamma: config.focal_gamma(),
+            mean: config.focal_mean(),
+        }
+    }
+
+    /// The classifier part (what evaluation reports as the loss).
+    pub fn classifier(&self, probs: &Tensor, logits: &Tensor, y: &Tensor) -> Result<Tensor> {
+        match self.kind.classifier {
+            ClassifierLoss::Cce => cce(probs, y),
+            ClassifierLoss::Ce => cross_entropy(logits, y),
+            ClassifierLoss::Dice => dice(probs, y, self.eps),
+            ClassifierLoss::Focal => {
+                let values = self.alpha.clone().unwrap_or_default();
+                let alpha = Tensor::from_vec(values.clone(), values.len(), probs.device())?;
+                focal(probs, y, &alpha, self.gamma, self.eps, self.mean)
+            }
+        }
+    }
+
+    /// Training loss: classifier part plus, for `*+triplet`, the triplet term (weight 1).
+    pub fn training(
+        &self,
+        probs: &Tensor,
+        logits: &Tensor,
+        y: &Tensor,
+        hidden: &Tensor,
+        labels: &[usize],
+    ) -> Result<Tensor> {
+        let loss = self.classifier(probs, logits, y)?;
+        if self.kind.triplet {
+            Ok((loss + triplet(hidden, labels, self.eps)?)?)
+        } else {
+            Ok(loss)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::Device;
+
+    fn t(rows: &[&[f32]]) -> Tensor {
+        let r = rows.len();
+        let c = rows[0].len();
+        Tensor::from_vec(rows.concat(), (r, c), &Device::Cpu).unwrap()
+    }
+
+    fn scalar(x: Tensor) -> f32 {
+        x.to_scalar::<f32>().unwrap()
+    }
+
+    #[test]
+    fn spec_unit_values() {
+        let p = t(&[&[0.1, 0.9], &[0.8, 0.2], &[0.4, 0.6]]);
+        let y = t(&[&[0.0, 1.0], &[0.0, 1.0], &[1.0, 0.0]]);
+        assert!((scalar(cce(&p, &y).unwrap()) - 0.735576).abs() < 1e-6);
+        let y0 = t(&[&[1.0, 0.0], &[1.0, 0.0], &[1.0, 0.0]]);
+        assert!((scalar(dice(&p, &y0, 1e-8).unwrap()) - 0.697674).abs() < 1e-6);
+    }
+
+    #[test]
+    fn triplet_is_zero_without_a_valid_class_and_positive_otherwise() {
+        let h = t(&[&[1.0, 0.0], &[0.0, 1.0], &[1.0, 1.0]]);
+        assert_eq!(scalar(triplet(&h, &[0, 1, 2], 1e-8).unwrap()), 0.0);
+        assert_eq!(scalar(triplet(&h, &[0, 0, 0], 1e-8).unwrap()), 0.0);
+        // class 0: anchor (1,0), positive (1,1): sim 0.8536; negative (0,1): sim 0.5
+        let v = scalar(triplet(&h, &[0, 1, 0], 1e-8).unwrap());
+        let sp = (1.0 + 1.0 / 2f32.sqrt()) / 2.0;
+        assert!((v - (-(sp / (sp + 0.5)).ln())).abs() < 1e-6, "{v}");
+    }
+}

@@ -1,0 +1,150 @@
+//! Small building blocks shared by the encoders, the fusion and the head, written from candle primitives so that
+//! gradients flow (candle's fused LayerNorm/softmax kernels drop them, see the dependency notes):
+//!
+//! * [`Linear`] `y = x·Wᵀ + b` with PyTorch's default initialisation (U(±1/√in) for W and b);
+//! * [`Dropout`] with masks from the run's seeded generator (candle's CPU generator cannot be seeded);
+//! * [`LayerNorm`] over the last dimension, eps 1e-5, learnable affine;
+//! * [`l2_normalize`] `x / max(‖x‖₂, 1e-12)` per row (PyTorch `F.normalize`).
+
+use candle_core::{Module, Tensor, D};
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+
+use crate::error::Result;
+use crate::params::ParamStore;
+
+/// Whether the model runs in training mode, and the generator its dropout masks come from.
+pub struct Ctx {
+    pub train: bool,
+    rng: ChaCha8Rng,
+}
+
+impl Ctx {
+    pub fn train(seed: u64) -> Self {
+        Ctx {
+            train: true,
+            rng: ChaCha8Rng::seed_from_u64(seed),
+        }
+    }
+
+    pub fn eval() -> Self {
+        Ctx {
+            train: false,
+            rng: ChaCha8Rng::seed_from_u64(0),
+        }
+    }
+
+    pub fn set_train(&mut self, train: bool) {
+        self.train = train;
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Linear {
+    inner: candle_nn::Linear,
+    pub in_features: usize,
+    pub out_features: usize,
+}
+
+impl Linear {
+    /// A new layer named `<name>.weight` / `<name>.bias`, PyTorch-initialised.
+    pub fn new(
+        store: &mut ParamStore,
+        name: &str,
+        in_features: usize,
+        out_features: usize,
+    ) -> Result<Self> {
+        let bound = 1.0 / (in_features as f64).sqrt();
+        let weight = store.uniform(
+            &format!("{name}.weight"),
+            &[out_features, in_features],
+            bound,
+        )?;
+        let bias = store.uniform(&format!("{name}.bias"), &[out_features], bound)?;
+        Ok(Linear {
+            inner: candle_nn::Linear::new(weight, Some(bias)),
+            in_features,
+            out_features,
+        })
+    }
+
+    /// A layer from given tensors (MultiheadAttention's packed projections).
+    pub fn from_tensors(weight: Tensor, bias: Tensor) -> Result<Self> {
+        let (out_features, in_features) = weight.dims2()?;
+        Ok(Linear {
+            inner: candle_nn::Linear::new(weight, Some(bias)),
+            in_features,
+            out_features,
+        })
+    }
+
+    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        Ok(self.inner.forward(x)?)
+    }
+}
+
+#[derive(Debug, Clone, Copy)]
+pub struct Dropout {
+    pub p: f32,
+}
+
+impl Dropout {
+    pub fn new(p: f32) -> Self {
+        Dropout { p }
+    }
+
+    /// Zeroes each element with probability p and scales the rest by 1/(1-p), in training only.
+    pub fn forward(&self, x: &Tensor, ctx: &mut Ctx) -> Result<Tensor> {
+        if !ctx.train || self.p <= 0.0 {
+            return Ok(x.clone());
+        }
+        let keep = 1.0 - self.p;
+        let scale = 1.0 / keep;
+        let mask: Vec<f32> = (0..x.elem_count())
+            .map(|_| {
+                if ctx.rng.gen::<f32>() < keep {
+                    scale
+                } else {
+                    0.0
+                }
+            })
+            .collect();
+        let mask = Tensor::from_vec(mask, x.shape(), x.device())?;
+        Ok((x * mask)?)
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct LayerNorm {
+    weight: Tensor,
+    bias: Tensor,
+}
+
+impl LayerNorm {
+    /// Parameters `<name>.weight` (ones) and `<name>.bias` (zeros); `name` must contain `layer_norm` so that
+    /// the optimiser leaves the weight undecayed.
+    pub fn new(store: &mut ParamStore, name: &str, dim: usize) -> Result<Self> {
+        debug_assert!(name.contains("layer_norm"));
+        Ok(LayerNorm {
+            weight: store.constant(&format!("{name}.weight"), &[dim], 1.0)?,
+            bias: store.constant(&format!("{name}.bias"), &[dim], 0.0)?,
+        })
+    }
+
+    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        Ok(candle_nn::ops::layer_norm_slow(
+            x,
+            &self.weight,
+            &self.bias,
+            1e-5,
+        )?)
+    }
+}
+
+/// `x / max(‖x‖₂, 1e-12)` along the last dimension.
+pub fn l2_normalize(x: &Tensor) -> Result<Tensor> {
+    // sqrt(max(s, 1e-24)) == max(sqrt(s), 1e-12), but keeps sqrt's backward finite for an all-zero row
+    // (candle's sqrt backward divides by the output: 0/0 would poison every gradient with NaN).
+    let norm = x.sqr()?.sum_keepdim(D::Minus1)?.maximum(1e-24)?.sqrt()?;
+    Ok(x.broadcast_div(&norm)?)
+}

@@ -1,0 +1,505 @@
+//! The training loop (§5): random order each epoch, AdamW with warm-up/decay and clipping, evaluation on `valid`
+//! after every epoch in eval mode (sequential order, training batch size), early stopping (patience, threshold
+//! 0.001) on `classifier_metric_for_best_model`, the best epoch's weights kept, and at the end the best model
+//! evaluated on `valid` and `test` and written to the run folder ([`crate::report`]).
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Instant;
+
+use candle_core::{Device, Tensor, D};
+use indicatif::{ProgressBar, ProgressStyle};
+use meld_shared::Split;
+use rand::seq::SliceRandom;
+use rand::SeedableRng;
+use rand_chacha::ChaCha8Rng;
+
+use crate::config::{BestMetric, Config, LoadedConfig, TextEncoder};
+use crate::dataset::{Loader, MediaCounts, Preprocess, SplitData};
+use crate::error::{Error, Result};
+use crate::glove::GloveVocab;
+use crate::losses::Loss;
+use crate::metrics::Metrics;
+use crate::model::Model;
+use crate::nn::Ctx;
+use crate::optim::{AdamW, AdamWConfig};
+use crate::report::{EpochRecord, RunFolder, SplitSummary, Summary};
+
+/// Evaluation-time improvement threshold of early stopping (HF `early_stopping_threshold`).
+pub const EARLY_STOPPING_THRESHOLD: f64 = 0.001;
+
+/// Where the GloVe vectors come from: `--glove`, else the config's `text_glove_path`, else `models/`.
+pub fn glove_path(config: &Config, cli: Option<&Path>) -> PathBuf {
+    if let Some(path) = cli {
+        return path.to_path_buf();
+    }
+    if let Some(path) = &config.text_glove_path {
+        return PathBuf::from(path);
+    }
+    PathBuf::from(format!(
+        "models/glove.6B.{}d.txt",
+        config.text_out_features.unwrap_or(50)
+    ))
+}
+
+/// A config with its data, checked and ready to train or evaluate.
+pub struct Prepared {
+    pub config: LoadedConfig,
+    pub classes: Vec<String>,
+    pub prep: Arc<Preprocess>,
+    pub train: Arc<SplitData>,
+    pub valid: Arc<SplitData>,
+    pub test: Arc<SplitData>,
+    pub media: [MediaCounts; 3],
+    pub vocab: Option<GloveVocab>,
+    pub glove_file: Option<PathBuf>,
+}
+
+/// Where a GloVe vocabulary comes from.
+pub enum VocabSource<'a> {
+    /// The standard text file (new training).
+    GloveFile(PathBuf),
+    /// The word list of a run folder (evaluation; vectors come from the checkpoint).
+    RunWords(&'a Path),
+}
+
+/// Loads the three splits, checks that the media the config needs are there, and builds the vocabulary.
+/// `max_rows` keeps only the first rows of each split (smoke runs).
+pub fn prepare(
+    config: LoadedConfig,
+    data: &Path,
+    source: VocabSource<'_>,
+    max_rows: Option<usize>,
+) -> Result<Prepared> {
+    config.config.require_buildable(&config.path)?;
+    if !data.is_dir() {
+        return Err(Error::data(data, "the data folder does not exist"));
+    }
+    let classes = config.config.classes();
+    let prep = Preprocess::new(&config.config);
+    let mut splits = Vec::new();
+    let mut media = [MediaCounts::default(); 3];
+    for (i, split) in Split::ALL.iter().enumerate() {
+        let mut data = SplitData::load(data, *split, &classes)?;
+        if let Some(n) = max_rows {
+            data.truncate(n.max(1));
+        }
+        media[i] = data.check_media(prep.visual.is_some(), prep.audio.is_some())?;
+        splits.push(data);
+    }
+    let (mut vocab, mut glove_file) = (None, None);
+    if config.config.modules_text_encoder == TextEncoder::Glove {
+        let dim = config.config.text_out_features.unwrap_or(50).max(1) as usize;
+        let v = match source {
+            VocabSource::GloveFile(path) => {
+                let wanted = splits
+                    .iter()
+                    .flat_map(|s| s.vocabulary().cloned())
+                    .collect();
+                let v = GloveVocab::load(&path, dim, &wanted)?;
+                glove_file = Some(path);
+                v
+            }
+            VocabSource::RunWords(path) => GloveVocab::load_words(path, dim)?,
+        };
+        for split in &mut splits {
+            split.encode_text(&v, config.config.text_context);
+        }
+        vocab = Some(v);
+    }
+    let mut splits = splits.into_iter().map(Arc::new);
+    let (Some(train), Some(valid), Some(test)) = (splits.next(), splits.next(), splits.next())
+    else {
+        return Err(Error::Other("three splits expected".into()));
+    };
+    Ok(Prepared {
+        config,
+        classes,
+        prep: Arc::new(prep),
+        train,
+        valid,
+        test,
+        media,
+        vocab,
+        glove_file,
+    })
+}
+
+/// Optimizer steps per epoch and in the whole planned run, for an epoch of `epoch_len` training items.
+pub fn planned_steps(epoch_len: usize, batch_size: usize, epochs: usize) -> (usize, usize) {
+    let per_epoch = epoch_len.div_ceil(batch_size.max(1));
+    (per_epoch, per_epoch * epochs)
+}
+
+/// Items per training epoch: the split's rows, or for `*+triplet` losses the class-balanced sampler's
+/// (largest class count) × (number of classes present).
+pub fn epoch_len(config: &Config, labels: &[usize]) -> usize {
+    if !config.classifier_loss_fn.triplet {
+        return labels.len();
+    }
+    let per_class = class_members(labels);
+    per_class.iter().map(Vec::len).max().unwrap_or(0) * per_class.len()
+}
+
+/// Dataset indices of each class present, classes in index (alphabetical) order, members in dataset order.
+fn class_members(labels: &[usize]) -> Vec<Vec<usize>> {
+    let classes = labels.iter().copied().max().map_or(0, |m| m + 1);
+    let mut members = vec![Vec::new(); classes];
+    for (i, l) in labels.iter().enumerate() {
+        members[*l].push(i);
+    }
+    members.retain(|m| !m.is_empty());
+    members
+}
+
+/// The training order of one epoch. Normally a random permutation. For `*+triplet` losses, the reference's
+/// class-balanced sampler (§5.5): until the epoch length is reached, shuffle the class order and emit k = max(2,
+/// ⌈batch/classes⌉) consecutive members of each class from a per-class cursor that wraps around (the members
+/// themselves are not shuffled); batches are then cut from this stream.
+pub fn epoch_order(config: &Config, labels: &[usize], rng: &mut ChaCha8Rng) -> Vec<usize> {
+    if !config.classifier_loss_fn.triplet {
+        let mut order: Vec<usize> = (0..labels.len()).collect();
+        order.shuffle(rng);
+        return order;
+    }
+    let members = class_members(labels);
+    let len = epoch_len(config, labels);
+    let batch = config.batch_size();
+    let k = if batch <= 1 {
+        1
+    } else {
+        batch.div_ceil(members.len().max(1)).max(2)
+    };
+    let mut cursors = vec![0usize; members.len()];
+    let mut class_order: Vec<usize> = (0..members.len()).collect();
+    let mut order = Vec::with_capacity(len);
+    while order.len() < len {
+        class_order.shuffle(rng);
+        for c in &class_order {
+            for _ in 0..k {
+                if order.len() == len {
+                    break;
+                }
+                order.push(members[*c][cursors[*c] % members[*c].len()]);
+                cursors[*c] += 1;
+            }
+        }
+    }
+    order
+}
+
+/// The outcome of evaluating a model on a split.
+pub struct Evaluation {
+    pub metrics: Metrics,
+    /// The classifier loss over the whole split at once (what the reference logs as the eval loss).
+    pub loss: f64,
+    pub predictions: Vec<usize>,
+    pub samples_per_s: f64,
+}
+
+/// Evaluates in eval mode, in dataset order, with the given batch size.
+pub fn evaluate(
+    model: &Model,
+    data: &Arc<SplitData>,
+    prep: &Arc<Preprocess>,
+    batch_size: usize,
+    loss: &Loss,
+    classes: &[String],
+) -> Result<Evaluation> {
+    let start = Instant::now();
+    let order: Vec<usize> = (0..data.len()).collect();
+    let mut probs = Vec::new();
+    let mut logits = Vec::new();
+    let mut ctx = Ctx::eval();
+    for batch in Loader::spawn(data.clone(), prep.clone(), order, batch_size) {
+        let batch = batch?;
+        let out = model.forward(&batch, &mut ctx)?;
+        probs.push(out.probs.detach());
+        logits.push(out.logits.detach());
+    }
+    let probs = Tensor::cat(&probs, 0)?;
+    let logits = Tensor::cat(&logits, 0)?;
+    let device = model.device();
+    let y = one_hot(&data.labels, model.classes, device)?;
+    let loss = loss.classifier(&probs, &logits, &y)?.to_scalar::<f32>()? as f64;
+    let predictions: Vec<usize> = probs
+        .argmax(D::Minus1)?
+        .to_vec1::<u32>()?
+        .into_iter()
+        .map(|p| p as usize)
+        .collect();
+    let metrics = Metrics::compute(classes, &data.labels, &predictions);
+    Ok(Evaluation {
+        metrics,
+        loss,
+        predictions,
+        samples_per_s: data.len() as f64 / start.elapsed().as_secs_f64().max(1e-9),
+    })
+}
+
+fn one_hot(labels: &[usize], classes: usize, device: &Device) -> Result<Tensor> {
+    let mut y = vec![0f32; labels.len() * classes];
+    for (i, l) in labels.iter().enumerate() {
+        y[i * classes + l] = 1.0;
+    }
+    Ok(Tensor::from_vec(y, (labels.len(), classes), device)?)
+}
+
+/// Command-line settings of a training run.
+pub struct TrainOptions {
+    pub data: PathBuf,
+    pub out: PathBuf,
+    pub device: Device,
+    pub device_name: String,
+    pub glove: Option<PathBuf>,
+    /// Draw progress bars (off in tests and when stderr is not a terminal).
+    pub progress: bool,
+}
+
+/// Is `value` better than `best` for the selection metric?
+fn better(metric: BestMetric, value: f64, best: f64) -> bool {
+    match metric {
+        BestMetric::Loss => value < best,
+        BestMetric::F1Weighted | BestMetric::Acc => value > best,
+    }
+}
+
+fn metric_value(metric: BestMetric, eval: &Evaluation) -> f64 {
+    match metric {
+        BestMetric::F1Weighted => eval.metrics.f1_weighted,
+        BestMetric::Acc => eval.metrics.accuracy,
+        BestMetric::Loss => eval.loss,
+    }
+}
+
+/// Trains the prepared experiment and writes its run folder; returns the summary.
+pub fn train(prepared: Prepared, options: &TrainOptions) -> Result<(PathBuf, Summary)> {
+    let wall = Instant::now();
+    let config = &prepared.config.config;
+    let seed = config.seed();
+    let batch_size = config.batch_size();
+    let epochs = config.epochs();
+    let (steps_per_epoch, total_steps) = planned_steps(
+        epoch_len(config, &prepared.train.labels),
+        batch_size,
+        epochs,
+    );
+    let model = Model::build(config, prepared.vocab.as_ref(), &options.device, seed)?;
+    let run = RunFolder::create(&options.out, &config.classifier_name)?;
+    run.write_start(&prepared, options, model.store.parameter_count())?;
+    tracing::info!(
+        run = %run.path.display(),
+        parameters = model.store.parameter_count(),
+        steps_per_epoch,
+        total_steps,
+        "training {}",
+        config.classifier_name
+    );
+    let loss_fn = Loss::new(config);
+    let mut optimizer = AdamW::new(
+        model.store.trainable(),
+        AdamWConfig {
+            lr: config.classifier_learning_rate,
+            beta1: 0.9,
+            beta2: 0.999,
+            eps: 1e-8,
+            weight_decay: config.classifier_weight_decay,
+            warmup_steps: config.classifier_warmup_steps,
+            total_steps,
+            max_grad_norm: 1.0,
+        },
+    )?;
+    let mut shuffle_rng = ChaCha8Rng::seed_from_u64(seed.wrapping_add(1));
+    let mut ctx = Ctx::train(seed.wrapping_add(2));
+    let metric = config.classifier_metric_for_best_model;
+    let mut best: Option<(f64, usize)> = None;
+    let mut stale = 0usize;
+    let mut records = Vec::new();
+    let mut stopped_early = false;
+    let mut train_seconds = 0f64;
+    let mut train_samples = 0usize;
+    for epoch in 1..=epochs {
+        let epoch_start = Instant::now();
+        let order = epoch_order(config, &prepared.train.labels, &mut shuffle_rng);
+        let bar = progress_bar(options.progress, steps_per_epoch as u64, epoch, epochs);
+        ctx.set_train(true);
+        let mut loss_sum = 0f64;
+        let mut batches = 0usize;
+        let mut samples = 0usize;
+        let mut missing = MediaCounts::default();
+        for batch in Loader::spawn(
+            prepared.train.clone(),
+            prepared.prep.clone(),
+            order,
+            batch_size,
+        ) {
+            let batch = batch?;
+            let out = model.forward(&batch, &mut ctx)?;
+            let y = batch.one_hot(model.classes, model.device())?;
+            let loss = loss_fn.training(&out.probs, &out.logits, &y, &out.hidden, &batch.labels)?;
+            let value = loss.to_scalar::<f32>()? as f64;
+            if !value.is_finite() {
+                return Err(Error::Other(format!(
+                    "epoch {epoch}, step {}: the loss is {value}",
+                    optimizer.steps_taken() + 1
+                )));
+            }
+            let grads = loss.backward()?;
+            let step = optimizer.step(&grads)?;
+            loss_sum += value;
+            batches += 1;
+            samples += batch.len();
+            missing.missing_visual += batch.missing.missing_visual;
+            missing.missing_audio += batch.missing.missing_audio;
+            let rate = samples as f64 / epoch_start.elapsed().as_secs_f64().max(1e-9);
+            bar.set_message(format!(
+                "loss {:.4} · {rate:.1} samples/s · lr {:.2e}",
+                loss_sum / batches as f64,
+                step.lr
+            ));
+            bar.inc(1);
+        }
+        bar.finish_and_clear();
+        let train_elapsed = epoch_start.elapsed().as_secs_f64();
+        train_seconds += train_elapsed;
+        train_samples += samples;
+        let eval = evaluate(
+            &model,
+            &prepared.valid,
+            &prepared.prep,
+            batch_size,
+            &loss_fn,
+            &prepared.classes,
+        )?;
+        let value = metric_value(metric, &eval);
+        // HF EarlyStoppingCallback compares with the best value BEFORE this evaluation updates it.
+        let improved_enough = match best {
+            None => true,
+            Some((b, _)) => {
+                better(metric, value, b) && (value - b).abs() > EARLY_STOPPING_THRESHOLD
+            }
+        };
+        stale = if improved_enough { 0 } else { stale + 1 };
+        let is_best = match best {
+            None => true,
+            Some((b, _)) => better(metric, value, b),
+        };
+        if is_best {
+            best = Some((value, epoch));
+            model.store.save(&run.weights())?;
+        }
+        let record = EpochRecord {
+            epoch,
+            steps: optimizer.steps_taken(),
+            lr: optimizer.current_lr(),
+            train_loss: loss_sum / batches.max(1) as f64,
+            train_samples_per_s: samples as f64 / train_elapsed.max(1e-9),
+            valid_loss: eval.loss,
+            valid_f1_weighted: eval.metrics.f1_weighted,
+            valid_accuracy: eval.metrics.accuracy,
+            best: is_best,
+            seconds: epoch_start.elapsed().as_secs_f64(),
+            missing_visual: missing.missing_visual,
+            missing_audio: missing.missing_audio,
+        };
+        tracing::info!(
+            "epoch {epoch}/{epochs}: train loss {:.4}, valid loss {:.4}, valid weighted F1 {:.4}, accuracy {:.4}{}",
+            record.train_loss,
+            record.valid_loss,
+            record.valid_f1_weighted,
+            record.valid_accuracy,
+            if is_best { " (best)" } else { "" }
+        );
+        run.append_epoch(&record)?;
+        records.push(record);
+        if let Some(patience) = config.patience() {
+            if stale >= patience {
+                tracing::info!("early stopping: {stale} evaluations without improvement");
+                stopped_early = true;
+                break;
+            }
+        }
+    }
+    let best_epoch = best.map(|(_, e)| e).unwrap_or(0);
+    model.store.load(&run.weights())?;
+    let mut splits = Vec::new();
+    for (split, data) in [(Split::Dev, &prepared.valid), (Split::Test, &prepared.test)] {
+        let eval = evaluate(
+            &model,
+            data,
+            &prepared.prep,
+            batch_size,
+            &loss_fn,
+            &prepared.classes,
+        )?;
+        run.write_evaluation(split, &eval)?;
+        splits.push(SplitSummary::new(split, &eval));
+    }
+    let summary = Summary {
+        classifier_name: config.classifier_name.clone(),
+        config: prepared.config.path.display().to_string(),
+        data: options.data.display().to_string(),
+        device: options.device_name.clone(),
+        seed,
+        epochs_planned: epochs,
+        epochs_run: records.len(),
+        best_epoch,
+        stopped_early,
+        batch_size,
+        steps: optimizer.steps_taken(),
+        parameters: model.store.parameter_count(),
+        train_samples_per_s: train_samples as f64 / train_seconds.max(1e-9),
+        wall_seconds: wall.elapsed().as_secs_f64(),
+        splits,
+        data_manifest: run.manifest(&prepared),
+    };
+    run.write_summary(&summary, &records)?;
+    Ok((run.path.clone(), summary))
+}
+
+fn progress_bar(enabled: bool, len: u64, epoch: usize, epochs: usize) -> ProgressBar {
+    if !enabled {
+        return ProgressBar::hidden();
+    }
+    let bar = ProgressBar::new(len);
+    let style = ProgressStyle::with_template(
+        "{prefix} [{elapsed_precise}] {bar:30} {pos}/{len} steps · {msg}",
+    )
+    .unwrap_or_else(|_| ProgressStyle::default_bar());
+    bar.set_style(style);
+    bar.set_prefix(format!("epoch {epoch}/{epochs}"));
+    bar
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn triplet_sampler_balances_classes_in_runs_of_k() {
+        let config = Config::parse(
+            Path::new("t.yml"),
+            "classifier_classes: [anger, joy, neutral]\nmodules_text_encoder: glove\ntext_out_features: 50\nclassifier_loss_fn: dice+triplet\nbatch_size: 11\n",
+        )
+        .unwrap();
+        // class 0: 2 rows, class 1: 1 row, class 2: 5 rows
+        let labels = [2, 0, 2, 2, 1, 2, 0, 2];
+        assert_eq!(epoch_len(&config, &labels), 15);
+        let order = epoch_order(&config, &labels, &mut ChaCha8Rng::seed_from_u64(0));
+        assert_eq!(order.len(), 15);
+        // k = max(2, ceil(11/3)) = 4 consecutive items of one class
+        assert!(order[..4].iter().all(|i| labels[*i] == labels[order[0]]));
+        // class 2's members come in dataset order, wrapping around
+        let twos: Vec<usize> = order.iter().copied().filter(|i| labels[*i] == 2).collect();
+        let expected = [0, 2, 3, 5, 7, 0, 2];
+        assert!(twos.len() == 4 || twos.len() == 7, "{twos:?}");
+        assert_eq!(twos, expected[..twos.len()]);
+        let plain = Config {
+            classifier_loss_fn: "dice".to_string().try_into().unwrap(),
+            ..config
+        };
+        let mut sorted = epoch_order(&plain, &labels, &mut ChaCha8Rng::seed_from_u64(0));
+        sorted.sort();
+        assert_eq!(sorted, (0..8).collect::<Vec<_>>());
+    }
+}
