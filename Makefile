@@ -46,7 +46,7 @@ models:
 models/glove.6B.50d.txt:
 	$(PYTHON) scripts/fetch-glove.py --out $@
 
-demo: build
+demo: build glove
 	@rm -rf $(DEMO_DIR)
 	$(BIN)/meld-etl synth --out $(DEMO_DIR)/MELD.Raw --dialogues $(DEMO_DIALOGUES) --seed $(DEMO_SEED) --layout kaggle --faults --durations 1-3
 	$(BIN)/meld-etl extract --raw $(DEMO_DIR)/MELD.Raw --out $(DEMO_DIR)/data
@@ -55,8 +55,12 @@ demo: build
 		$(BIN)/erc-train --config $(DEMO_CONFIG) --data $(DEMO_DIR)/data --out $(DEMO_DIR)/runs; \
 	else echo "demo: $(DEMO_CONFIG) not present yet, training skipped"; fi
 
+# ETL throughput/memory against ffmpeg; training throughput against PyTorch (needs torch: see the script);
+# GPT-2 / wav2vec2 forward+backward times at their real sizes.
 bench: build
 	bash scripts/bench-etl.sh
+	bash scripts/bench-trainer.sh
+	bash scripts/bench-backbones.sh
 
 fmt:
 	$(CARGO) fmt --all

@@ -4,4 +4,4 @@
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 BENCH_BACKBONES="${1:-all}" BENCH_ITERATIONS="${2:-3}" \
-    cargo test --release -p erc-train --test bench_backbones -- --ignored --nocapture
+    cargo test --release --workspace --test bench_backbones -- --ignored --nocapture

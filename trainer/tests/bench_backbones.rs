@@ -4,7 +4,7 @@
 //! masking on), loss = sum of the encoder output. Prints one table; the PyTorch comparison comes separately.
 //!
 //! `scripts/bench-backbones.sh [gpt2|wav2vec2|all] [ITERATIONS]`, i.e.
-//! `BENCH_BACKBONES=all BENCH_ITERATIONS=3 cargo test --release -p erc-train --test bench_backbones -- --ignored --nocapture`
+//! `BENCH_BACKBONES=all BENCH_ITERATIONS=3 cargo test --release --workspace --test bench_backbones -- --ignored --nocapture`
 
 use std::time::Instant;
 
