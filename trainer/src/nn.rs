@@ -79,7 +79,53 @@ impl Linear {
     }
 
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        // A layer fed straight from data (the raw-waveform MLP's first layer: 150 000 inputs) needs no input
+        // gradient, but candle's matmul backward always computes it: for (64 x 150 000) inputs that is a second
+        // full-size matmul and a 38 MB accumulation per step. Apply the product as an op on the weight instead.
+        if !x.track_op() && x.rank() == 2 && x.device().is_cpu() {
+            let y = self.inner.weight().apply_op1(DataMatmul { x: x.clone() })?;
+            return Ok(match self.inner.bias() {
+                Some(b) => y.broadcast_add(b)?,
+                None => y,
+            });
+        }
         Ok(self.inner.forward(x)?)
+    }
+}
+
+/// `y = x·Wᵀ` as an op on the weight `W` (out, in), with `x` (batch, in) held as data: its backward gives only
+/// `∂L/∂W = gᵀ·x`. Only for inputs that carry no gradient (CPU).
+struct DataMatmul {
+    x: Tensor,
+}
+
+impl candle_core::CustomOp1 for DataMatmul {
+    fn name(&self) -> &'static str {
+        "data-matmul"
+    }
+
+    fn cpu_fwd(
+        &self,
+        weight: &candle_core::CpuStorage,
+        weight_layout: &candle_core::Layout,
+    ) -> candle_core::Result<(candle_core::CpuStorage, candle_core::Shape)> {
+        use candle_core::backend::BackendStorage;
+        let (out_features, in_features) = weight_layout.shape().dims2()?;
+        let (batch, x_in) = self.x.dims2()?;
+        if x_in != in_features {
+            candle_core::bail!("data-matmul: input has {x_in} features, the weight {in_features}")
+        }
+        let (storage, x_layout) = self.x.storage_and_layout();
+        let candle_core::Storage::Cpu(x) = &*storage else {
+            candle_core::bail!("data-matmul: the input is not on the CPU")
+        };
+        let weight_t = weight_layout.transpose(0, 1)?;
+        let y = x.matmul(weight, (1, batch, out_features, in_features), x_layout, &weight_t)?;
+        Ok((y, candle_core::Shape::from((batch, out_features))))
+    }
+
+    fn bwd(&self, _weight: &Tensor, _res: &Tensor, grad_res: &Tensor) -> candle_core::Result<Option<Tensor>> {
+        Ok(Some(grad_res.t()?.matmul(&self.x)?))
     }
 }
 
@@ -147,4 +193,38 @@ pub fn l2_normalize(x: &Tensor) -> Result<Tensor> {
     // (candle's sqrt backward divides by the output: 0/0 would poison every gradient with NaN).
     let norm = x.sqr()?.sum_keepdim(D::Minus1)?.maximum(1e-24)?.sqrt()?;
     Ok(x.broadcast_div(&norm)?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::{Device, Var};
+
+    /// The data-fed path (weight op, no input gradient) equals candle's own Linear in value and weight gradient.
+    #[test]
+    fn data_fed_linear_matches_candle_linear() {
+        let dev = Device::Cpu;
+        let w = Var::from_tensor(&Tensor::randn(0f32, 1., (5, 37), &dev).unwrap()).unwrap();
+        let b = Var::from_tensor(&Tensor::randn(0f32, 1., 5, &dev).unwrap()).unwrap();
+        let x = Tensor::randn(0f32, 1., (4, 37), &dev).unwrap();
+        let r = Tensor::randn(0f32, 1., (4, 5), &dev).unwrap();
+        let ours = Linear::from_tensors(w.as_tensor().clone(), b.as_tensor().clone()).unwrap();
+        let reference = candle_nn::Linear::new(w.as_tensor().clone(), Some(b.as_tensor().clone()));
+
+        let y = ours.forward(&x).unwrap();
+        let y_ref = reference.forward(&x).unwrap();
+        let diff = (&y - &y_ref).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
+        assert!(diff < 1e-5, "forward differs by {diff}");
+
+        let grads = (y * &r).unwrap().sum_all().unwrap().backward().unwrap();
+        let grads_ref = (y_ref * &r).unwrap().sum_all().unwrap().backward().unwrap();
+        for var in [&w, &b] {
+            let g = grads.get(var.as_tensor()).expect("gradient");
+            let g_ref = grads_ref.get(var.as_tensor()).expect("reference gradient");
+            let diff = (g - g_ref).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
+            assert!(diff < 1e-5, "gradient differs by {diff}");
+        }
+        // The input carried no gradient, and the data path built none for it.
+        assert!(grads.get(&x).is_none());
+    }
 }
