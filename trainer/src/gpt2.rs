@@ -25,11 +25,12 @@ use std::sync::Mutex;
 
 use candle_core::{DType, Device, Tensor, D};
 use candle_nn::{VarBuilder, VarMap};
-use rand::{Rng, SeedableRng};
+use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 use serde::Deserialize;
 
 use crate::error::{Error, Result};
+use crate::nn::{dropout_shared, LayerNorm};
 use crate::hub;
 
 fn default_pdrop() -> f64 {
@@ -146,44 +147,6 @@ impl Activation {
     }
 }
 
-/// Inverted dropout with a mask drawn from `rng` (candle's CPU generator cannot be seeded).
-fn dropout(x: &Tensor, p: f64, train: bool, rng: &Mutex<ChaCha8Rng>) -> Result<Tensor> {
-    if !train || p <= 0.0 {
-        return Ok(x.clone());
-    }
-    let keep = 1.0 - p;
-    let scale = (1.0 / keep) as f32;
-    let mask: Vec<f32> = {
-        let mut rng = rng.lock().map_err(|_| Error::Other("dropout generator poisoned".into()))?;
-        (0..x.elem_count())
-            .map(|_| if rng.gen::<f64>() < keep { scale } else { 0.0 })
-            .collect()
-    };
-    let mask = Tensor::from_vec(mask, x.shape(), x.device())?.to_dtype(x.dtype())?;
-    Ok((x * mask)?)
-}
-
-#[derive(Debug, Clone)]
-struct LayerNorm {
-    weight: Tensor,
-    bias: Tensor,
-    eps: f64,
-}
-
-impl LayerNorm {
-    fn new(dim: usize, eps: f64, vb: VarBuilder) -> Result<Self> {
-        Ok(LayerNorm {
-            weight: vb.get_with_hints(dim, "weight", candle_nn::Init::Const(1.0))?,
-            bias: vb.get_with_hints(dim, "bias", candle_nn::Init::Const(0.0))?,
-            eps,
-        })
-    }
-
-    fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        Ok(candle_nn::ops::layer_norm_slow(x, &self.weight, &self.bias, self.eps as f32)?)
-    }
-}
-
 /// HF `Conv1D`: `y = x·W + b` with W stored `[in, out]`.
 #[derive(Debug, Clone)]
 struct Conv1D {
@@ -253,9 +216,9 @@ impl Attention {
         let (q, k, v) = (heads(0)?, heads(1)?, heads(2)?);
         let scores = (q.matmul(&k.t()?.contiguous()?)? * self.scale)?.broadcast_add(mask_bias)?;
         let weights = candle_nn::ops::softmax(&scores, D::Minus1)?;
-        let weights = dropout(&weights, self.attn_pdrop, train, rng)?;
+        let weights = dropout_shared(&weights, self.attn_pdrop, train, rng)?;
         let mixed = weights.matmul(&v)?.transpose(1, 2)?.contiguous()?.reshape((b, l, e))?;
-        dropout(&self.c_proj.forward(&mixed)?, self.resid_pdrop, train, rng)
+        dropout_shared(&self.c_proj.forward(&mixed)?, self.resid_pdrop, train, rng)
     }
 }
 
@@ -279,7 +242,7 @@ impl Mlp {
 
     fn forward(&self, x: &Tensor, train: bool, rng: &Mutex<ChaCha8Rng>) -> Result<Tensor> {
         let h = self.activation.forward(&self.c_fc.forward(x)?)?;
-        dropout(&self.c_proj.forward(&h)?, self.resid_pdrop, train, rng)
+        dropout_shared(&self.c_proj.forward(&h)?, self.resid_pdrop, train, rng)
     }
 }
 
@@ -294,9 +257,9 @@ impl Block {
     fn new(cfg: &Config, layer_idx: usize, vb: VarBuilder) -> Result<Self> {
         let eps = cfg.layer_norm_epsilon;
         Ok(Block {
-            ln_1: LayerNorm::new(cfg.n_embd, eps, vb.pp("ln_1"))?,
+            ln_1: LayerNorm::load(cfg.n_embd, eps, vb.pp("ln_1"))?,
             attn: Attention::new(cfg, layer_idx, vb.pp("attn"))?,
-            ln_2: LayerNorm::new(cfg.n_embd, eps, vb.pp("ln_2"))?,
+            ln_2: LayerNorm::load(cfg.n_embd, eps, vb.pp("ln_2"))?,
             mlp: Mlp::new(cfg, vb.pp("mlp"))?,
         })
     }
@@ -327,7 +290,7 @@ impl Gpt2Model {
         let blocks = (0..cfg.n_layer)
             .map(|i| Block::new(cfg, i, vb.pp(format!("h.{i}"))))
             .collect::<Result<Vec<_>>>()?;
-        let ln_f = LayerNorm::new(cfg.n_embd, cfg.layer_norm_epsilon, vb.pp("ln_f"))?;
+        let ln_f = LayerNorm::load(cfg.n_embd, cfg.layer_norm_epsilon, vb.pp("ln_f"))?;
         Ok(Gpt2Model {
             wte,
             wpe,
@@ -372,7 +335,7 @@ impl Gpt2Model {
         }
         let positions = self.wpe.narrow(0, 0, l)?;
         let h = inputs_embeds.broadcast_add(&positions)?;
-        let mut h = dropout(&h, self.cfg.embd_pdrop, train, &self.rng)?;
+        let mut h = dropout_shared(&h, self.cfg.embd_pdrop, train, &self.rng)?;
         let mask_bias = mask_bias(attention_mask, b, l, inputs_embeds.device())?.to_dtype(h.dtype())?;
         for block in &self.blocks {
             h = block.forward(&h, &mask_bias, train, &self.rng)?;

@@ -6,7 +6,10 @@
 //! * [`LayerNorm`] over the last dimension, eps 1e-5, learnable affine;
 //! * [`l2_normalize`] `x / max(‖x‖₂, 1e-12)` per row (PyTorch `F.normalize`).
 
+use std::sync::Mutex;
+
 use candle_core::{Module, Tensor, D};
+use candle_nn::VarBuilder;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
@@ -141,49 +144,69 @@ impl Dropout {
 
     /// Zeroes each element with probability p and scales the rest by 1/(1-p), in training only.
     pub fn forward(&self, x: &Tensor, ctx: &mut Ctx) -> Result<Tensor> {
-        if !ctx.train || self.p <= 0.0 {
+        if !ctx.train {
             return Ok(x.clone());
         }
-        let keep = 1.0 - self.p;
-        let scale = 1.0 / keep;
-        let mask: Vec<f32> = (0..x.elem_count())
-            .map(|_| {
-                if ctx.rng.gen::<f32>() < keep {
-                    scale
-                } else {
-                    0.0
-                }
-            })
-            .collect();
-        let mask = Tensor::from_vec(mask, x.shape(), x.device())?;
-        Ok((x * mask)?)
+        dropout(x, self.p as f64, &mut ctx.rng)
     }
+}
+
+/// Inverted dropout: zeroes each element with probability `p` and scales the rest by 1/(1-p), with the mask drawn
+/// from `rng` (candle's CPU generator cannot be seeded, and runs must be reproducible). Identity for p ≤ 0.
+pub fn dropout(x: &Tensor, p: f64, rng: &mut ChaCha8Rng) -> Result<Tensor> {
+    if p <= 0.0 {
+        return Ok(x.clone());
+    }
+    let keep = 1.0 - p;
+    let scale = (1.0 / keep) as f32;
+    let mask: Vec<f32> = (0..x.elem_count())
+        .map(|_| if rng.gen::<f64>() < keep { scale } else { 0.0 })
+        .collect();
+    let mask = Tensor::from_vec(mask, x.shape(), x.device())?.to_dtype(x.dtype())?;
+    Ok((x * mask)?)
+}
+
+/// [`dropout`] in training mode only, with a generator shared behind a lock (the backbones' forward takes `&self`).
+pub fn dropout_shared(x: &Tensor, p: f64, train: bool, rng: &Mutex<ChaCha8Rng>) -> Result<Tensor> {
+    if !train || p <= 0.0 {
+        return Ok(x.clone());
+    }
+    let mut rng = rng
+        .lock()
+        .map_err(|_| crate::error::Error::Other("dropout generator poisoned".into()))?;
+    dropout(x, p, &mut rng)
 }
 
 #[derive(Debug, Clone)]
 pub struct LayerNorm {
     weight: Tensor,
     bias: Tensor,
+    eps: f64,
 }
 
 impl LayerNorm {
-    /// Parameters `<name>.weight` (ones) and `<name>.bias` (zeros); `name` must contain `layer_norm` so that
-    /// the optimiser leaves the weight undecayed.
+    /// Parameters `<name>.weight` (ones) and `<name>.bias` (zeros), eps 1e-5 (PyTorch's default); `name` must
+    /// contain `layer_norm` so that the optimiser leaves the weight undecayed.
     pub fn new(store: &mut ParamStore, name: &str, dim: usize) -> Result<Self> {
         debug_assert!(name.contains("layer_norm"));
         Ok(LayerNorm {
             weight: store.constant(&format!("{name}.weight"), &[dim], 1.0)?,
             bias: store.constant(&format!("{name}.bias"), &[dim], 0.0)?,
+            eps: 1e-5,
+        })
+    }
+
+    /// `weight` and `bias` of a checkpoint (HF models), with the checkpoint's own eps.
+    pub fn load(dim: usize, eps: f64, vb: VarBuilder) -> Result<Self> {
+        Ok(LayerNorm {
+            weight: vb.get_with_hints(dim, "weight", candle_nn::Init::Const(1.0))?,
+            bias: vb.get_with_hints(dim, "bias", candle_nn::Init::Const(0.0))?,
+            eps,
         })
     }
 
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        Ok(candle_nn::ops::layer_norm_slow(
-            x,
-            &self.weight,
-            &self.bias,
-            1e-5,
-        )?)
+        Ok(candle_nn::ops::layer_norm_slow(x, &self.weight, &self.bias, self.eps as f32)?)
     }
 }
 

@@ -35,6 +35,7 @@ use rand_chacha::ChaCha8Rng;
 use serde::Deserialize;
 
 use crate::error::{Error, Result};
+use crate::nn::{dropout_shared, LayerNorm};
 use crate::hub;
 
 fn d_eps() -> f64 {
@@ -209,44 +210,6 @@ impl Activation {
 
 type Rng8 = Mutex<ChaCha8Rng>;
 
-/// Inverted dropout with a mask drawn from `rng` (candle's CPU generator cannot be seeded).
-fn dropout(x: &Tensor, p: f64, train: bool, rng: &Rng8) -> Result<Tensor> {
-    if !train || p <= 0.0 {
-        return Ok(x.clone());
-    }
-    let keep = 1.0 - p;
-    let scale = (1.0 / keep) as f32;
-    let mask: Vec<f32> = {
-        let mut rng = rng.lock().map_err(|_| Error::Other("dropout generator poisoned".into()))?;
-        (0..x.elem_count())
-            .map(|_| if rng.gen::<f64>() < keep { scale } else { 0.0 })
-            .collect()
-    };
-    let mask = Tensor::from_vec(mask, x.shape(), x.device())?.to_dtype(x.dtype())?;
-    Ok((x * mask)?)
-}
-
-#[derive(Debug, Clone)]
-struct LayerNorm {
-    weight: Tensor,
-    bias: Tensor,
-    eps: f64,
-}
-
-impl LayerNorm {
-    fn new(dim: usize, eps: f64, vb: VarBuilder) -> Result<Self> {
-        Ok(LayerNorm {
-            weight: vb.get_with_hints(dim, "weight", candle_nn::Init::Const(1.0))?,
-            bias: vb.get_with_hints(dim, "bias", candle_nn::Init::Const(0.0))?,
-            eps,
-        })
-    }
-
-    fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        Ok(candle_nn::ops::layer_norm_slow(x, &self.weight, &self.bias, self.eps as f32)?)
-    }
-}
-
 /// `y = x·Wᵀ + b`, W stored `[out, in]` (PyTorch `nn.Linear`).
 #[derive(Debug, Clone)]
 struct Linear {
@@ -414,7 +377,7 @@ impl FeatureProjection {
     fn new(cfg: &Config, vb: VarBuilder) -> Result<Self> {
         let c = *cfg.conv_dim.last().unwrap_or(&cfg.hidden_size);
         Ok(FeatureProjection {
-            layer_norm: LayerNorm::new(c, cfg.layer_norm_eps, vb.pp("layer_norm"))?,
+            layer_norm: LayerNorm::load(c, cfg.layer_norm_eps, vb.pp("layer_norm"))?,
             projection: Linear::new(c, cfg.hidden_size, vb.pp("projection"))?,
             dropout: cfg.feat_proj_dropout,
         })
@@ -424,7 +387,7 @@ impl FeatureProjection {
     fn forward(&self, x: &Tensor, train: bool, rng: &Rng8) -> Result<(Tensor, Tensor)> {
         let normed = self.layer_norm.forward(x)?;
         let h = self.projection.forward(&normed)?;
-        Ok((dropout(&h, self.dropout, train, rng)?, normed))
+        Ok((dropout_shared(&h, self.dropout, train, rng)?, normed))
     }
 }
 
@@ -501,7 +464,7 @@ impl Attention {
         let v = split(self.v_proj.forward(x)?)?;
         let scores = q.matmul(&k.t()?.contiguous()?)?;
         let weights = candle_nn::ops::softmax(&scores, D::Minus1)?;
-        let weights = dropout(&weights, self.dropout, train, rng)?;
+        let weights = dropout_shared(&weights, self.dropout, train, rng)?;
         let mixed = weights.matmul(&v)?.transpose(1, 2)?.contiguous()?.reshape((b, t, h))?;
         self.out_proj.forward(&mixed)
     }
@@ -524,10 +487,10 @@ impl EncoderLayer {
         let ff = vb.pp("feed_forward");
         Ok(EncoderLayer {
             attention: Attention::new(cfg, vb.pp("attention"))?,
-            layer_norm: LayerNorm::new(h, eps, vb.pp("layer_norm"))?,
+            layer_norm: LayerNorm::load(h, eps, vb.pp("layer_norm"))?,
             intermediate_dense: Linear::new(h, i, ff.pp("intermediate_dense"))?,
             output_dense: Linear::new(i, h, ff.pp("output_dense"))?,
-            final_layer_norm: LayerNorm::new(h, eps, vb.pp("final_layer_norm"))?,
+            final_layer_norm: LayerNorm::load(h, eps, vb.pp("final_layer_norm"))?,
             activation: Activation::from_name(&cfg.hidden_act).map_err(Error::Other)?,
             hidden_dropout: cfg.hidden_dropout,
             activation_dropout: cfg.activation_dropout,
@@ -536,11 +499,11 @@ impl EncoderLayer {
 
     /// Post-LN: `h = LN(h + attn(h)); h = LN(h + FF(h))`.
     fn forward(&self, x: &Tensor, train: bool, rng: &Rng8) -> Result<Tensor> {
-        let a = dropout(&self.attention.forward(x, train, rng)?, self.hidden_dropout, train, rng)?;
+        let a = dropout_shared(&self.attention.forward(x, train, rng)?, self.hidden_dropout, train, rng)?;
         let h = self.layer_norm.forward(&(x + a)?)?;
         let f = self.activation.forward(&self.intermediate_dense.forward(&h)?)?;
-        let f = dropout(&f, self.activation_dropout, train, rng)?;
-        let f = dropout(&self.output_dense.forward(&f)?, self.hidden_dropout, train, rng)?;
+        let f = dropout_shared(&f, self.activation_dropout, train, rng)?;
+        let f = dropout_shared(&self.output_dense.forward(&f)?, self.hidden_dropout, train, rng)?;
         self.final_layer_norm.forward(&(h + f)?)
     }
 }
@@ -586,7 +549,7 @@ impl Wav2Vec2Model {
             feature_projection: FeatureProjection::new(cfg, vb.pp("feature_projection"))?,
             masked_spec_embed,
             pos_conv_embed: PositionalConvEmbedding::new(cfg, enc.pp("pos_conv_embed"))?,
-            layer_norm: LayerNorm::new(cfg.hidden_size, cfg.layer_norm_eps, enc.pp("layer_norm"))?,
+            layer_norm: LayerNorm::load(cfg.hidden_size, cfg.layer_norm_eps, enc.pp("layer_norm"))?,
             layers: (0..cfg.num_hidden_layers)
                 .map(|i| EncoderLayer::new(cfg, enc.pp(format!("layers.{i}"))))
                 .collect::<Result<Vec<_>>>()?,
@@ -620,7 +583,7 @@ impl Wav2Vec2Model {
         }
         let h = (&h + self.pos_conv_embed.forward(&h)?)?;
         let h = self.layer_norm.forward(&h)?;
-        let mut h = dropout(&h, self.cfg.hidden_dropout, train, &self.rng)?;
+        let mut h = dropout_shared(&h, self.cfg.hidden_dropout, train, &self.rng)?;
         let mut hidden_states = vec![h.clone()];
         for layer in &self.layers {
             let skip = train && self.cfg.layerdrop > 0.0 && {
