@@ -110,6 +110,7 @@ fn device(arg: DeviceArg) -> Result<(Device, String)> {
 }
 
 fn main() -> Result<()> {
+    erc_train::init_cpu_threads();
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
