@@ -8,7 +8,7 @@
 //! dataset's vocabulary (here 8 000 words, about MELD's), not all 400 000 GloVe rows: rows no prompt can reach
 //! change nothing in the outputs, and the reference's dense AdamW update over all of them is pure cost.
 //!
-//! `BENCH_STEPS=20 cargo test --release --workspace --test bench_train -- --ignored --nocapture`
+//! `BENCH_STEPS=20 [BENCH_MODELS=t-um-glove,...] cargo test --release --workspace --test bench_train -- --ignored --nocapture`
 
 use std::io::Write;
 use std::path::PathBuf;
@@ -156,7 +156,8 @@ fn bench_baseline_head(steps: usize) -> f64 {
 #[ignore = "benchmark: scripts/bench-trainer.sh"]
 fn training_throughput() {
     let steps: usize = std::env::var("BENCH_STEPS").ok().and_then(|s| s.parse().ok()).unwrap_or(20);
-    for name in ["t-um-glove", "a-um-waveform", "baseline-head"] {
+    let wanted = std::env::var("BENCH_MODELS").unwrap_or_else(|_| "t-um-glove,a-um-waveform,baseline-head".into());
+    for name in wanted.split(',') {
         let rate = if name == "baseline-head" { bench_baseline_head(steps) } else { bench_model(name, steps) };
         println!(
             "{{\"model\": \"{name}\", \"batch_size\": {BATCH}, \"steps\": {steps}, \"samples_per_s\": {rate:.2}, \"threads\": {}}}",
