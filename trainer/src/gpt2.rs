@@ -30,7 +30,7 @@ use rand_chacha::ChaCha8Rng;
 use serde::Deserialize;
 
 use crate::error::{Error, Result};
-use crate::nn::{dropout_shared, LayerNorm};
+use crate::nn::{dropout_shared, l2_normalize, LayerNorm};
 use crate::hub;
 
 fn default_pdrop() -> f64 {
@@ -409,8 +409,7 @@ impl Gpt2Encoder {
         let index = Tensor::from_vec(index, b, hidden.device())?;
         let out = hidden.reshape((b * l, e))?.index_select(&index, 0)?;
         if self.l2 {
-            let norm = out.sqr()?.sum_keepdim(D::Minus1)?.maximum(1e-24)?.sqrt()?;
-            Ok(out.broadcast_div(&norm)?)
+            l2_normalize(&out)
         } else {
             Ok(out)
         }

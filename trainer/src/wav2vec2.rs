@@ -35,7 +35,7 @@ use rand_chacha::ChaCha8Rng;
 use serde::Deserialize;
 
 use crate::error::{Error, Result};
-use crate::nn::{dropout_shared, LayerNorm};
+use crate::nn::{dropout_shared, l2_normalize, LayerNorm};
 use crate::hub;
 
 fn d_eps() -> f64 {
@@ -715,8 +715,7 @@ impl Wav2Vec2Encoder {
             None => pooled,
         };
         if self.l2 {
-            let norm = out.sqr()?.sum_keepdim(D::Minus1)?.maximum(1e-24)?.sqrt()?;
-            Ok(out.broadcast_div(&norm)?)
+            l2_normalize(&out)
         } else {
             Ok(out)
         }
