@@ -36,6 +36,23 @@ pub struct AdamWConfig {
     pub max_grad_norm: f64,
 }
 
+impl AdamWConfig {
+    /// The reference's optimiser for an experiment (§5.1): HF Trainer defaults (β = (0.9, 0.999), eps 1e-8,
+    /// clipping at global norm 1.0) with the config's learning rate, weight decay and warm-up.
+    pub fn for_experiment(config: &crate::config::Config, total_steps: usize) -> Self {
+        AdamWConfig {
+            lr: config.classifier_learning_rate,
+            beta1: 0.9,
+            beta2: 0.999,
+            eps: 1e-8,
+            weight_decay: config.classifier_weight_decay,
+            warmup_steps: config.classifier_warmup_steps,
+            total_steps,
+            max_grad_norm: 1.0,
+        }
+    }
+}
+
 struct Slot {
     var: Var,
     decay: bool,

@@ -298,16 +298,7 @@ pub fn train(prepared: Prepared, options: &TrainOptions) -> Result<(PathBuf, Sum
     let loss_fn = Loss::new(config);
     let mut optimizer = AdamW::new(
         model.store.trainable(),
-        AdamWConfig {
-            lr: config.classifier_learning_rate,
-            beta1: 0.9,
-            beta2: 0.999,
-            eps: 1e-8,
-            weight_decay: config.classifier_weight_decay,
-            warmup_steps: config.classifier_warmup_steps,
-            total_steps,
-            max_grad_norm: 1.0,
-        },
+        AdamWConfig::for_experiment(config, total_steps),
     )?;
     let mut shuffle_rng = ChaCha8Rng::seed_from_u64(seed.wrapping_add(1));
     let mut ctx = Ctx::train(seed.wrapping_add(2));

@@ -38,20 +38,7 @@ fn config(name: &str) -> Config {
 }
 
 fn optimizer(config: &Config, store: &ParamStore) -> AdamW {
-    AdamW::new(
-        store.trainable(),
-        AdamWConfig {
-            lr: config.classifier_learning_rate,
-            beta1: 0.9,
-            beta2: 0.999,
-            eps: 1e-8,
-            weight_decay: config.classifier_weight_decay,
-            warmup_steps: config.classifier_warmup_steps,
-            total_steps: 10 * 157,
-            max_grad_norm: 1.0,
-        },
-    )
-    .unwrap()
+    AdamW::new(store.trainable(), AdamWConfig::for_experiment(config, 10 * 157)).unwrap()
 }
 
 fn batch(rng: &mut ChaCha8Rng, text: bool, audio: Option<usize>) -> Batch {
