@@ -87,14 +87,7 @@ impl CustomOp1 for Im2Col {
         layout: &Layout,
     ) -> candle_core::Result<(CpuStorage, Shape)> {
         let (b, c, h, w) = layout.shape().dims4()?;
-        let data = match storage {
-            CpuStorage::F32(v) => v,
-            _ => candle_core::bail!("im2col expects f32"),
-        };
-        let Some((start, end)) = layout.contiguous_offsets() else {
-            candle_core::bail!("im2col expects a contiguous input")
-        };
-        let data = &data[start..end];
+        let data = crate::nn::contiguous_f32(storage, layout, "im2col")?;
         let g = self.geometry(c, h, w);
         let l = g.out(h) * g.out(w);
         let ckk = c * self.k * self.k;

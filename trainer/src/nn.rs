@@ -96,6 +96,30 @@ impl Linear {
     }
 }
 
+/// The values of a contiguous f32 CPU storage, as a custom op receives it; an error naming `op` otherwise.
+pub fn contiguous_f32<'a>(
+    storage: &'a candle_core::CpuStorage,
+    layout: &candle_core::Layout,
+    op: &str,
+) -> candle_core::Result<&'a [f32]> {
+    match (storage, layout.contiguous_offsets()) {
+        (candle_core::CpuStorage::F32(values), Some((start, end))) => Ok(&values[start..end]),
+        _ => candle_core::bail!("{op} expects a contiguous f32 tensor"),
+    }
+}
+
+/// [`contiguous_f32`] for ops that write in place.
+pub fn contiguous_f32_mut<'a>(
+    storage: &'a mut candle_core::CpuStorage,
+    layout: &candle_core::Layout,
+    op: &str,
+) -> candle_core::Result<&'a mut [f32]> {
+    match (storage, layout.contiguous_offsets()) {
+        (candle_core::CpuStorage::F32(values), Some((start, end))) => Ok(&mut values[start..end]),
+        _ => candle_core::bail!("{op} expects a contiguous f32 tensor"),
+    }
+}
+
 /// `y = x·Wᵀ` as an op on the weight `W` (out, in), with `x` (batch, in) held as data: its backward gives only
 /// `∂L/∂W = gᵀ·x`. Only for inputs that carry no gradient (CPU).
 struct DataMatmul {

@@ -239,14 +239,10 @@ const CHUNK: usize = 1 << 14;
 /// Runs `f` on the values of a contiguous f32 CPU tensor, borrowed from its storage (no copy).
 fn with_f32_slice<R>(t: &Tensor, f: impl FnOnce(&[f32]) -> R) -> Result<R> {
     let (storage, layout) = t.storage_and_layout();
-    match (&*storage, layout.contiguous_offsets()) {
-        (candle_core::Storage::Cpu(candle_core::CpuStorage::F32(values)), Some((start, end))) => {
-            Ok(f(&values[start..end]))
-        }
-        _ => Err(crate::error::Error::Other(
-            "the optimiser's host path needs contiguous f32 CPU tensors".into(),
-        )),
-    }
+    let candle_core::Storage::Cpu(storage) = &*storage else {
+        return Err(crate::error::Error::Other("the optimiser's host path needs CPU tensors".into()));
+    };
+    Ok(f(crate::nn::contiguous_f32(storage, layout, "the optimiser's host path")?))
 }
 
 /// The AdamW update of one CPU parameter, applied in place to its storage: no copy of the parameter, the gradient
@@ -276,20 +272,14 @@ impl candle_core::InplaceOp1 for HostUpdateWith<'_, '_> {
 
     fn cpu_fwd(&self, storage: &mut candle_core::CpuStorage, layout: &candle_core::Layout) -> candle_core::Result<()> {
         let u = self.update;
-        let candle_core::CpuStorage::F32(theta) = storage else {
-            candle_core::bail!("adamw: parameter is not f32")
-        };
-        let Some((start, end)) = layout.contiguous_offsets() else {
-            candle_core::bail!("adamw: parameter is not contiguous")
-        };
+        let theta = crate::nn::contiguous_f32_mut(storage, layout, "adamw")?;
         let (mut m, mut v) = (u.m.borrow_mut(), u.v.borrow_mut());
-        let theta = &mut theta[start..end];
-        // The scalars, copied out: the closure below runs on several threads and must not see the RefCells.
-        let (b1, b2, clip, decay, step_size, bias2_sqrt, eps) =
-            (u.beta1, u.beta2, u.clip, u.decay, u.step_size, u.bias2_sqrt, u.eps);
         if theta.len() != self.g.len() || m.len() != theta.len() {
             candle_core::bail!("adamw: {} values, {} gradients, {} moments", theta.len(), self.g.len(), m.len())
         }
+        // The scalars, copied out: the closure below runs on several threads and must not see the RefCells.
+        let (b1, b2, clip, decay, step_size, bias2_sqrt, eps) =
+            (u.beta1, u.beta2, u.clip, u.decay, u.step_size, u.bias2_sqrt, u.eps);
         theta
             .par_chunks_mut(CHUNK)
             .zip(self.g.par_chunks(CHUNK))

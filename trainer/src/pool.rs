@@ -73,14 +73,7 @@ impl CustomOp1 for MaxPool3x3S2 {
         layout: &Layout,
     ) -> candle_core::Result<(CpuStorage, Shape)> {
         let (b, c, h, w) = layout.shape().dims4()?;
-        let data = match storage {
-            CpuStorage::F32(v) => v,
-            _ => candle_core::bail!("max-pool-3x3-s2 expects f32"),
-        };
-        let data = match layout.contiguous_offsets() {
-            Some((start, end)) => &data[start..end],
-            None => candle_core::bail!("max-pool-3x3-s2 expects a contiguous input"),
-        };
+        let data = crate::nn::contiguous_f32(storage, layout, "max-pool-3x3-s2")?;
         let (oh, ow) = (out_size(h), out_size(w));
         let mut out = vec![0f32; b * c * oh * ow];
         let mut arg = vec![0usize; oh * ow];
