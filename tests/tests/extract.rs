@@ -480,22 +480,31 @@ fn both_layouts_are_discovered_and_the_reference_profile_is_44k_stereo() {
     assert!(text.contains("layout: kaggle"), "{text}");
 
     let out = e._dir.path().join("kaggle-data");
-    run_ok(
-        bin("meld-etl")
-            .args([
-                "extract",
-                "--splits",
-                "dev",
-                "--limit",
-                "3",
-                "--profile",
-                "hlm12erc",
-                "--raw",
-            ])
-            .arg(&kaggle)
-            .arg("--out")
-            .arg(&out),
-    );
+    // Extracts the first 3 dev rows at the hlm12erc profile; returns how many clips were decoded.
+    let decoded = |extra: &[&str]| {
+        run_ok(
+            bin("meld-etl")
+                .args([
+                    "extract",
+                    "--splits",
+                    "dev",
+                    "--limit",
+                    "3",
+                    "--profile",
+                    "hlm12erc",
+                ])
+                .args(extra)
+                .arg("--raw")
+                .arg(&kaggle)
+                .arg("--out")
+                .arg(&out),
+        );
+        let manifest: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(out.join("manifest.json")).unwrap())
+                .unwrap();
+        manifest["clips_decoded"].as_u64().unwrap()
+    };
+    decoded(&[]);
     let rows = output_rows(&out, "valid");
     assert_eq!(rows.len(), 3);
     let plain = output_rows(&e.out, "valid");
@@ -523,29 +532,6 @@ fn both_layouts_are_discovered_and_the_reference_profile_is_44k_stereo() {
     assert!(!out.join("train.csv").exists() && !out.join("test.csv").exists());
 
     // --force redoes the rows; without it a rerun reuses them.
-    let decoded = |extra: &[&str]| {
-        run_ok(
-            bin("meld-etl")
-                .args([
-                    "extract",
-                    "--splits",
-                    "dev",
-                    "--limit",
-                    "3",
-                    "--profile",
-                    "hlm12erc",
-                ])
-                .args(extra)
-                .arg("--raw")
-                .arg(&kaggle)
-                .arg("--out")
-                .arg(&out),
-        );
-        let manifest: serde_json::Value =
-            serde_json::from_str(&std::fs::read_to_string(out.join("manifest.json")).unwrap())
-                .unwrap();
-        manifest["clips_decoded"].as_u64().unwrap()
-    };
     let with_clip = rows
         .iter()
         .filter(|r| !r["x_visual"].is_empty() || !r["x_audio"].is_empty())
