@@ -3,9 +3,10 @@
 //! One module per stage, in the order the data flows: [`layout`] (where MELD.Raw keeps things) and [`meld`] (its
 //! CSV and clip names), then the stages of `extract`: [`discover`] (find the CSVs and clip folders) →
 //! [`raw_csv`] (read the annotations) → [`decode`] (one demux pass per clip: sampled frames and audio) →
-//! [`mosaic`] (stacked JPEG) and [`audio`] (down-mix, resample, WAV) → [`extract`] (the parallel, resumable
-//! driver). [`scan`] reports what a tree holds without writing; [`verify`] checks a written dataset. [`synth`]
-//! writes MELD-shaped trees for tests and demos.
+//! [`mosaic`] (stacked JPEG), [`audio`] (down-mix, resample, WAV) and, with `--faces`, [`faces`] (RetinaFace
+//! face-only mosaics and boxes) → [`extract`] (the parallel, resumable driver). [`scan`] reports what a tree
+//! holds without writing; [`verify`] checks a written dataset. [`synth`] writes MELD-shaped trees for tests and
+//! demos.
 
 pub mod layout;
 pub mod meld;
@@ -21,6 +22,8 @@ pub mod decode;
 pub mod mosaic;
 // 4b. down-mix, resample, WAV
 pub mod audio;
+// 4c. face-only mosaics and face boxes (`--faces`)
+pub mod faces;
 // 5. the parallel, resumable driver
 pub mod extract;
 

@@ -47,6 +47,18 @@ pub fn write_mosaic(tiles: &Tiles, quality: u8, path: &Path) -> Result<(u32, u32
         pixels.extend_from_slice(frame);
     }
     let height = tiles.height * tiles.frames.len() as u32;
+    write_jpeg(&pixels, tiles.width, height, quality, path)?;
+    Ok((tiles.width, height))
+}
+
+/// Writes packed RGB24 pixels of `width x height` to `path` as a JPEG, through a temporary name and a rename.
+pub fn write_jpeg(
+    pixels: &[u8],
+    width: u32,
+    height: u32,
+    quality: u8,
+    path: &Path,
+) -> Result<(), MosaicError> {
     let tmp = crate::audio::tmp_path(path);
     let error = |p: &Path, e: String| MosaicError::Write {
         path: p.to_path_buf(),
@@ -55,12 +67,11 @@ pub fn write_mosaic(tiles: &Tiles, quality: u8, path: &Path) -> Result<(u32, u32
     let file = File::create(&tmp).map_err(|e| error(&tmp, e.to_string()))?;
     let mut out = BufWriter::new(file);
     JpegEncoder::new_with_quality(&mut out, quality)
-        .encode(&pixels, tiles.width, height, ExtendedColorType::Rgb8)
+        .encode(pixels, width, height, ExtendedColorType::Rgb8)
         .map_err(|e| error(&tmp, e.to_string()))?;
     out.flush().map_err(|e| error(&tmp, e.to_string()))?;
     drop(out);
-    std::fs::rename(&tmp, path).map_err(|e| error(path, e.to_string()))?;
-    Ok((tiles.width, height))
+    std::fs::rename(&tmp, path).map_err(|e| error(path, e.to_string()))
 }
 
 /// Does the file end with the JPEG end-of-image marker? A cut JPEG lacks it, and decoders tolerate the cut (they
