@@ -5,6 +5,7 @@
 //! [`waveform`]; [`fusion`]; [`head`]) → [`losses`] → [`train`] (with [`optim`] and [`metrics`]) → [`report`].
 
 pub mod attention;
+pub mod batch_norm;
 pub mod config;
 pub mod dataset;
 pub mod error;

@@ -7,24 +7,164 @@
 //! (BatchNorm's `num_batches_tracked` aside). Random initialisation as torchvision's: kaiming-normal (fan_out,
 //! ReLU) convolutions, BatchNorm weight 1 and bias 0.
 //!
-//! BatchNorm uses batch statistics in training (updating the running statistics, momentum 0.1) and the running
-//! statistics in evaluation. The stem's 3×3/stride-2 max-pool is [`crate::pool::max_pool_3x3_s2`], which has a
-//! backward pass.
+//! BatchNorm ([`crate::batch_norm`]) uses batch statistics in training (updating the running statistics, momentum
+//! 0.1, unbiased variance) and the running statistics in evaluation. The stem's 3×3/stride-2 max-pool is
+//! [`crate::pool::max_pool_3x3_s2`], which has a backward pass.
+//!
+//! Widths are a [`Config`]: [`Config::resnet50`] is the real network; [`Config::from_checkpoint`] reads them off a
+//! torchvision state dict (the test fixture is a narrow ResNet-50). [`load_torchvision`] copies a torchvision
+//! checkpoint (safetensors) into a built network's parameters.
 
-use candle_core::{ModuleT, Tensor, D};
-use candle_nn::BatchNorm;
+use std::collections::{BTreeSet, HashMap};
+use std::path::Path;
 
-use crate::error::Result;
+use candle_core::{Device, Tensor, D};
+
+use crate::batch_norm::BatchNorm;
+use crate::error::{Error, Result};
 use crate::nn::l2_normalize;
 use crate::params::ParamStore;
 use crate::pool::max_pool_3x3_s2;
 
-/// Output width of the encoder.
+/// Output width of the real encoder.
 pub const RESNET50_FEATURES: usize = 2048;
 
-/// Blocks per stage and the stages' bottleneck widths.
-const STAGES: [(usize, usize); 4] = [(3, 64), (4, 128), (6, 256), (3, 512)];
+/// A bottleneck's output has `EXPANSION` × its width channels.
 const EXPANSION: usize = 4;
+
+/// The network's widths: the stem's channels, each stage's bottleneck width ("planes" in torchvision) and its
+/// number of blocks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Config {
+    pub stem_width: usize,
+    pub widths: [usize; 4],
+    pub blocks: [usize; 4],
+}
+
+impl Config {
+    /// torchvision's `resnet50`.
+    pub fn resnet50() -> Self {
+        Config {
+            stem_width: 64,
+            widths: [64, 128, 256, 512],
+            blocks: [3, 4, 6, 3],
+        }
+    }
+
+    /// Width of the pooled features (2048 for ResNet-50).
+    pub fn out_features(&self) -> usize {
+        self.widths[3] * EXPANSION
+    }
+
+    /// The widths of the torchvision ResNet whose state dict is the safetensors file `path` (from the shapes of
+    /// `conv1.weight` and `layerN.i.conv1.weight`).
+    pub fn from_checkpoint(path: &Path) -> Result<Self> {
+        let tensors = read_checkpoint(path)?;
+        Self::infer(|name| tensors.get(name).map(|t| t.dims().to_vec()))
+            .map_err(|message| Error::data(path, message))
+    }
+
+    /// The widths from the shape of each tensor, looked up by its torchvision name.
+    fn infer(shape_of: impl Fn(&str) -> Option<Vec<usize>>) -> std::result::Result<Self, String> {
+        let out_channels = |name: &str| -> std::result::Result<usize, String> {
+            match shape_of(name).as_deref() {
+                Some([out, _, _, _]) => Ok(*out),
+                Some(other) => Err(format!(
+                    "`{name}` has shape {other:?}, a convolution weight needs 4 dims"
+                )),
+                None => Err(format!(
+                    "no tensor `{name}`: not a torchvision ResNet state dict"
+                )),
+            }
+        };
+        let stem_width = out_channels("conv1.weight")?;
+        let mut widths = [0; 4];
+        let mut blocks = [0; 4];
+        for stage in 0..4 {
+            widths[stage] = out_channels(&format!("layer{}.0.conv1.weight", stage + 1))?;
+            blocks[stage] = (0..)
+                .take_while(|i| shape_of(&format!("layer{}.{i}.conv1.weight", stage + 1)).is_some())
+                .count();
+        }
+        Ok(Config {
+            stem_width,
+            widths,
+            blocks,
+        })
+    }
+
+    /// Whether block `block` of stage `stage` has a projection shortcut (torchvision: where the stride or the
+    /// channel count changes, i.e. block 0 of every stage unless stem_width == 4 × the first width).
+    fn has_downsample(&self, stage: usize, block: usize) -> bool {
+        let cin = if stage == 0 {
+            self.stem_width
+        } else {
+            self.widths[stage - 1] * EXPANSION
+        };
+        block == 0 && (stage > 0 || cin != self.widths[0] * EXPANSION)
+    }
+
+    /// Every parameter and buffer name, torchvision's (without a prefix).
+    fn names(&self) -> Vec<String> {
+        let bn = |name: &str| {
+            ["weight", "bias", "running_mean", "running_var"].map(|part| format!("{name}.{part}"))
+        };
+        let mut names = vec!["conv1.weight".to_string()];
+        names.extend(bn("bn1"));
+        for stage in 0..4 {
+            for block in 0..self.blocks[stage] {
+                let at = format!("layer{}.{block}", stage + 1);
+                for i in 1..=3 {
+                    names.push(format!("{at}.conv{i}.weight"));
+                    names.extend(bn(&format!("{at}.bn{i}")));
+                }
+                if self.has_downsample(stage, block) {
+                    names.push(format!("{at}.downsample.0.weight"));
+                    names.extend(bn(&format!("{at}.downsample.1")));
+                }
+            }
+        }
+        names
+    }
+}
+
+/// A torchvision state dict, without what the encoder does not use: the classifier `fc.*` (the encoder ends at the
+/// pooled features) and BatchNorm's `num_batches_tracked` counters (momentum is fixed at 0.1).
+fn read_checkpoint(path: &Path) -> Result<HashMap<String, Tensor>> {
+    crate::hub::read_safetensors(path, &Device::Cpu, |name| {
+        let unused = name.starts_with("fc.") || name.ends_with(".num_batches_tracked");
+        (!unused).then(|| name.to_string())
+    })
+}
+
+/// Copies the torchvision checkpoint `path` (safetensors of a `state_dict()`) into the ResNet built in `store`
+/// under `prefix` (`visual`): every convolution and BatchNorm weight, bias and running statistic. `fc.*` and
+/// `num_batches_tracked` are ignored; a tensor the network lacks, a network tensor the file lacks and a shape that
+/// differs are errors naming the file and the tensor.
+pub fn load_torchvision(store: &ParamStore, prefix: &str, path: &Path) -> Result<()> {
+    let tensors = read_checkpoint(path)?;
+    // The built network's widths, read back from the store: they give the names it must find in the file.
+    let built = Config::infer(|name| {
+        store
+            .get(&format!("{prefix}.{name}"))
+            .map(|t| t.dims().to_vec())
+    })
+    .map_err(|message| Error::Other(format!("no ResNet under `{prefix}`: {message}")))?;
+    let expected: BTreeSet<String> = built.names().into_iter().collect();
+    if let Some(extra) = tensors.keys().filter(|n| !expected.contains(*n)).min() {
+        return Err(Error::data(
+            path,
+            format!("tensor `{extra}` is not part of this ResNet (widths {built:?})"),
+        ));
+    }
+    for name in &expected {
+        let value = tensors.get(name).ok_or_else(|| {
+            Error::data(path, format!("tensor `{name}` missing from the checkpoint"))
+        })?;
+        store.assign(&format!("{prefix}.{name}"), value, path)?;
+    }
+    Ok(())
+}
 
 /// A bias-free 2-D convolution: on the CPU im2col + GEMM ([`crate::im2col`], a much faster backward than
 /// candle's); elsewhere candle's convolution, strided ones through [`Conv::forward`]'s padding workaround:
@@ -62,12 +202,6 @@ impl Conv {
     }
 }
 
-impl candle_core::Module for Conv {
-    fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
-        Conv::forward(self, x).map_err(|e| candle_core::Error::Msg(e.to_string()))
-    }
-}
-
 fn conv(
     store: &mut ParamStore,
     name: &str,
@@ -88,19 +222,7 @@ fn conv(
 }
 
 fn batch_norm(store: &mut ParamStore, name: &str, c: usize) -> Result<BatchNorm> {
-    let running_mean = store.buffer(&format!("{name}.running_mean"), &[c], 0.0)?;
-    let running_var = store.buffer(&format!("{name}.running_var"), &[c], 1.0)?;
-    let weight = store.constant(&format!("{name}.weight"), &[c], 1.0)?;
-    let bias = store.constant(&format!("{name}.bias"), &[c], 0.0)?;
-    Ok(BatchNorm::new_with_momentum(
-        c,
-        running_mean,
-        running_var,
-        weight,
-        bias,
-        1e-5,
-        0.1,
-    )?)
+    BatchNorm::new(store, name, c)
 }
 
 #[derive(Debug, Clone)]
@@ -121,9 +243,10 @@ impl Bottleneck {
         cin: usize,
         width: usize,
         stride: usize,
+        downsample: bool,
     ) -> Result<Self> {
         let cout = width * EXPANSION;
-        let downsample = if stride != 1 || cin != cout {
+        let downsample = if downsample {
             Some((
                 conv(
                     store,
@@ -151,11 +274,11 @@ impl Bottleneck {
     }
 
     fn forward(&self, x: &Tensor, train: bool) -> Result<Tensor> {
-        let h = self.bn1.forward_t(&x.apply(&self.conv1)?, train)?.relu()?;
-        let h = self.bn2.forward_t(&h.apply(&self.conv2)?, train)?.relu()?;
-        let h = self.bn3.forward_t(&h.apply(&self.conv3)?, train)?;
+        let h = self.bn1.forward(&self.conv1.forward(x)?, train)?.relu()?;
+        let h = self.bn2.forward(&self.conv2.forward(&h)?, train)?.relu()?;
+        let h = self.bn3.forward(&self.conv3.forward(&h)?, train)?;
         let identity = match &self.downsample {
-            Some((conv, bn)) => bn.forward_t(&x.apply(conv)?, train)?,
+            Some((conv, bn)) => bn.forward(&conv.forward(x)?, train)?,
             None => x.clone(),
         };
         Ok((h + identity)?.relu()?)
@@ -166,44 +289,97 @@ impl Bottleneck {
 pub struct ResNet50 {
     conv1: Conv,
     bn1: BatchNorm,
-    layers: Vec<Bottleneck>,
+    /// The bottlenecks of each of the four stages.
+    stages: Vec<Vec<Bottleneck>>,
+    out_features: usize,
     l2norm: bool,
 }
 
 impl ResNet50 {
+    /// The real ResNet-50, randomly initialised, parameters under `name.`.
     pub fn new(store: &mut ParamStore, name: &str, l2norm: bool) -> Result<Self> {
-        let conv1 = conv(store, &format!("{name}.conv1"), 3, 64, 7, 2, 3)?;
-        let bn1 = batch_norm(store, &format!("{name}.bn1"), 64)?;
-        let mut layers = Vec::new();
-        let mut cin = 64;
-        for (stage, (blocks, width)) in STAGES.iter().enumerate() {
-            for block in 0..*blocks {
+        Self::with_config(store, name, &Config::resnet50(), l2norm)
+    }
+
+    /// A ResNet-50-shaped network of the given widths, randomly initialised, parameters under `name.`.
+    pub fn with_config(
+        store: &mut ParamStore,
+        name: &str,
+        cfg: &Config,
+        l2norm: bool,
+    ) -> Result<Self> {
+        let conv1 = conv(store, &format!("{name}.conv1"), 3, cfg.stem_width, 7, 2, 3)?;
+        let bn1 = batch_norm(store, &format!("{name}.bn1"), cfg.stem_width)?;
+        let mut stages = Vec::new();
+        let mut cin = cfg.stem_width;
+        for stage in 0..4 {
+            let width = cfg.widths[stage];
+            let mut blocks = Vec::new();
+            for block in 0..cfg.blocks[stage] {
                 let stride = if stage > 0 && block == 0 { 2 } else { 1 };
                 let block_name = format!("{name}.layer{}.{block}", stage + 1);
-                layers.push(Bottleneck::new(store, &block_name, cin, *width, stride)?);
+                let downsample = cfg.has_downsample(stage, block);
+                blocks.push(Bottleneck::new(
+                    store,
+                    &block_name,
+                    cin,
+                    width,
+                    stride,
+                    downsample,
+                )?);
                 cin = width * EXPANSION;
             }
+            stages.push(blocks);
         }
         Ok(ResNet50 {
             conv1,
             bn1,
-            layers,
+            stages,
+            out_features: cfg.out_features(),
             l2norm,
         })
     }
 
-    pub fn out_features(&self) -> usize {
-        RESNET50_FEATURES
+    /// The network of the torchvision checkpoint `path` (widths read off its shapes) with its weights, under
+    /// `name.` in `store`.
+    pub fn from_torchvision(
+        store: &mut ParamStore,
+        name: &str,
+        path: &Path,
+        l2norm: bool,
+    ) -> Result<Self> {
+        let cfg = Config::from_checkpoint(path)?;
+        let model = Self::with_config(store, name, &cfg, l2norm)?;
+        load_torchvision(store, name, path)?;
+        Ok(model)
     }
 
-    /// (B, 3, H, W) → (B, 2048).
-    pub fn forward(&self, x: &Tensor, train: bool) -> Result<Tensor> {
-        let h = self.bn1.forward_t(&x.apply(&self.conv1)?, train)?.relu()?;
+    pub fn out_features(&self) -> usize {
+        self.out_features
+    }
+
+    /// The activations after the stem's max-pool and after each of the four stages: (B, 3, H, W) →
+    /// [(B, stem, H/4, W/4), (B, 4·w1, H/4, W/4), ..., (B, 4·w4, H/32, W/32)] (sizes rounded up).
+    pub fn stages(&self, x: &Tensor, train: bool) -> Result<Vec<Tensor>> {
+        let h = self.bn1.forward(&self.conv1.forward(x)?, train)?.relu()?;
         let mut h = max_pool_3x3_s2(&h)?;
-        for layer in &self.layers {
-            h = layer.forward(&h, train)?;
+        let mut out = vec![h.clone()];
+        for blocks in &self.stages {
+            for block in blocks {
+                h = block.forward(&h, train)?;
+            }
+            out.push(h.clone());
         }
-        let pooled = h.flatten_from(2)?.mean(D::Minus1)?;
+        Ok(out)
+    }
+
+    /// (B, 3, H, W) → (B, 2048): global average pool of the last stage (l2-normalised if configured).
+    pub fn forward(&self, x: &Tensor, train: bool) -> Result<Tensor> {
+        let stages = self.stages(x, train)?;
+        let last = stages
+            .last()
+            .ok_or_else(|| Error::Other("ResNet without stages".into()))?;
+        let pooled = last.flatten_from(2)?.mean(D::Minus1)?;
         if self.l2norm {
             l2_normalize(&pooled)
         } else {
