@@ -10,7 +10,7 @@ use candle_core::Tensor;
 use crate::attention::{heads_for_degree, MultiheadAttention};
 use crate::config::AttentionScope;
 use crate::error::Result;
-use crate::nn::{l2_normalize, LayerNorm, Linear};
+use crate::nn::{LayerNorm, Linear};
 use crate::params::ParamStore;
 
 /// Projection widths of the modalities present (in order) for a fused width `f` (§3.6 steps 1–2).
@@ -91,7 +91,13 @@ impl Fusion {
     /// Modality embeddings (in order text, visual, audio) → (B, out_features).
     pub fn forward(&self, embeddings: &[Tensor]) -> Result<Tensor> {
         match self {
-            Fusion::Concat { .. } => l2_normalize(&Tensor::cat(embeddings, 1)?),
+            Fusion::Concat { .. } => {
+                let joined = match embeddings {
+                    [one] => one.clone(),
+                    _ => Tensor::cat(embeddings, 1)?,
+                };
+                crate::fused::l2_normalize(&joined)
+            }
             Fusion::Attention {
                 projections,
                 attention,

@@ -2,11 +2,12 @@
 //! last layer too; a null width reuses the previous one; no layers → one `Linear(in→in) → ReLU`), optional l2 on
 //! the hidden state (`feedforward_l2norm`), then `Linear(hidden → classes)` logits and softmax probabilities.
 
-use candle_core::{Tensor, D};
+use candle_core::Tensor;
 
 use crate::config::FeedForwardLayer;
 use crate::error::Result;
-use crate::nn::{l2_normalize, Ctx, Dropout, Linear};
+use crate::fused;
+use crate::nn::{Ctx, Dropout, Linear};
 use crate::params::ParamStore;
 
 #[derive(Debug, Clone)]
@@ -56,18 +57,19 @@ impl Head {
     }
 
     pub fn forward(&self, x: &Tensor, ctx: &mut Ctx) -> Result<HeadOutput> {
+        // Each `Linear → ReLU → Dropout` is one fused node, as are the l2 and the softmax (on the CPU; composed
+        // candle operations elsewhere): the head is small, and per-operation overhead was most of its cost.
+        let batch = x.dim(0)?;
         let mut h = x.clone();
         for (linear, dropout) in &self.layers {
-            h = linear.forward(&h)?.relu()?;
-            if let Some(dropout) = dropout {
-                h = dropout.forward(&h, ctx)?;
-            }
+            let mask = dropout.and_then(|d| d.mask(batch * linear.out_features, ctx));
+            h = linear.forward_fused(&h, true, mask)?;
         }
         if self.l2norm {
-            h = l2_normalize(&h)?;
+            h = fused::l2_normalize(&h)?;
         }
-        let logits = self.logits.forward(&h)?;
-        let probs = candle_nn::ops::softmax(&logits, D::Minus1)?;
+        let logits = self.logits.forward_fused(&h, false, None)?;
+        let probs = fused::softmax(&logits)?;
         Ok(HeadOutput {
             probs,
             logits,

@@ -9,6 +9,7 @@ pub mod batch_norm;
 pub mod config;
 pub mod dataset;
 pub mod error;
+pub mod fused;
 pub mod fusion;
 pub mod glove;
 pub mod gpt2;

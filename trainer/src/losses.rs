@@ -8,15 +8,25 @@
 //! * triplet term on the hidden states: per class with ≥ 2 members (and another class present), anchor = first
 //!   member, sim = (1 + cos)/2, −ln(mean sim(a, P) / (mean sim(a, P) + mean sim(a, N) + ε)); mean over classes.
 //!
-//! All from candle primitives so gradients flow (see the gradient tests).
+//! The classifier losses run as single fused nodes on the CPU ([`crate::fused`], each with its closed-form
+//! backward); elsewhere, and for the triplet term, they are composed from candle primitives so gradients flow
+//! (see the gradient tests; the tests below hold the fused versions to the composed ones).
 
 use candle_core::{Tensor, D};
 
 use crate::config::{ClassifierLoss, Config, LossFn};
 use crate::error::Result;
+use crate::fused;
 
 /// Cross-entropy with probability targets: mean_b −Σ_c y_bc·log_softmax(x)_bc.
 pub fn cross_entropy(x: &Tensor, y: &Tensor) -> Result<Tensor> {
+    if fused::applies(x) && x.rank() == 2 {
+        return fused::cross_entropy(x, y);
+    }
+    cross_entropy_composed(x, y)
+}
+
+fn cross_entropy_composed(x: &Tensor, y: &Tensor) -> Result<Tensor> {
     let log_p = candle_nn::ops::log_softmax(x, D::Minus1)?;
     Ok((y * log_p)?.sum(D::Minus1)?.mean_all()?.neg()?)
 }
@@ -28,6 +38,13 @@ pub fn cce(probs: &Tensor, y: &Tensor) -> Result<Tensor> {
 
 /// Soft Dice loss over the batch, macro over all classes, ε in the denominator only.
 pub fn dice(probs: &Tensor, y: &Tensor, eps: f64) -> Result<Tensor> {
+    if fused::applies(probs) && probs.rank() == 2 {
+        return fused::dice(probs, y, eps);
+    }
+    dice_composed(probs, y, eps)
+}
+
+fn dice_composed(probs: &Tensor, y: &Tensor, eps: f64) -> Result<Tensor> {
     let tp = (probs * y)?.sum(0)?;
     let fp = (probs * y.affine(-1.0, 1.0)?)?.sum(0)?;
     let fneg = (probs.affine(-1.0, 1.0)? * y)?.sum(0)?;
@@ -39,6 +56,20 @@ pub fn dice(probs: &Tensor, y: &Tensor, eps: f64) -> Result<Tensor> {
 
 /// Focal loss with per-class α (C), focusing γ, mean or sum reduction.
 pub fn focal(
+    probs: &Tensor,
+    y: &Tensor,
+    alpha: &Tensor,
+    gamma: f64,
+    eps: f64,
+    mean: bool,
+) -> Result<Tensor> {
+    if fused::applies(probs) && probs.rank() == 2 {
+        return fused::focal(probs, y, alpha, gamma, eps, mean);
+    }
+    focal_composed(probs, y, alpha, gamma, eps, mean)
+}
+
+fn focal_composed(
     probs: &Tensor,
     y: &Tensor,
     alpha: &Tensor,
@@ -196,5 +227,101 @@ mod tests {
         let v = scalar(triplet(&h, &[0, 1, 0], 1e-8).unwrap());
         let sp = (1.0 + 1.0 / 2f32.sqrt()) / 2.0;
         assert!((v - (-(sp / (sp + 0.5)).ln())).abs() < 1e-6, "{v}");
+    }
+}
+
+/// The fused CPU losses against the composed candle versions they replace, in value and gradient.
+#[cfg(test)]
+mod fused_tests {
+    use super::*;
+    use crate::fused::tests::{max_diff, uniform};
+    use candle_core::{Device, Var};
+
+    fn one_hot(labels: &[usize], classes: usize) -> Tensor {
+        let mut y = vec![0f32; labels.len() * classes];
+        for (i, l) in labels.iter().enumerate() {
+            y[i * classes + l] = 1.0;
+        }
+        Tensor::from_vec(y, (labels.len(), classes), &Device::Cpu).unwrap()
+    }
+
+    fn check(name: &str, fused: impl Fn(&Tensor) -> Tensor, composed: impl Fn(&Tensor) -> Tensor) {
+        let logits = Var::from_tensor(&uniform(&[12, 7], 3.0, 11)).unwrap();
+        // Through the candle softmax, as the losses see probabilities in training.
+        let probs = candle_nn::ops::softmax(logits.as_tensor(), D::Minus1).unwrap();
+        let (ours, reference) = (fused(&probs), composed(&probs));
+        let (a, b) = (
+            ours.to_scalar::<f32>().unwrap(),
+            reference.to_scalar::<f32>().unwrap(),
+        );
+        assert!(
+            (a - b).abs() <= 1e-6 * b.abs().max(1.0),
+            "{name}: {a} vs {b}"
+        );
+        assert!(a.abs() > 1e-3, "{name}: a non-trivial value");
+        let g = ours.backward().unwrap();
+        let g_ref = reference.backward().unwrap();
+        let (g, g_ref) = (
+            g.get(logits.as_tensor()).unwrap(),
+            g_ref.get(logits.as_tensor()).unwrap(),
+        );
+        let scale = g_ref
+            .abs()
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .max(0)
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap();
+        assert!(scale > 1e-4, "{name}: a non-trivial gradient");
+        assert!(
+            max_diff(g, g_ref) <= 1e-5 * scale,
+            "{name}: gradients differ by {}",
+            max_diff(g, g_ref)
+        );
+    }
+
+    #[test]
+    fn fused_losses_match_the_composed_ones() {
+        // Every class present but one (6 never occurs), as in small batches.
+        let y = one_hot(&[0, 1, 2, 3, 4, 5, 0, 4, 4, 3, 1, 2], 7);
+        check(
+            "cce",
+            |p| cce(p, &y).unwrap(),
+            |p| cross_entropy_composed(p, &y).unwrap(),
+        );
+        check(
+            "dice",
+            |p| dice(p, &y, 1e-8).unwrap(),
+            |p| dice_composed(p, &y, 1e-8).unwrap(),
+        );
+        let alpha = Tensor::new(
+            &[9.01f32, 36.86, 37.27, 5.73, 2.12, 14.63, 8.29],
+            &Device::Cpu,
+        )
+        .unwrap();
+        for (gamma, mean) in [(2.0, true), (0.5, false), (0.0, true)] {
+            check(
+                "focal",
+                |p| focal(p, &y, &alpha, gamma, 1e-8, mean).unwrap(),
+                |p| focal_composed(p, &y, &alpha, gamma, 1e-8, mean).unwrap(),
+            );
+        }
+        // `ce` takes the logits themselves.
+        let logits = Var::from_tensor(&uniform(&[12, 7], 3.0, 12)).unwrap();
+        let ours = cross_entropy(logits.as_tensor(), &y).unwrap();
+        let reference = cross_entropy_composed(logits.as_tensor(), &y).unwrap();
+        assert!(
+            (ours.to_scalar::<f32>().unwrap() - reference.to_scalar::<f32>().unwrap()).abs() < 1e-5
+        );
+        let g = ours.backward().unwrap();
+        let g_ref = reference.backward().unwrap();
+        assert!(
+            max_diff(
+                g.get(logits.as_tensor()).unwrap(),
+                g_ref.get(logits.as_tensor()).unwrap()
+            ) < 1e-6
+        );
     }
 }

@@ -81,6 +81,30 @@ impl Linear {
         })
     }
 
+    /// `relu?(x·Wᵀ + b) ⊙ dropout_mask?` — the head's `Linear → ReLU → Dropout` (or the logits layer without
+    /// either) as one graph node with its own backward on the CPU for 2-D f32 inputs (see [`crate::fused`]);
+    /// elsewhere the same composed from [`Linear::forward`], `relu` and a product with the mask. `dropout_mask`
+    /// holds one value per output (0 or 1/(1−p)), as [`Dropout::mask`] draws them.
+    pub fn forward_fused(
+        &self,
+        x: &Tensor,
+        relu: bool,
+        dropout_mask: Option<Vec<f32>>,
+    ) -> Result<Tensor> {
+        if let (true, 2, Some(bias)) = (crate::fused::applies(x), x.rank(), self.inner.bias()) {
+            return crate::fused::linear(x, self.inner.weight(), bias, relu, dropout_mask);
+        }
+        let mut y = self.forward(x)?;
+        if relu {
+            y = y.relu()?;
+        }
+        if let Some(mask) = dropout_mask {
+            let mask = Tensor::from_vec(mask, y.shape(), y.device())?.to_dtype(y.dtype())?;
+            y = (y * mask)?;
+        }
+        Ok(y)
+    }
+
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
         // A layer fed straight from data (the raw-waveform MLP's first layer: 150 000 inputs) needs no input
         // gradient, but candle's matmul backward always computes it: for (64 x 150 000) inputs that is a second
@@ -147,11 +171,21 @@ impl candle_core::CustomOp1 for DataMatmul {
             candle_core::bail!("data-matmul: the input is not on the CPU")
         };
         let weight_t = weight_layout.transpose(0, 1)?;
-        let y = x.matmul(weight, (1, batch, out_features, in_features), x_layout, &weight_t)?;
+        let y = x.matmul(
+            weight,
+            (1, batch, out_features, in_features),
+            x_layout,
+            &weight_t,
+        )?;
         Ok((y, candle_core::Shape::from((batch, out_features))))
     }
 
-    fn bwd(&self, _weight: &Tensor, _res: &Tensor, grad_res: &Tensor) -> candle_core::Result<Option<Tensor>> {
+    fn bwd(
+        &self,
+        _weight: &Tensor,
+        _res: &Tensor,
+        grad_res: &Tensor,
+    ) -> candle_core::Result<Option<Tensor>> {
         Ok(Some(grad_res.t()?.matmul(&self.x)?))
     }
 }
@@ -173,6 +207,21 @@ impl Dropout {
         }
         dropout(x, self.p as f64, &mut ctx.rng)
     }
+
+    /// The mask [`Dropout::forward`] would multiply `len` values by (same draws from the same generator), or None
+    /// where it would be the identity (evaluation, p ≤ 0): for layers that apply it themselves.
+    pub fn mask(&self, len: usize, ctx: &mut Ctx) -> Option<Vec<f32>> {
+        (ctx.train && self.p > 0.0).then(|| dropout_mask(len, self.p as f64, &mut ctx.rng))
+    }
+}
+
+/// `len` inverted-dropout factors: 0 with probability `p`, 1/(1−p) otherwise.
+fn dropout_mask(len: usize, p: f64, rng: &mut ChaCha8Rng) -> Vec<f32> {
+    let keep = 1.0 - p;
+    let scale = (1.0 / keep) as f32;
+    (0..len)
+        .map(|_| if rng.gen::<f64>() < keep { scale } else { 0.0 })
+        .collect()
 }
 
 /// Inverted dropout: zeroes each element with probability `p` and scales the rest by 1/(1-p), with the mask drawn
@@ -181,11 +230,7 @@ pub fn dropout(x: &Tensor, p: f64, rng: &mut ChaCha8Rng) -> Result<Tensor> {
     if p <= 0.0 {
         return Ok(x.clone());
     }
-    let keep = 1.0 - p;
-    let scale = (1.0 / keep) as f32;
-    let mask: Vec<f32> = (0..x.elem_count())
-        .map(|_| if rng.gen::<f64>() < keep { scale } else { 0.0 })
-        .collect();
+    let mask = dropout_mask(x.elem_count(), p, rng);
     let mask = Tensor::from_vec(mask, x.shape(), x.device())?.to_dtype(x.dtype())?;
     Ok((x * mask)?)
 }
@@ -230,7 +275,12 @@ impl LayerNorm {
     }
 
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        Ok(candle_nn::ops::layer_norm_slow(x, &self.weight, &self.bias, self.eps as f32)?)
+        Ok(candle_nn::ops::layer_norm_slow(
+            x,
+            &self.weight,
+            &self.bias,
+            self.eps as f32,
+        )?)
     }
 }
 
@@ -260,7 +310,14 @@ mod tests {
 
         let y = ours.forward(&x).unwrap();
         let y_ref = reference.forward(&x).unwrap();
-        let diff = (&y - &y_ref).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
+        let diff = (&y - &y_ref)
+            .unwrap()
+            .abs()
+            .unwrap()
+            .max_all()
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap();
         assert!(diff < 1e-5, "forward differs by {diff}");
 
         let grads = (y * &r).unwrap().sum_all().unwrap().backward().unwrap();
@@ -268,7 +325,14 @@ mod tests {
         for var in [&w, &b] {
             let g = grads.get(var.as_tensor()).expect("gradient");
             let g_ref = grads_ref.get(var.as_tensor()).expect("reference gradient");
-            let diff = (g - g_ref).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
+            let diff = (g - g_ref)
+                .unwrap()
+                .abs()
+                .unwrap()
+                .max_all()
+                .unwrap()
+                .to_scalar::<f32>()
+                .unwrap();
             assert!(diff < 1e-5, "gradient differs by {diff}");
         }
         // The input carried no gradient, and the data path built none for it.
