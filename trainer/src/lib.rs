@@ -14,6 +14,7 @@ pub mod fusion;
 pub mod glove;
 pub mod gpt2;
 pub mod head;
+pub mod heap;
 pub mod hub;
 pub mod im2col;
 pub mod losses;

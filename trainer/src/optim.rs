@@ -83,6 +83,8 @@ pub struct StepInfo {
 impl AdamW {
     /// `params`: (name, variable) pairs; the name decides the decay group ([`decays`]).
     pub fn new(params: Vec<(String, Var)>, config: AdamWConfig) -> Result<Self> {
+        // A process that builds an optimiser trains: from here on every step reuses the previous step's memory.
+        crate::heap::keep_freed_memory();
         let slots = params
             .into_iter()
             .map(|(name, var)| {
@@ -137,9 +139,14 @@ impl AdamW {
                 Moments::Host { .. } => {
                     let g = g.contiguous()?;
                     sum_sq += with_f32_slice(&g, |g| {
-                        g.par_chunks(CHUNK)
-                            .map(|c| c.iter().map(|x| (*x as f64) * (*x as f64)).sum::<f64>())
-                            .sum::<f64>()
+                        // Small tensors inline: handing a job to the rayon pool costs more than the sum.
+                        if g.len() <= CHUNK {
+                            crate::fused::sum_squares(g)
+                        } else {
+                            g.par_chunks(CHUNK)
+                                .map(crate::fused::sum_squares)
+                                .sum::<f64>()
+                        }
                     })?;
                     host_grads.push(Some(g));
                 }
@@ -182,7 +189,11 @@ impl AdamW {
                         bias2_sqrt: bias2_sqrt as f32,
                         eps: c.eps as f32,
                     };
-                    with_f32_slice(&g, |g| slot.var.as_tensor().inplace_op1(&HostUpdateWith { update: &update, g }))??;
+                    with_f32_slice(&g, |g| {
+                        slot.var
+                            .as_tensor()
+                            .inplace_op1(&HostUpdateWith { update: &update, g })
+                    })??;
                 }
                 Moments::Device { m, v } => {
                     let Some(g) = grads.get(slot.var.as_tensor()) else {
@@ -240,9 +251,15 @@ const CHUNK: usize = 1 << 14;
 fn with_f32_slice<R>(t: &Tensor, f: impl FnOnce(&[f32]) -> R) -> Result<R> {
     let (storage, layout) = t.storage_and_layout();
     let candle_core::Storage::Cpu(storage) = &*storage else {
-        return Err(crate::error::Error::Other("the optimiser's host path needs CPU tensors".into()));
+        return Err(crate::error::Error::Other(
+            "the optimiser's host path needs CPU tensors".into(),
+        ));
     };
-    Ok(f(crate::nn::contiguous_f32(storage, layout, "the optimiser's host path")?))
+    Ok(f(crate::nn::contiguous_f32(
+        storage,
+        layout,
+        "the optimiser's host path",
+    )?))
 }
 
 /// The AdamW update of one CPU parameter, applied in place to its storage: no copy of the parameter, the gradient
@@ -270,29 +287,55 @@ impl candle_core::InplaceOp1 for HostUpdateWith<'_, '_> {
         "adamw-host-update"
     }
 
-    fn cpu_fwd(&self, storage: &mut candle_core::CpuStorage, layout: &candle_core::Layout) -> candle_core::Result<()> {
+    fn cpu_fwd(
+        &self,
+        storage: &mut candle_core::CpuStorage,
+        layout: &candle_core::Layout,
+    ) -> candle_core::Result<()> {
         let u = self.update;
         let theta = crate::nn::contiguous_f32_mut(storage, layout, "adamw")?;
         let (mut m, mut v) = (u.m.borrow_mut(), u.v.borrow_mut());
         if theta.len() != self.g.len() || m.len() != theta.len() {
-            candle_core::bail!("adamw: {} values, {} gradients, {} moments", theta.len(), self.g.len(), m.len())
+            candle_core::bail!(
+                "adamw: {} values, {} gradients, {} moments",
+                theta.len(),
+                self.g.len(),
+                m.len()
+            )
         }
         // The scalars, copied out: the closure below runs on several threads and must not see the RefCells.
-        let (b1, b2, clip, decay, step_size, bias2_sqrt, eps) =
-            (u.beta1, u.beta2, u.clip, u.decay, u.step_size, u.bias2_sqrt, u.eps);
-        theta
-            .par_chunks_mut(CHUNK)
-            .zip(self.g.par_chunks(CHUNK))
-            .zip(m.par_chunks_mut(CHUNK).zip(v.par_chunks_mut(CHUNK)))
-            .for_each(|((theta, g), (m, v))| {
-                for i in 0..theta.len() {
-                    let g = if clip < 1.0 { g[i] * clip } else { g[i] };
-                    m[i] = b1 * m[i] + (1.0 - b1) * g;
-                    v[i] = b2 * v[i] + (1.0 - b2) * g * g;
-                    let denom = v[i].sqrt() / bias2_sqrt + eps;
-                    theta[i] = theta[i] * decay - step_size * (m[i] / denom);
-                }
-            });
+        let (b1, b2, clip, decay, step_size, bias2_sqrt, eps) = (
+            u.beta1,
+            u.beta2,
+            u.clip,
+            u.decay,
+            u.step_size,
+            u.bias2_sqrt,
+            u.eps,
+        );
+        // Zipped iterators (no indexing, hence no bounds checks) so that the loop vectorises; `clip` is 1 when
+        // no clipping applies, and g·1 == g exactly.
+        let clip = clip.min(1.0);
+        let update = |theta: &mut [f32], g: &[f32], m: &mut [f32], v: &mut [f32]| {
+            for (((theta, g), m), v) in theta.iter_mut().zip(g).zip(m.iter_mut()).zip(v.iter_mut())
+            {
+                let g = g * clip;
+                *m = b1 * *m + (1.0 - b1) * g;
+                *v = b2 * *v + (1.0 - b2) * g * g;
+                let denom = v.sqrt() / bias2_sqrt + eps;
+                *theta = *theta * decay - step_size * (*m / denom);
+            }
+        };
+        if theta.len() <= CHUNK {
+            // Inline: a hand-off to the rayon pool costs more than the update of a small tensor.
+            update(theta, self.g, &mut m[..], &mut v[..]);
+        } else {
+            theta
+                .par_chunks_mut(CHUNK)
+                .zip(self.g.par_chunks(CHUNK))
+                .zip(m.par_chunks_mut(CHUNK).zip(v.par_chunks_mut(CHUNK)))
+                .for_each(|((theta, g), (m, v))| update(theta, g, m, v));
+        }
         Ok(())
     }
 }
