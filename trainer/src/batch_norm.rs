@@ -129,8 +129,8 @@ impl BatchNorm {
     }
 
     fn update_running(&self, stats: &[ChannelStats], count: usize) -> Result<()> {
-        // PyTorch's unbiased correction; a single value per channel has no variance to correct (it gives inf/NaN
-        // there too, but we keep the running variance finite).
+        // PyTorch's unbiased correction M/(M−1). With a single value per channel (PyTorch refuses to train on
+        // that) the running variance takes the biased one, 0, rather than ∞.
         let unbias = if count > 1 {
             count as f64 / (count - 1) as f64
         } else {

@@ -59,9 +59,8 @@ impl Config {
     /// The widths of the torchvision ResNet whose state dict is the safetensors file `path` (from the shapes of
     /// `conv1.weight` and `layerN.i.conv1.weight`).
     pub fn from_checkpoint(path: &Path) -> Result<Self> {
-        let tensors = read_checkpoint(path)?;
-        Self::infer(|name| tensors.get(name).map(|t| t.dims().to_vec()))
-            .map_err(|message| Error::data(path, message))
+        let shapes = checkpoint_shapes(path)?;
+        Self::infer(|name| shapes.get(name).cloned()).map_err(|message| Error::data(path, message))
     }
 
     /// The widths from the shape of each tensor, looked up by its torchvision name.
@@ -126,6 +125,41 @@ impl Config {
         }
         names
     }
+}
+
+/// The shape of every tensor of a safetensors file, from its header alone (an 8-byte little-endian length, then
+/// JSON `{name: {dtype, shape, data_offsets}}`): the real checkpoint is 100 MB, its widths need a few kB.
+fn checkpoint_shapes(path: &Path) -> Result<HashMap<String, Vec<usize>>> {
+    #[derive(serde::Deserialize)]
+    struct Entry {
+        shape: Vec<usize>,
+    }
+    use std::io::Read;
+    let mut file = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
+    let mut len = [0u8; 8];
+    file.read_exact(&mut len).map_err(|e| Error::io(path, e))?;
+    let len = u64::from_le_bytes(len);
+    if len > 100 << 20 {
+        return Err(Error::data(
+            path,
+            format!("not a safetensors file (header length {len})"),
+        ));
+    }
+    let mut header = vec![0u8; len as usize];
+    file.read_exact(&mut header)
+        .map_err(|e| Error::io(path, e))?;
+    let entries: HashMap<String, serde_json::Value> = serde_json::from_slice(&header)
+        .map_err(|e| Error::data(path, format!("not a safetensors header: {e}")))?;
+    let mut shapes = HashMap::new();
+    for (name, entry) in entries {
+        if name == "__metadata__" {
+            continue;
+        }
+        let entry: Entry = serde_json::from_value(entry)
+            .map_err(|e| Error::data(path, format!("tensor `{name}`: {e}")))?;
+        shapes.insert(name, entry.shape);
+    }
+    Ok(shapes)
 }
 
 /// A torchvision state dict, without what the encoder does not use: the classifier `fc.*` (the encoder ends at the
@@ -221,10 +255,6 @@ fn conv(
     })
 }
 
-fn batch_norm(store: &mut ParamStore, name: &str, c: usize) -> Result<BatchNorm> {
-    BatchNorm::new(store, name, c)
-}
-
 #[derive(Debug, Clone)]
 struct Bottleneck {
     conv1: Conv,
@@ -257,18 +287,18 @@ impl Bottleneck {
                     stride,
                     0,
                 )?,
-                batch_norm(store, &format!("{name}.downsample.1"), cout)?,
+                BatchNorm::new(store, &format!("{name}.downsample.1"), cout)?,
             ))
         } else {
             None
         };
         Ok(Bottleneck {
             conv1: conv(store, &format!("{name}.conv1"), cin, width, 1, 1, 0)?,
-            bn1: batch_norm(store, &format!("{name}.bn1"), width)?,
+            bn1: BatchNorm::new(store, &format!("{name}.bn1"), width)?,
             conv2: conv(store, &format!("{name}.conv2"), width, width, 3, stride, 1)?,
-            bn2: batch_norm(store, &format!("{name}.bn2"), width)?,
+            bn2: BatchNorm::new(store, &format!("{name}.bn2"), width)?,
             conv3: conv(store, &format!("{name}.conv3"), width, cout, 1, 1, 0)?,
-            bn3: batch_norm(store, &format!("{name}.bn3"), cout)?,
+            bn3: BatchNorm::new(store, &format!("{name}.bn3"), cout)?,
             downsample,
         })
     }
@@ -309,7 +339,7 @@ impl ResNet50 {
         l2norm: bool,
     ) -> Result<Self> {
         let conv1 = conv(store, &format!("{name}.conv1"), 3, cfg.stem_width, 7, 2, 3)?;
-        let bn1 = batch_norm(store, &format!("{name}.bn1"), cfg.stem_width)?;
+        let bn1 = BatchNorm::new(store, &format!("{name}.bn1"), cfg.stem_width)?;
         let mut stages = Vec::new();
         let mut cin = cfg.stem_width;
         for stage in 0..4 {

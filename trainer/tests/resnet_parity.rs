@@ -194,8 +194,7 @@ fn resnet50_matches_torchvision_outputs_gradients_and_running_statistics() {
     check_all("running statistics after the training forward", rows);
 }
 
-/// The loaded checkpoint gives the eval output (checked above); a second load into a fresh store is identical,
-/// and the real ResNet-50's widths come back from its own parameters.
+/// The default configuration is torchvision's real ResNet-50: its parameter count (without `fc`) and names.
 #[test]
 fn real_resnet50_keeps_torchvision_names_and_widths() {
     let mut store = ParamStore::new(&Device::Cpu, 3);
@@ -287,4 +286,15 @@ fn loader_names_missing_extra_and_misshaped_tensors() {
         err.contains("layer3.2.conv2.weight") && err.contains("[32, 32, 1, 1]"),
         "{err}"
     );
+
+    // not a ResNet, not safetensors
+    let gpt2 = fixture().join("../gpt2-tiny/model.safetensors");
+    let err = Config::from_checkpoint(&gpt2).unwrap_err().to_string();
+    assert!(
+        err.contains("gpt2-tiny/model.safetensors") && err.contains("`conv1.weight`"),
+        "{err}"
+    );
+    let json = fixture().join("config.json");
+    let err = Config::from_checkpoint(&json).unwrap_err().to_string();
+    assert!(err.contains("config.json"), "{err}");
 }
