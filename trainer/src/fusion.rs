@@ -91,13 +91,7 @@ impl Fusion {
     /// Modality embeddings (in order text, visual, audio) → (B, out_features).
     pub fn forward(&self, embeddings: &[Tensor]) -> Result<Tensor> {
         match self {
-            Fusion::Concat { .. } => {
-                let joined = match embeddings {
-                    [one] => one.clone(),
-                    _ => Tensor::cat(embeddings, 1)?,
-                };
-                crate::fused::l2_normalize(&joined)
-            }
+            Fusion::Concat { .. } => crate::fused::concat_l2_normalize(embeddings),
             Fusion::Attention {
                 projections,
                 attention,
