@@ -84,6 +84,16 @@ fn write_glove(path: &Path) {
 const CLASSES: &str =
     "classifier_classes: [anger, disgust, fear, joy, neutral, sadness, surprise]\n";
 
+fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+/// The tiny GPT-2 of the backbone fixtures: a complete model folder (config, weights, a 512-token cut of the
+/// real vocabulary).
+fn gpt2_tiny() -> PathBuf {
+    repo().join("trainer/tests/fixtures/backbones/gpt2-tiny")
+}
+
 /// Writes a config next to the dataset and trains it; returns the run folder.
 fn train(name: &str, yaml: &str, extra: &[&str]) -> PathBuf {
     let ds = dataset();
@@ -234,7 +244,7 @@ fn small_resnet_model_trains_and_its_loss_falls() {
     // 256, ~64x fewer FLOPs than 3x256x721), the first 32 rows of each split (--max-rows), batch 8: 12 steps.
     let run = train(
         "resnet",
-        "modules_visual_encoder: resnet50\nvisual_short_side: 32\nclassifier_loss_fn: ce\nclassifier_learning_rate: 0.001\nclassifier_warmup_steps: 2\nclassifier_metric_for_best_model: f1_weighted\nfeedforward_layers:\n  - out_features: 32\n    dropout: 0.0\nbatch_size: 8\nepochs: 3\n",
+        "modules_visual_encoder: resnet50\nvisual_model: random\nvisual_short_side: 32\nclassifier_loss_fn: ce\nclassifier_learning_rate: 0.001\nclassifier_warmup_steps: 2\nclassifier_metric_for_best_model: f1_weighted\nfeedforward_layers:\n  - out_features: 32\n    dropout: 0.0\nbatch_size: 8\nepochs: 3\n",
         &["--max-rows", "32"],
     );
     let lines = epochs(&run);
@@ -246,7 +256,32 @@ fn small_resnet_model_trains_and_its_loss_falls() {
 }
 
 #[test]
-fn check_describes_the_run_and_unbuilt_parts_are_named() {
+fn gpt2_model_trains_from_a_local_model_folder_and_eval_reloads_it() {
+    // The real loading path (model folder → tokenizer, checkpoint, [PAD] row) with the tiny GPT-2, on the
+    // dialogue prompts of the first rows. One epoch: this checks the plumbing, not learning. The run folder's
+    // config records where the model came from, so `eval` needs no --text-model.
+    let run = train(
+        "gpt2",
+        "modules_text_encoder: gpt2\nclassifier_loss_fn: ce\nclassifier_warmup_steps: 2\nfeedforward_layers:\n  - out_features: 16\n    dropout: 0.1\nbatch_size: 4\nepochs: 1\n",
+        &["--max-rows", "12", "--text-model", gpt2_tiny().to_str().unwrap()],
+    );
+    let s = summary(&run);
+    assert_eq!(s["epochs_run"], 1);
+    let f1 = split_f1(&s, "valid");
+    let output = run_ok(
+        bin("erc-train")
+            .args(["eval", "--split", "valid", "--max-rows", "12", "--run"])
+            .arg(&run),
+    );
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        stdout.contains(&format!("weighted F1 {f1:.4}")),
+        "{stdout}\nsummary F1 {f1:.4}"
+    );
+}
+
+#[test]
+fn check_describes_the_run_and_names_missing_models_and_media() {
     let ds = dataset();
     let config = ds.dir.path().join("check.yml");
     std::fs::write(&config, format!("{CLASSES}{GLOVE}")).unwrap();
@@ -266,11 +301,55 @@ fn check_describes_the_run_and_unbuilt_parts_are_named() {
         "{stdout}"
     );
 
-    let gpt2 = Path::new(env!("CARGO_MANIFEST_DIR")).join("../configs/t-um-gpt2.yml");
+    // A backbone that is neither a local folder nor cached, offline: the error names the files and the command.
+    let gpt2 = repo().join("configs/t-um-gpt2.yml");
+    let empty_cache = tempfile::tempdir().unwrap();
     let output = Command::new(meld_erc_tests::bin_dir().join("erc-train"))
         .arg("check")
         .arg("--config")
         .arg(&gpt2)
+        .arg("--data")
+        .arg(&ds.data)
+        .env("HF_HOME", empty_cache.path())
+        .env("HF_HUB_OFFLINE", "1")
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("model.safetensors")
+            && stderr.contains("huggingface-cli download gpt2")
+            && stderr.contains("HF_HUB_OFFLINE"),
+        "{stderr}"
+    );
+    // The same config pointed at a local model folder describes the run.
+    let output = run_ok(
+        bin("erc-train")
+            .arg("check")
+            .arg("--config")
+            .arg(&gpt2)
+            .arg("--data")
+            .arg(&ds.data)
+            .arg("--text-model")
+            .arg(gpt2_tiny()),
+    );
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        stdout.contains("gpt2     pretrained weights from") && stdout.contains("text"),
+        "{stdout}"
+    );
+
+    // Face-only images asked for, but the data was extracted without --faces.
+    let faces = ds.dir.path().join("faces-only.yml");
+    std::fs::write(
+        &faces,
+        format!("{CLASSES}modules_visual_encoder: resnet50\nvisual_model: random\nvisual_preprocess_faceonly: true\n"),
+    )
+    .unwrap();
+    let output = Command::new(meld_erc_tests::bin_dir().join("erc-train"))
+        .arg("check")
+        .arg("--config")
+        .arg(&faces)
         .arg("--data")
         .arg(&ds.data)
         .output()
@@ -278,7 +357,7 @@ fn check_describes_the_run_and_unbuilt_parts_are_named() {
     assert!(!output.status.success());
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(
-        stderr.contains("not built yet") && stderr.contains("gpt2"),
+        stderr.contains("x_visual_faces") && stderr.contains("--faces"),
         "{stderr}"
     );
 

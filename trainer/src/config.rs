@@ -11,11 +11,15 @@
 //! * `attention_scope: batch | sample` — the reference's attention across the batch (quirk Q7) or per sample;
 //! * `audio_input: reference | normalized_mono` — interleaved int16-scale samples as written (Q12/Q13) or the
 //!   channel mean scaled to [-1, 1];
-//! * `classifier_loss_fn: ce` (and `ce+triplet`) — cross-entropy on logits, the correction of quirk Q8 (`cce`).
+//! * `classifier_loss_fn: ce` (and `ce+triplet`) — cross-entropy on logits, the correction of quirk Q8 (`cce`);
+//! * `text_model`, `audio_model`, `visual_model` — where the pretrained GPT-2, wav2vec2 and ResNet-50 come from:
+//!   a local Hugging Face model folder, or a hub id found in the Hugging Face cache (defaults: the reference's
+//!   `gpt2`, `facebook/wav2vec2-base`, and `timm/resnet50.tv_in1k` = torchvision's ImageNet V1 weights); for
+//!   ResNet-50 also a `.safetensors` file, or `random` for torchvision's random initialisation. The command line
+//!   (`--text-model`, `--audio-model`, `--visual-model`) overrides them.
 //!
 //! Unknown keys, wrong types and missing required keys are errors that name the file, the key and what is
-//! allowed. Parts of the model that later issues build (GPT-2, wav2vec2, face-only preprocessing) load fine
-//! but [`Config::require_buildable`] rejects them with an error naming the part.
+//! allowed.
 
 use std::fmt;
 use std::path::{Path, PathBuf};
@@ -329,12 +333,20 @@ pub struct Config {
     pub attention_scope: AttentionScope,
     #[serde(default = "default_audio_input")]
     pub audio_input: AudioInput,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub text_model: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub audio_model: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub visual_model: Option<String>,
 }
 
 /// Defaults for our keys when neither the config nor the command line sets them.
 pub const DEFAULT_EPOCHS: usize = 10;
 pub const DEFAULT_BATCH_SIZE: usize = 64;
 pub const DEFAULT_SEED: u64 = 42;
+/// `visual_model` value for a randomly initialised ResNet-50.
+pub const RANDOM_WEIGHTS: &str = "random";
 /// The reference's resize target (torchvision `Resize(256)`).
 pub const REFERENCE_SHORT_SIDE: usize = 256;
 
@@ -543,38 +555,33 @@ impl Config {
         Ok(())
     }
 
-    /// Rejects configs that need parts of the model this version does not have yet, naming the part.
-    pub fn require_buildable(&self, path: &Path) -> Result<()> {
-        let not_built = |key: &'static str, value: &str, part: &'static str| {
-            Err(Error::NotBuilt {
-                path: path.to_path_buf(),
-                key,
-                value: value.to_string(),
-                part,
-            })
-        };
-        if self.modules_text_encoder == TextEncoder::Gpt2 {
-            return not_built(
-                "modules_text_encoder",
-                "gpt2",
-                "the GPT-2 text encoder (backbones issue)",
-            );
+    /// Where the pretrained GPT-2 comes from (`text_model`, default the reference's `gpt2`).
+    pub fn text_model(&self) -> &str {
+        self.text_model
+            .as_deref()
+            .unwrap_or(crate::hub::Backbone::Gpt2.default_repo())
+    }
+
+    /// Where the pretrained wav2vec2 comes from (`audio_model`, default `facebook/wav2vec2-base`).
+    pub fn audio_model(&self) -> &str {
+        self.audio_model
+            .as_deref()
+            .unwrap_or(crate::hub::Backbone::Wav2vec2.default_repo())
+    }
+
+    /// Where the ResNet-50 weights come from (`visual_model`, default torchvision's ImageNet V1 weights);
+    /// `None` for a random initialisation.
+    pub fn visual_model(&self) -> Option<&str> {
+        match self.visual_model.as_deref() {
+            Some(RANDOM_WEIGHTS) => None,
+            Some(spec) => Some(spec),
+            None => Some(crate::hub::Backbone::Resnet50.default_repo()),
         }
-        if self.modules_audio_encoder == AudioEncoder::Wav2vec2 {
-            return not_built(
-                "modules_audio_encoder",
-                "wav2vec2",
-                "the wav2vec 2.0 audio encoder (backbones issue)",
-            );
-        }
-        if self.visual_preprocess_faceonly == Some(true) {
-            return not_built(
-                "visual_preprocess_faceonly",
-                "true",
-                "the RetinaFace face-only preprocessing (face-detection issue)",
-            );
-        }
-        Ok(())
+    }
+
+    /// Whether the visual encoder reads the face-only images (`visual_preprocess_faceonly`).
+    pub fn faces_only(&self) -> bool {
+        self.visual_preprocess_faceonly == Some(true)
     }
 
     /// Class names in the order of the class indices: alphabetical, as the reference encodes them (§2.6).
@@ -765,22 +772,18 @@ mod tests {
     }
 
     #[test]
-    fn unbuilt_parts_are_named() {
+    fn backbone_locations_default_to_the_reference_checkpoints() {
+        let c = Config::parse(Path::new("x.yml"), MINIMAL).unwrap();
+        assert_eq!(c.text_model(), "gpt2");
+        assert_eq!(c.audio_model(), "facebook/wav2vec2-base");
+        assert_eq!(c.visual_model(), Some("timm/resnet50.tv_in1k"));
         let c = Config::parse(
             Path::new("x.yml"),
-            "classifier_classes: [joy]\nmodules_text_encoder: gpt2\n",
+            &format!("{MINIMAL}visual_model: random\ntext_model: models/gpt2\n"),
         )
         .unwrap();
-        let e = c
-            .require_buildable(Path::new("x.yml"))
-            .unwrap_err()
-            .to_string();
-        assert!(
-            e.contains("gpt2") && e.contains("GPT-2") && e.contains("not built yet"),
-            "{e}"
-        );
-        let c = Config::parse(Path::new("x.yml"), MINIMAL).unwrap();
-        c.require_buildable(Path::new("x.yml")).unwrap();
+        assert_eq!(c.visual_model(), None);
+        assert_eq!(c.text_model(), "models/gpt2");
     }
 
     #[test]

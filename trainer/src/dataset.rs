@@ -2,8 +2,9 @@
 //! inputs, batched on worker threads ahead of the model.
 //!
 //! * text — the dialogue prompt (§2.2): every earlier turn of the same dialogue, then the row's own, each as
-//!   `The speaker "<speaker>" said:\n###\n<text>\n###`, joined by three newlines; tokenised for GloVe;
-//! * visual — the mosaic resized so its short side is S (256), then the reference's crop (§2.3, quirk Q6):
+//!   `The speaker "<speaker>" said:\n###\n<text>\n###`, joined by three newlines; tokenised for GloVe
+//!   (`basic_english`) or GPT-2 (byte-level BPE);
+//! * visual — the mosaic (or, with `visual_preprocess_faceonly`, the face-only mosaic of `meld-etl extract --faces`) resized so its short side is S (256), then the reference's crop (§2.3, quirk Q6):
 //!   top-left S × L (L = ⌊S·1200/426⌋ = 721) zero-padded, or with `visual_crop: full` the whole mosaic resized
 //!   to S × L; scaled to [0, 1] and normalised with the training mosaics' statistics → (3, S, L) / (3, L, S);
 //! * audio — the WAV's samples as written, channels interleaved, int16 scale (§2.5), cut or zero-padded to
@@ -25,6 +26,7 @@ use rayon::prelude::*;
 use crate::config::{AudioInput, Config, TextContext, VisualCrop};
 use crate::error::{Error, Result};
 use crate::glove::{basic_english, GloveVocab};
+use crate::tokenizer::Gpt2Tokenizer;
 
 /// Per-channel statistics of the reference's training mosaics (§2.3).
 pub const VISUAL_MEAN: [f32; 3] = [0.2706, 0.2010, 0.1914];
@@ -47,6 +49,27 @@ pub struct Preprocess {
 pub struct VisualSpec {
     pub short_side: usize,
     pub crop: VisualCrop,
+    /// Read `x_visual_faces` (the face-only mosaic) instead of `x_visual`.
+    pub faces_only: bool,
+}
+
+impl VisualSpec {
+    /// The row's image cell this spec reads.
+    pub fn cell<'a>(&self, row: &'a DatasetRow) -> &'a Option<String> {
+        if self.faces_only {
+            &row.x_visual_faces
+        } else {
+            &row.x_visual
+        }
+    }
+
+    fn column(&self) -> &'static str {
+        if self.faces_only {
+            "x_visual_faces"
+        } else {
+            "x_visual"
+        }
+    }
 }
 
 impl VisualSpec {
@@ -77,6 +100,7 @@ impl Preprocess {
             visual: config.uses_visual().then(|| VisualSpec {
                 short_side: config.short_side(),
                 crop: config.visual_crop,
+                faces_only: config.faces_only(),
             }),
             audio: config.uses_audio().then(|| AudioSpec {
                 samples: config.audio_samples(),
@@ -97,7 +121,7 @@ pub struct SplitData {
     turn_tokens: Vec<Vec<String>>,
     /// Index of the first row of each row's dialogue (rows are sorted by dialogue, sequence).
     dialogue_start: Vec<usize>,
-    /// GloVe ids of each row's whole prompt (after [`SplitData::encode_text`]).
+    /// Token ids of each row's prompt (after [`SplitData::encode_text`] or [`SplitData::encode_gpt2`]).
     pub token_ids: Vec<Vec<u32>>,
 }
 
@@ -180,6 +204,23 @@ impl SplitData {
             .join("\n\n\n")
     }
 
+    /// The text row `i` is encoded from: the dialogue prompt, or the row's own turn only.
+    pub fn text(&self, i: usize, context: TextContext) -> String {
+        match context {
+            TextContext::Dialogue => self.prompt(i),
+            TextContext::Utterance => render_turn(&self.rows[i].speaker, &self.rows[i].x_text),
+        }
+    }
+
+    /// GPT-2 token ids of every row's text (untruncated; batches truncate), tokenised on worker threads.
+    pub fn encode_gpt2(&mut self, tokenizer: &Gpt2Tokenizer, context: TextContext) -> Result<()> {
+        self.token_ids = (0..self.rows.len())
+            .into_par_iter()
+            .map(|i| tokenizer.encode(&self.text(i, context)))
+            .collect::<Result<_>>()?;
+        Ok(())
+    }
+
     /// Every token that occurs in the split's prompts.
     pub fn vocabulary(&self) -> impl Iterator<Item = &String> {
         self.turn_tokens.iter().flatten()
@@ -207,11 +248,14 @@ impl SplitData {
     }
 
     /// Rows whose cell for a medium is empty, and the first cell naming a file that does not exist.
-    pub fn check_media(&self, visual: bool, audio: bool) -> Result<MediaCounts> {
+    pub fn check_media(&self, prep: &Preprocess) -> Result<MediaCounts> {
+        let (visual, audio) = (prep.visual.is_some(), prep.audio.is_some());
         let mut counts = MediaCounts::default();
+        let no_cell = None;
         for row in &self.rows {
+            let image = prep.visual.map_or(&no_cell, |spec| spec.cell(row));
             for (wanted, cell, missing) in [
-                (visual, &row.x_visual, &mut counts.missing_visual),
+                (visual, image, &mut counts.missing_visual),
                 (audio, &row.x_audio, &mut counts.missing_audio),
             ] {
                 if !wanted {
@@ -237,11 +281,25 @@ impl SplitData {
             }
         }
         let n = self.rows.len();
-        if visual && counts.missing_visual == n {
-            return Err(Error::data(
-                &self.csv,
-                "no row has an image (x_visual) but the config's visual encoder needs one",
-            ));
+        match prep.visual {
+            Some(spec) if spec.faces_only && counts.missing_visual == n => {
+                return Err(Error::data(
+                    &self.csv,
+                    "no row has a face-only image (x_visual_faces), which `visual_preprocess_faceonly: true` \
+                     needs: run `meld-etl extract --faces MODEL.onnx` on this data (it reuses the mosaics \
+                     already extracted)",
+                ));
+            }
+            Some(spec) if counts.missing_visual == n => {
+                return Err(Error::data(
+                    &self.csv,
+                    format!(
+                        "no row has an image ({}) but the config's visual encoder needs one",
+                        spec.column()
+                    ),
+                ));
+            }
+            _ => {}
         }
         if audio && counts.missing_audio == n {
             return Err(Error::data(
@@ -377,7 +435,7 @@ pub fn make_batch(data: &SplitData, prep: &Preprocess, indices: &[usize]) -> Res
             let (c, h, w) = spec.shape();
             let items: Vec<Option<Vec<f32>>> = indices
                 .par_iter()
-                .map(|i| match &data.rows[*i].x_visual {
+                .map(|i| match spec.cell(&data.rows[*i]) {
                     Some(cell) => load_visual(&media_path(&data.csv, cell), spec).map(Some),
                     None => Ok(None),
                 })
@@ -539,6 +597,7 @@ mod tests {
         let spec = VisualSpec {
             short_side: 256,
             crop: VisualCrop::Reference,
+            faces_only: false,
         };
         assert_eq!(spec.shape(), (3, 256, 721));
         let v = load_visual(&path, spec).unwrap();
@@ -557,6 +616,7 @@ mod tests {
         let full = VisualSpec {
             short_side: 64,
             crop: VisualCrop::Full,
+            faces_only: false,
         };
         assert_eq!(load_visual(&path, full).unwrap().len(), 3 * 180 * 64);
     }

@@ -9,15 +9,6 @@ pub enum Error {
     #[error("{path}: {message}")]
     Config { path: PathBuf, message: String },
 
-    /// A config asks for a part of the model that this version of erc-train does not have yet.
-    #[error("{path}: `{key}: {value}` needs {part}, which is not built yet")]
-    NotBuilt {
-        path: PathBuf,
-        key: &'static str,
-        value: String,
-        part: &'static str,
-    },
-
     /// The data folder (or a file in it) does not fit what the config needs.
     #[error("{path}: {message}")]
     Data { path: PathBuf, message: String },

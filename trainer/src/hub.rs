@@ -30,6 +30,9 @@ use crate::error::{Error, Result};
 pub enum Backbone {
     Gpt2,
     Wav2vec2,
+    /// torchvision's ResNet-50: a folder with `model.safetensors` holding a torchvision state dict (timm's
+    /// `resnet50.tv_in1k` on the hub is torchvision's ImageNet V1 weights under the same names), or that file.
+    Resnet50,
 }
 
 impl Backbone {
@@ -38,6 +41,7 @@ impl Backbone {
         match self {
             Backbone::Gpt2 => "gpt2",
             Backbone::Wav2vec2 => "facebook/wav2vec2-base",
+            Backbone::Resnet50 => "timm/resnet50.tv_in1k",
         }
     }
 
@@ -46,6 +50,7 @@ impl Backbone {
         match self {
             Backbone::Gpt2 => &["config.json", "model.safetensors", "tokenizer.json"],
             Backbone::Wav2vec2 => &["config.json", "model.safetensors"],
+            Backbone::Resnet50 => &["model.safetensors"],
         }
     }
 
@@ -53,6 +58,7 @@ impl Backbone {
         match self {
             Backbone::Gpt2 => "gpt2",
             Backbone::Wav2vec2 => "wav2vec2-base",
+            Backbone::Resnet50 => "resnet50",
         }
     }
 }
@@ -62,13 +68,17 @@ impl std::fmt::Display for Backbone {
         f.write_str(match self {
             Backbone::Gpt2 => "GPT-2",
             Backbone::Wav2vec2 => "wav2vec2",
+            Backbone::Resnet50 => "ResNet-50",
         })
     }
 }
 
 /// The command that puts `files` of `repo` into `dir`.
 pub fn fetch_command(repo: &str, files: &[&str], dir: &str) -> String {
-    format!("huggingface-cli download {repo} {} --local-dir {dir}", files.join(" "))
+    format!(
+        "huggingface-cli download {repo} {} --local-dir {dir}",
+        files.join(" ")
+    )
 }
 
 /// The one-line conversion of a PyTorch state dict to safetensors.
@@ -87,6 +97,7 @@ pub fn conversion_command(pickle: &Path) -> String {
 fn missing_in(dir: &Path, backbone: Backbone) -> Vec<&'static str> {
     let mut missing: Vec<&'static str> = ["config.json", "model.safetensors"]
         .into_iter()
+        .filter(|f| backbone != Backbone::Resnet50 || *f == "model.safetensors")
         .filter(|f| !dir.join(f).is_file())
         .collect();
     if backbone == Backbone::Gpt2
@@ -104,10 +115,14 @@ fn pickle_in(dir: &Path) -> Option<PathBuf> {
     if bin.is_file() {
         return Some(bin);
     }
-    std::fs::read_dir(dir).ok()?.flatten().map(|e| e.path()).find(|p| {
-        p.extension()
-            .is_some_and(|e| e == "pth" || e == "pt" || e == "bin")
-    })
+    std::fs::read_dir(dir)
+        .ok()?
+        .flatten()
+        .map(|e| e.path())
+        .find(|p| {
+            p.extension()
+                .is_some_and(|e| e == "pth" || e == "pt" || e == "bin")
+        })
 }
 
 fn check_folder(dir: &Path, backbone: Backbone) -> Result<PathBuf> {
@@ -133,15 +148,43 @@ fn check_folder(dir: &Path, backbone: Backbone) -> Result<PathBuf> {
         format!(
             "this {backbone} model folder lacks {}; fetch the model with\n  {}",
             missing.join(", "),
-            fetch_command(backbone.default_repo(), backbone.files(), &dir.display().to_string())
+            fetch_command(
+                backbone.default_repo(),
+                backbone.files(),
+                &dir.display().to_string()
+            )
         ),
     ))
 }
 
+/// The safetensors file of ResNet-50 weights named by `spec`: the file itself, or `model.safetensors` of the
+/// folder or hub model [`resolve`] finds.
+pub fn resnet50_weights(spec: &str) -> Result<PathBuf> {
+    let found = resolve(Backbone::Resnet50, spec)?;
+    Ok(if found.is_file() {
+        found
+    } else {
+        found.join("model.safetensors")
+    })
+}
+
 /// Finds the folder holding `backbone`'s files: `spec` is a local folder, or a hub id found in the Hugging Face
-/// cache or downloaded into it.
+/// cache or downloaded into it. For ResNet-50, `spec` may also be a `.safetensors` file, returned as it is.
 pub fn resolve(backbone: Backbone, spec: &str) -> Result<PathBuf> {
     let path = Path::new(spec);
+    if backbone == Backbone::Resnet50 && path.is_file() {
+        return match path.extension().and_then(|e| e.to_str()) {
+            Some("safetensors") => Ok(path.to_path_buf()),
+            _ => Err(Error::data(
+                path,
+                format!(
+                    "the ResNet-50 weights must be safetensors; convert this PyTorch file once (needs \
+                     `pip install torch safetensors`):\n  {}",
+                    conversion_command(path)
+                ),
+            )),
+        };
+    }
     if path.is_dir() {
         return check_folder(path, backbone);
     }
@@ -159,7 +202,9 @@ pub fn resolve(backbone: Backbone, spec: &str) -> Result<PathBuf> {
     // (A hub id has at most one `/`.)
     let looks_local = spec.starts_with(['.', '/', '~'])
         || spec.matches('/').count() >= 2
-        || path.parent().is_some_and(|p| !p.as_os_str().is_empty() && p.is_dir());
+        || path
+            .parent()
+            .is_some_and(|p| !p.as_os_str().is_empty() && p.is_dir());
     if looks_local {
         return Err(Error::Other(format!(
             "{backbone} model folder `{spec}` does not exist (nor is `{spec}` a model in the Hugging Face \
@@ -168,7 +213,8 @@ pub fn resolve(backbone: Backbone, spec: &str) -> Result<PathBuf> {
             fetch_command(backbone.default_repo(), files, spec)
         )));
     }
-    let offline = std::env::var("HF_HUB_OFFLINE").is_ok_and(|v| v == "1" || v.eq_ignore_ascii_case("true"));
+    let offline =
+        std::env::var("HF_HUB_OFFLINE").is_ok_and(|v| v == "1" || v.eq_ignore_ascii_case("true"));
     let download_error = if offline {
         "HF_HUB_OFFLINE is set".to_string()
     } else {
@@ -198,7 +244,9 @@ fn same_snapshot(paths: &[Option<PathBuf>]) -> Option<PathBuf> {
         .iter()
         .map(|p| p.as_ref().and_then(|p| p.parent()).map(Path::to_path_buf))
         .collect::<Option<_>>()?;
-    (parents.len() == 1).then(|| parents.into_iter().next()).flatten()
+    (parents.len() == 1)
+        .then(|| parents.into_iter().next())
+        .flatten()
 }
 
 fn download(repo: &str, files: &[&str]) -> std::result::Result<PathBuf, String> {
@@ -224,7 +272,8 @@ fn download(repo: &str, files: &[&str]) -> std::result::Result<PathBuf, String> 
             }
         }
     }
-    same_snapshot(&paths).ok_or_else(|| "downloaded files landed in different snapshots".to_string())
+    same_snapshot(&paths)
+        .ok_or_else(|| "downloaded files landed in different snapshots".to_string())
 }
 
 /// Every tensor of a safetensors file as f32 on `device`, under `rename(name)`; names mapped to `None` are
@@ -241,7 +290,10 @@ pub fn read_safetensors(
         if let Some(new) = rename(&name) {
             let tensor = tensor.to_dtype(DType::F32)?;
             if out.insert(new.clone(), tensor).is_some() {
-                return Err(Error::data(path, format!("tensor `{new}` appears twice (with and without a prefix)")));
+                return Err(Error::data(
+                    path,
+                    format!("tensor `{new}` appears twice (with and without a prefix)"),
+                ));
             }
         }
     }
@@ -301,7 +353,10 @@ impl CheckpointVars {
             .iter()
             .find(|n| !self.loaded.contains(*n) && !new_prefixes.iter().any(|p| n.starts_with(p)))
         {
-            return Err(Error::data(&self.path, format!("tensor `{missing}` missing from the checkpoint")));
+            return Err(Error::data(
+                &self.path,
+                format!("tensor `{missing}` missing from the checkpoint"),
+            ));
         }
         if let Some(unused) = self.loaded.difference(&requested).next() {
             return Err(Error::data(
@@ -320,19 +375,35 @@ struct Recorder {
 }
 
 impl SimpleBackend for Recorder {
-    fn get(&self, s: Shape, name: &str, h: Init, dtype: DType, dev: &Device) -> candle_core::Result<Tensor> {
+    fn get(
+        &self,
+        s: Shape,
+        name: &str,
+        h: Init,
+        dtype: DType,
+        dev: &Device,
+    ) -> candle_core::Result<Tensor> {
         if let Ok(mut r) = self.requested.lock() {
             r.insert(name.to_string());
         }
         self.vars.get(s, name, h, dtype, dev)
     }
 
-    fn get_unchecked(&self, name: &str, _dtype: DType, _dev: &Device) -> candle_core::Result<Tensor> {
+    fn get_unchecked(
+        &self,
+        name: &str,
+        _dtype: DType,
+        _dev: &Device,
+    ) -> candle_core::Result<Tensor> {
         candle_core::bail!("`{name}`: a checkpoint variable must be requested with its shape")
     }
 
     fn contains_tensor(&self, name: &str) -> bool {
-        self.vars.data().lock().map(|d| d.contains_key(name)).unwrap_or(false)
+        self.vars
+            .data()
+            .lock()
+            .map(|d| d.contains_key(name))
+            .unwrap_or(false)
     }
 }
 

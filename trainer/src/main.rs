@@ -9,7 +9,6 @@ use candle_core::Device;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use erc_train::config::Config;
 use erc_train::losses::Loss;
-use erc_train::model::Model;
 use erc_train::report::RunFolder;
 use erc_train::train::{self, glove_path, planned_steps, prepare, TrainOptions, VocabSource};
 use meld_shared::Split;
@@ -69,6 +68,58 @@ struct TrainArgs {
     /// Use only the first N rows of each split (quick smoke runs).
     #[arg(long)]
     max_rows: Option<usize>,
+    // The fields of `ModelArgs`, spelled out: clap cannot tell whether an optional flattened group
+    // (`Option<TrainArgs>`) is present when it flattens another group.
+    /// GPT-2: a local Hugging Face model folder or a hub id (default: `gpt2`).
+    #[arg(long)]
+    text_model: Option<String>,
+    /// wav2vec2: a local model folder or a hub id (default: `facebook/wav2vec2-base`).
+    #[arg(long)]
+    audio_model: Option<String>,
+    /// ResNet-50: a torchvision state dict as safetensors (file or folder), a hub id
+    /// (default: `timm/resnet50.tv_in1k`), or `random`.
+    #[arg(long)]
+    visual_model: Option<String>,
+}
+
+impl TrainArgs {
+    fn models(&self) -> ModelArgs {
+        ModelArgs {
+            text_model: self.text_model.clone(),
+            audio_model: self.audio_model.clone(),
+            visual_model: self.visual_model.clone(),
+        }
+    }
+}
+
+/// Where the pretrained backbones come from (override the config's `text_model`, `audio_model`,
+/// `visual_model`).
+#[derive(Args, Clone)]
+struct ModelArgs {
+    /// GPT-2: a local Hugging Face model folder or a hub id (default: `gpt2`).
+    #[arg(long)]
+    text_model: Option<String>,
+    /// wav2vec2: a local model folder or a hub id (default: `facebook/wav2vec2-base`).
+    #[arg(long)]
+    audio_model: Option<String>,
+    /// ResNet-50: a torchvision state dict as safetensors (file or folder), a hub id
+    /// (default: `timm/resnet50.tv_in1k`), or `random`.
+    #[arg(long)]
+    visual_model: Option<String>,
+}
+
+impl ModelArgs {
+    fn apply(&self, config: &mut Config) {
+        if self.text_model.is_some() {
+            config.text_model = self.text_model.clone();
+        }
+        if self.audio_model.is_some() {
+            config.audio_model = self.audio_model.clone();
+        }
+        if self.visual_model.is_some() {
+            config.visual_model = self.visual_model.clone();
+        }
+    }
 }
 
 #[derive(Args)]
@@ -87,6 +138,13 @@ struct EvalArgs {
     /// Evaluation batch size; default: the training batch size (it matters with cross-batch attention).
     #[arg(long)]
     batch_size: Option<usize>,
+    /// Use only the first N rows of the split (as a `--max-rows` training run did).
+    #[arg(long)]
+    max_rows: Option<usize>,
+    /// Where the backbones' architecture and tokenizer come from, when not where training found them (the
+    /// weights themselves come from the run folder).
+    #[command(flatten)]
+    models: ModelArgs,
 }
 
 #[derive(Args)]
@@ -97,6 +155,8 @@ struct CheckArgs {
     data: PathBuf,
     #[arg(long)]
     glove: Option<PathBuf>,
+    #[command(flatten)]
+    models: ModelArgs,
 }
 
 fn device(arg: DeviceArg) -> Result<(Device, String)> {
@@ -140,6 +200,7 @@ fn run_training(args: TrainArgs) -> Result<()> {
     if args.batch_size.is_some() {
         config.batch_size = args.batch_size;
     }
+    args.models().apply(config);
     if args.epochs == Some(0) || args.batch_size == Some(0) {
         bail!("--epochs and --batch-size must be positive");
     }
@@ -181,18 +242,19 @@ fn eval(args: EvalArgs) -> Result<()> {
         ),
     };
     let split: Split = args.split.parse()?;
-    let loaded = Config::load(&run.config())?;
+    let mut loaded = Config::load(&run.config())?;
+    args.models.apply(&mut loaded.config);
     let seed = loaded.config.seed();
     let batch_size = args.batch_size.unwrap_or(loaded.config.batch_size());
     let vocab_path = run.vocab();
-    let prepared = prepare(loaded, &data, VocabSource::RunWords(&vocab_path), None)?;
-    let (device, _) = device(args.device)?;
-    let model = Model::build(
-        &prepared.config.config,
-        prepared.vocab.as_ref(),
-        &device,
-        seed,
+    let prepared = prepare(
+        loaded,
+        &data,
+        VocabSource::RunWords(&vocab_path),
+        args.max_rows,
     )?;
+    let (device, _) = device(args.device)?;
+    let model = prepared.build_model(&device, seed)?;
     model.store.load(&run.weights())?;
     let loss = Loss::new(&prepared.config.config);
     let data = match split {
@@ -222,16 +284,12 @@ fn eval(args: EvalArgs) -> Result<()> {
 }
 
 fn check(args: CheckArgs) -> Result<()> {
-    let loaded = Config::load(&args.config)?;
+    let mut loaded = Config::load(&args.config)?;
+    args.models.apply(&mut loaded.config);
     let config = loaded.config.clone();
     let glove = glove_path(&config, args.glove.as_deref());
     let prepared = prepare(loaded, &args.data, VocabSource::GloveFile(glove), None)?;
-    let model = Model::build(
-        &config,
-        prepared.vocab.as_ref(),
-        &Device::Cpu,
-        config.seed(),
-    )?;
+    let model = prepared.build_model(&Device::Cpu, config.seed())?;
     let (per_epoch, total) = planned_steps(
         train::epoch_len(&config, &prepared.train.labels),
         config.batch_size(),
@@ -263,6 +321,15 @@ fn check(args: CheckArgs) -> Result<()> {
             "audio    {} samples per item ({:?})",
             spec.samples, spec.input
         );
+    }
+    for (name, path) in [
+        ("gpt2", &prepared.backbones.gpt2),
+        ("wav2vec2", &prepared.backbones.wav2vec2),
+        ("resnet50", &prepared.backbones.resnet50),
+    ] {
+        if let Some(path) = path {
+            println!("{name:<8} pretrained weights from {}", path.display());
+        }
     }
     if let Some(vocab) = &prepared.vocab {
         println!(

@@ -1,5 +1,9 @@
 //! The whole classifier (§3): encoders → fusion → feed-forward head → logits → softmax, built from a config.
-//! Top-level parameter prefixes: `text`, `visual`, `audio`, `fusion`, `head`.
+//! Top-level parameter prefixes: `text`, `visual`, `audio`, `fusion`, `head`; a pretrained backbone's weights
+//! keep their checkpoint names under its prefix (`text.h.0.attn.c_attn.weight`,
+//! `audio.encoder.layers.3.attention.q_proj.weight`, `visual.layer1.0.conv1.weight`).
+
+use std::path::PathBuf;
 
 use candle_core::{Device, Tensor};
 
@@ -8,17 +12,73 @@ use crate::dataset::Batch;
 use crate::error::{Error, Result};
 use crate::fusion::Fusion;
 use crate::glove::{GloveEncoder, GloveVocab};
+use crate::gpt2::Gpt2Encoder;
 use crate::head::{Head, HeadOutput};
+use crate::hub::{self, Backbone};
 use crate::nn::Ctx;
 use crate::params::ParamStore;
 use crate::resnet::ResNet50;
+use crate::tokenizer::MAX_TOKENS;
+use crate::wav2vec2::Wav2Vec2Encoder;
 use crate::waveform::WaveformEncoder;
+
+/// Where the pretrained backbones a config uses are: model folders (GPT-2, wav2vec2) and the ResNet-50
+/// safetensors file. `None` for an encoder the config does not use — and for ResNet-50, random weights.
+#[derive(Debug, Clone, Default)]
+pub struct Backbones {
+    pub gpt2: Option<PathBuf>,
+    pub wav2vec2: Option<PathBuf>,
+    pub resnet50: Option<PathBuf>,
+}
+
+impl Backbones {
+    /// Finds the files of every pretrained backbone `config` uses (`text_model`, `audio_model`,
+    /// `visual_model`: local folders or Hugging Face hub ids), before any data is read.
+    pub fn resolve(config: &Config) -> Result<Self> {
+        let mut found = Backbones::default();
+        if config.modules_text_encoder == TextEncoder::Gpt2 {
+            found.gpt2 = Some(hub::resolve(Backbone::Gpt2, config.text_model())?);
+        }
+        if config.modules_audio_encoder == AudioEncoder::Wav2vec2 {
+            found.wav2vec2 = Some(hub::resolve(Backbone::Wav2vec2, config.audio_model())?);
+        }
+        if config.modules_visual_encoder == VisualEncoder::Resnet50 {
+            if let Some(spec) = config.visual_model() {
+                let weights = hub::resnet50_weights(spec).map_err(|e| {
+                    Error::Other(format!(
+                        "{e}\n(or set `visual_model: random` to train the ResNet-50 from random weights)"
+                    ))
+                })?;
+                found.resnet50 = Some(weights);
+            }
+        }
+        Ok(found)
+    }
+}
+
+/// The text encoder of a config.
+enum TextModule {
+    Glove(GloveEncoder),
+    Gpt2 {
+        encoder: Box<Gpt2Encoder>,
+        /// Right truncation: the tokenizer's 1024, or a smaller model's context.
+        max_tokens: usize,
+        /// `text_limit_to_n_last_tokens`: keep only the last n columns of the padded batch.
+        last_tokens: Option<usize>,
+    },
+}
+
+/// The audio encoder of a config.
+enum AudioModule {
+    Waveform(WaveformEncoder),
+    Wav2vec2(Box<Wav2Vec2Encoder>),
+}
 
 pub struct Model {
     pub store: ParamStore,
-    text: Option<GloveEncoder>,
+    text: Option<TextModule>,
     visual: Option<ResNet50>,
-    audio: Option<WaveformEncoder>,
+    audio: Option<AudioModule>,
     fusion: Fusion,
     head: Head,
     pub classes: usize,
@@ -26,13 +86,31 @@ pub struct Model {
 }
 
 impl Model {
-    /// Builds the model of `config` with weights initialised from `seed`; `vocab` is required for GloVe.
+    /// Builds the model of `config` with weights initialised from `seed` and no pretrained weights: a random
+    /// ResNet-50, and an error for GPT-2 and wav2vec2 (see [`Model::build_with`]). `vocab` is required for GloVe.
     pub fn build(
         config: &Config,
         vocab: Option<&GloveVocab>,
         device: &Device,
         seed: u64,
     ) -> Result<Self> {
+        Model::build_with(config, vocab, &Backbones::default(), device, seed)
+    }
+
+    /// Builds the model of `config`: pretrained backbones from `backbones`, every other weight initialised
+    /// from `seed` (which also seeds the backbones' dropout and masking).
+    pub fn build_with(
+        config: &Config,
+        vocab: Option<&GloveVocab>,
+        backbones: &Backbones,
+        device: &Device,
+        seed: u64,
+    ) -> Result<Self> {
+        let needs = |what: &str, key: &str| {
+            Error::Other(format!(
+                "the {what} encoder needs its pretrained model (`{key}`), none was given"
+            ))
+        };
         let mut store = ParamStore::new(device, seed);
         let mut names = Vec::new();
         let mut dims = Vec::new();
@@ -44,16 +122,41 @@ impl Model {
                 let encoder = GloveEncoder::new(&mut store, "text", vocab, config.text_l2norm)?;
                 names.push("text");
                 dims.push(encoder.out_features());
-                Some(encoder)
+                Some(TextModule::Glove(encoder))
             }
             TextEncoder::Gpt2 => {
-                return Err(Error::Other("the GPT-2 encoder is not built yet".into()))
+                let dir = backbones
+                    .gpt2
+                    .as_ref()
+                    .ok_or_else(|| needs("GPT-2", "text_model"))?;
+                let loaded = crate::gpt2::load(dir, device, seed)?;
+                store.import("text", &loaded.vars)?;
+                let max_tokens = MAX_TOKENS.min(loaded.model.config().n_positions);
+                let encoder = Gpt2Encoder::new(loaded.model, config.text_l2norm);
+                names.push("text");
+                dims.push(encoder.out_features());
+                Some(TextModule::Gpt2 {
+                    encoder: Box::new(encoder),
+                    max_tokens,
+                    last_tokens: config
+                        .text_limit_to_n_last_tokens
+                        .filter(|n| *n > 0)
+                        .map(|n| n as usize),
+                })
             }
         };
         let visual = match config.modules_visual_encoder {
             VisualEncoder::None => None,
             VisualEncoder::Resnet50 => {
-                let encoder = ResNet50::new(&mut store, "visual", config.visual_l2norm)?;
+                let encoder = match &backbones.resnet50 {
+                    None => ResNet50::new(&mut store, "visual", config.visual_l2norm)?,
+                    Some(weights) => {
+                        return Err(Error::data(
+                            weights,
+                            "loading ResNet-50 weights: in progress",
+                        ))
+                    }
+                };
                 names.push("visual");
                 dims.push(encoder.out_features());
                 Some(encoder)
@@ -75,10 +178,20 @@ impl Model {
                 )?;
                 names.push("audio");
                 dims.push(encoder.out_features());
-                Some(encoder)
+                Some(AudioModule::Waveform(encoder))
             }
             AudioEncoder::Wav2vec2 => {
-                return Err(Error::Other("the wav2vec2 encoder is not built yet".into()))
+                let dir = backbones
+                    .wav2vec2
+                    .as_ref()
+                    .ok_or_else(|| needs("wav2vec2", "audio_model"))?;
+                let out_features = config.audio_out_features.filter(|n| *n > 0);
+                let loaded =
+                    crate::wav2vec2::load(dir, out_features, config.audio_l2norm, device, seed)?;
+                store.import("audio", &loaded.vars)?;
+                names.push("audio");
+                dims.push(loaded.encoder.out_features());
+                Some(AudioModule::Wav2vec2(Box::new(loaded.encoder)))
             }
         };
         let fusion = match config.modules_fusion {
@@ -125,8 +238,26 @@ impl Model {
 
     pub fn forward(&self, batch: &Batch, ctx: &mut Ctx) -> Result<HeadOutput> {
         let mut embeddings = Vec::new();
-        if let Some(text) = &self.text {
-            embeddings.push(text.forward(&batch.text_ids, &self.device)?);
+        match &self.text {
+            None => {}
+            Some(TextModule::Glove(encoder)) => {
+                embeddings.push(encoder.forward(&batch.text_ids, &self.device)?)
+            }
+            Some(TextModule::Gpt2 {
+                encoder,
+                max_tokens,
+                last_tokens,
+            }) => {
+                let pad = encoder.model.config().pad_token_id();
+                let (ids, mask) = pad_right(
+                    &batch.text_ids,
+                    pad,
+                    *max_tokens,
+                    *last_tokens,
+                    &self.device,
+                )?;
+                embeddings.push(encoder.forward(&ids, &mask, ctx.train)?);
+            }
         }
         if let Some(visual) = &self.visual {
             let x = batch
@@ -142,7 +273,10 @@ impl Model {
                 .as_ref()
                 .ok_or_else(|| Error::Other("batch without audio for the audio encoder".into()))?
                 .to_device(&self.device)?;
-            embeddings.push(audio.forward(&x, ctx)?);
+            embeddings.push(match audio {
+                AudioModule::Waveform(encoder) => encoder.forward(&x, ctx)?,
+                AudioModule::Wav2vec2(encoder) => encoder.forward(&x, ctx.train)?,
+            });
         }
         let fused = self.fusion.forward(&embeddings)?;
         self.head.forward(&fused, ctx)
@@ -152,5 +286,56 @@ impl Model {
     pub fn predict(&self, batch: &Batch) -> Result<Tensor> {
         let mut ctx = Ctx::eval();
         Ok(self.forward(batch, &mut ctx)?.probs.detach())
+    }
+}
+
+/// GPT-2 inputs of a batch of token-id rows: `(input_ids, attention_mask)` (B, L), padded on the right with
+/// `pad` to the longest row and truncated on the right at `max_tokens` (the reference's tokenizer call), then,
+/// with `last_tokens`, only the last columns kept (`text_limit_to_n_last_tokens`).
+pub fn pad_right(
+    rows: &[Vec<u32>],
+    pad: u32,
+    max_tokens: usize,
+    last_tokens: Option<usize>,
+    device: &Device,
+) -> Result<(Tensor, Tensor)> {
+    let b = rows.len();
+    let width = rows.iter().map(Vec::len).max().unwrap_or(0).min(max_tokens);
+    if width == 0 {
+        return Err(Error::Other("a GPT-2 batch without any token".into()));
+    }
+    let mut ids = vec![pad; b * width];
+    let mut mask = vec![0u32; b * width];
+    for (r, row) in rows.iter().enumerate() {
+        let n = row.len().min(width);
+        ids[r * width..r * width + n].copy_from_slice(&row[..n]);
+        mask[r * width..r * width + n].fill(1);
+    }
+    let ids = Tensor::from_vec(ids, (b, width), device)?;
+    let mask = Tensor::from_vec(mask, (b, width), device)?;
+    match last_tokens {
+        Some(n) if n < width => Ok((ids.narrow(1, width - n, n)?, mask.narrow(1, width - n, n)?)),
+        _ => Ok((ids, mask)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn gpt2_batches_pad_and_truncate_on_the_right() {
+        let rows = vec![vec![5, 6, 7], vec![8], vec![1, 2, 3, 4, 5, 6]];
+        let (ids, mask) = pad_right(&rows, 99, 4, None, &Device::Cpu).unwrap();
+        assert_eq!(
+            ids.to_vec2::<u32>().unwrap(),
+            [[5, 6, 7, 99], [8, 99, 99, 99], [1, 2, 3, 4]]
+        );
+        assert_eq!(
+            mask.to_vec2::<u32>().unwrap(),
+            [[1, 1, 1, 0], [1, 0, 0, 0], [1, 1, 1, 1]]
+        );
+        let (ids, _) = pad_right(&rows, 99, 1024, Some(2), &Device::Cpu).unwrap();
+        assert_eq!(ids.to_vec2::<u32>().unwrap(), [[99, 99], [99, 99], [5, 6]]);
     }
 }

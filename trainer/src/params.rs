@@ -90,6 +90,49 @@ impl ParamStore {
         Ok(t)
     }
 
+    /// Adds a pretrained backbone's variables (built from a checkpoint through a `VarBuilder`) under
+    /// `prefix.`: the store shares them with the backbone, so the optimiser's in-place updates reach the model.
+    pub fn import(&mut self, prefix: &str, vars: &candle_nn::VarMap) -> Result<()> {
+        let data = vars
+            .data()
+            .lock()
+            .map_err(|_| Error::Other("variable map poisoned".into()))?;
+        for (name, var) in data.iter() {
+            let full = format!("{prefix}.{name}");
+            if self.vars.contains_key(&full) {
+                return Err(Error::Other(format!("parameter `{full}` defined twice")));
+            }
+            self.vars.insert(full, var.clone());
+        }
+        Ok(())
+    }
+
+    /// The tensor named `name` (a parameter or a buffer).
+    pub fn get(&self, name: &str) -> Option<Tensor> {
+        self.vars.get(name).map(|v| v.as_tensor().clone())
+    }
+
+    /// Overwrites the value of the existing tensor `name` in place (pretrained weights); the shape must match.
+    /// `source` names the file the value came from, for messages.
+    pub fn assign(&self, name: &str, value: &Tensor, source: &Path) -> Result<()> {
+        let var = self
+            .vars
+            .get(name)
+            .ok_or_else(|| Error::Other(format!("no parameter `{name}` to load into")))?;
+        if value.dims() != var.as_tensor().dims() {
+            return Err(Error::data(
+                source,
+                format!(
+                    "tensor for `{name}` has shape {:?}, the model expects {:?}",
+                    value.dims(),
+                    var.as_tensor().dims()
+                ),
+            ));
+        }
+        var.set(&value.to_dtype(DType::F32)?.to_device(&self.device)?)?;
+        Ok(())
+    }
+
     /// Trainable parameters, by name.
     pub fn trainable(&self) -> Vec<(String, Var)> {
         self.vars
@@ -157,8 +200,45 @@ impl ParamStore {
     }
 }
 
-/// Whether AdamW decays a parameter: not biases, not LayerNorm weights (HF Trainer's rule, §5.1).
-/// BatchNorm weights and embeddings are decayed.
+/// Whether AdamW decays a parameter: not biases, not `nn.LayerNorm` weights (HF Trainer's rule, §5.1).
+/// BatchNorm and GroupNorm weights and embeddings are decayed.
+///
+/// LayerNorms are recognised by name: ours and wav2vec2's are called `layer_norm` / `final_layer_norm` —
+/// except wav2vec2's first conv layer, whose `conv_layers.0.layer_norm` is a GroupNorm — and GPT-2's are
+/// `ln_1`, `ln_2` and `ln_f`.
 pub fn decays(name: &str) -> bool {
-    !(name.contains("bias") || name.contains("layer_norm"))
+    let layer_norm = (name.contains("layer_norm") && !name.contains("conv_layers."))
+        || name
+            .split('.')
+            .any(|part| matches!(part, "ln_1" | "ln_2" | "ln_f"));
+    !(name.contains("bias") || layer_norm)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::decays;
+
+    #[test]
+    fn decay_groups_follow_module_types() {
+        for kept in [
+            "head.layers.0.weight",
+            "visual.bn1.weight",
+            "text.wte.weight",
+            "audio.feature_extractor.conv_layers.0.layer_norm.weight",
+            "audio.feature_extractor.conv_layers.3.conv.weight",
+        ] {
+            assert!(decays(kept), "{kept} must be decayed");
+        }
+        for skipped in [
+            "head.layers.0.bias",
+            "fusion.layer_norm.weight",
+            "text.h.3.ln_1.weight",
+            "text.ln_f.weight",
+            "audio.encoder.layers.1.final_layer_norm.weight",
+            "audio.feature_projection.layer_norm.weight",
+            "audio.encoder.layer_norm.weight",
+        ] {
+            assert!(!decays(skipped), "{skipped} must not be decayed");
+        }
+    }
 }

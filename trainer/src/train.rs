@@ -20,10 +20,11 @@ use crate::error::{Error, Result};
 use crate::glove::GloveVocab;
 use crate::losses::Loss;
 use crate::metrics::Metrics;
-use crate::model::Model;
+use crate::model::{Backbones, Model};
 use crate::nn::Ctx;
 use crate::optim::{AdamW, AdamWConfig};
 use crate::report::{EpochRecord, RunFolder, SplitSummary, Summary};
+use crate::tokenizer::Gpt2Tokenizer;
 
 /// Evaluation-time improvement threshold of early stopping (HF `early_stopping_threshold`).
 pub const EARLY_STOPPING_THRESHOLD: f64 = 0.001;
@@ -53,6 +54,21 @@ pub struct Prepared {
     pub media: [MediaCounts; 3],
     pub vocab: Option<GloveVocab>,
     pub glove_file: Option<PathBuf>,
+    /// The pretrained backbones' files.
+    pub backbones: Backbones,
+}
+
+impl Prepared {
+    /// The config's model: pretrained backbones loaded, everything else initialised from `seed`.
+    pub fn build_model(&self, device: &Device, seed: u64) -> Result<Model> {
+        Model::build_with(
+            &self.config.config,
+            self.vocab.as_ref(),
+            &self.backbones,
+            device,
+            seed,
+        )
+    }
 }
 
 /// Where a GloVe vocabulary comes from.
@@ -71,10 +87,10 @@ pub fn prepare(
     source: VocabSource<'_>,
     max_rows: Option<usize>,
 ) -> Result<Prepared> {
-    config.config.require_buildable(&config.path)?;
     if !data.is_dir() {
         return Err(Error::data(data, "the data folder does not exist"));
     }
+    let backbones = Backbones::resolve(&config.config)?;
     let classes = config.config.classes();
     let prep = Preprocess::new(&config.config);
     let mut splits = Vec::new();
@@ -84,7 +100,7 @@ pub fn prepare(
         if let Some(n) = max_rows {
             data.truncate(n.max(1));
         }
-        media[i] = data.check_media(prep.visual.is_some(), prep.audio.is_some())?;
+        media[i] = data.check_media(&prep)?;
         splits.push(data);
     }
     let (mut vocab, mut glove_file) = (None, None);
@@ -107,6 +123,24 @@ pub fn prepare(
         }
         vocab = Some(v);
     }
+    if let Some(dir) = &backbones.gpt2 {
+        let tokenizer = Gpt2Tokenizer::from_dir(dir)?;
+        let model = crate::gpt2::Config::from_file(&dir.join("config.json"))?;
+        if tokenizer.pad_id() != model.pad_token_id() {
+            return Err(Error::data(
+                dir,
+                format!(
+                    "the tokenizer has {} tokens but config.json's vocab_size is {}: [PAD] would not be the \
+                     embedding row the model appends",
+                    tokenizer.pad_id(),
+                    model.vocab_size
+                ),
+            ));
+        }
+        for split in &mut splits {
+            split.encode_gpt2(&tokenizer, config.config.text_context)?;
+        }
+    }
     let mut splits = splits.into_iter().map(Arc::new);
     let (Some(train), Some(valid), Some(test)) = (splits.next(), splits.next(), splits.next())
     else {
@@ -122,6 +156,7 @@ pub fn prepare(
         media,
         vocab,
         glove_file,
+        backbones,
     })
 }
 
@@ -284,7 +319,7 @@ pub fn train(prepared: Prepared, options: &TrainOptions) -> Result<(PathBuf, Sum
         batch_size,
         epochs,
     );
-    let model = Model::build(config, prepared.vocab.as_ref(), &options.device, seed)?;
+    let model = prepared.build_model(&options.device, seed)?;
     let run = RunFolder::create(&options.out, &config.classifier_name)?;
     run.write_start(&prepared, options, model.store.parameter_count())?;
     tracing::info!(
