@@ -28,7 +28,8 @@ use serde::{Deserialize, Serialize};
 use crate::audio::{check_wav, tmp_path, WavFormat};
 use crate::decode::{decode_clip, DecodeOptions, Medium};
 use crate::discover::{discover, list_clips, relative, ClipListing, Discovery};
-use crate::mosaic::{check_mosaic, write_mosaic};
+use crate::faces::{faces_record, Face, FaceDetector, FaceProfile, FACES_COLUMNS};
+use crate::mosaic::{check_mosaic, write_jpeg, write_mosaic};
 use crate::raw_csv::{duplicates, read_meld_csv, RawRow};
 
 /// A decoded clip longer than its annotation by more than this is reported (MELD has mis-cut clips of minutes).
@@ -85,6 +86,14 @@ pub struct ExtractArgs {
     /// Keep the utterance text verbatim (by default cp1252 C1 characters become the punctuation they stand for).
     #[arg(long)]
     pub raw_text: bool,
+    /// A RetinaFace ONNX model: also write face-only mosaics (`d-{D}-seq-{U}.faces.jpg`, column
+    /// `x_visual_faces`) and the boxes in `{split}/faces.csv`. A rerun with it only adds what is missing.
+    #[arg(long, value_name = "MODEL.onnx")]
+    pub faces: Option<PathBuf>,
+    /// Face detection: `default` (each frame separately, score ≥ 0.5) or `hlm12erc` (the reference's exact
+    /// face-only preprocessing: whole mosaic, score > 0.02, top 10, tall boxes dropped).
+    #[arg(long, value_enum, default_value_t = FaceProfile::Default, requires = "faces")]
+    pub face_profile: FaceProfile,
 }
 
 /// The settings that determine the outputs (recorded in the manifest and in every row record).
@@ -164,6 +173,75 @@ struct RowRecord {
     clip_duration: Option<f64>,
     /// (stage, reason, detail)
     problems: Vec<(String, String, String)>,
+    /// The face stage's result, when a run with `--faces` made the face-only image.
+    #[serde(default)]
+    faces: Option<FacesRecord>,
+}
+
+/// What the face stage found for one row, and with which model.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct FacesRecord {
+    model_sha256: String,
+    profile: FaceProfile,
+    faces: Vec<Face>,
+}
+
+/// The face stage of a run with `--faces`.
+struct FaceStage {
+    detector: FaceDetector,
+    frames: usize,
+    jpeg_quality: u8,
+}
+
+impl FaceStage {
+    fn matches(&self, record: &FacesRecord) -> bool {
+        record.model_sha256 == self.detector.model().sha256()
+            && record.profile == self.detector.profile()
+    }
+
+    /// Detects the faces of the mosaic at `job.jpg` (as stored, so a rerun that reuses the mosaic sees the same
+    /// pixels) and writes the face-only image.
+    fn run(&self, job: &Job) -> Result<FacesRecord, String> {
+        let mosaic = image::open(&job.jpg)
+            .map_err(|e| format!("{}: {e}", job.jpg.display()))?
+            .to_rgb8();
+        let faces = self
+            .detector
+            .detect(&mosaic, self.frames)
+            .map_err(|e| e.to_string())?;
+        let face_only = self.detector.face_only(&mosaic, &faces);
+        write_jpeg(
+            face_only.as_raw(),
+            face_only.width(),
+            face_only.height(),
+            self.jpeg_quality,
+            &job.faces_jpg,
+        )
+        .map_err(|e| e.to_string())?;
+        Ok(FacesRecord {
+            model_sha256: self.detector.model().sha256().to_string(),
+            profile: self.detector.profile(),
+            faces,
+        })
+    }
+}
+
+/// The face model of a run, as recorded in the manifest.
+#[derive(Debug, Clone, Serialize)]
+pub struct FacesManifest {
+    pub model: PathBuf,
+    pub sha256: String,
+    pub profile: FaceProfile,
+    /// Whether the model's class scores come out softmaxed (otherwise they are softmaxed here).
+    pub outputs_softmaxed: bool,
+    /// Rows with a face-only image.
+    pub images: usize,
+    /// Face-only images made by this run (the others were reused).
+    pub images_made: usize,
+    /// Faces in `faces.csv` over all splits.
+    pub faces: usize,
+    /// Rows with at least one face.
+    pub rows_with_faces: usize,
 }
 
 /// One clip to process (the first row of its (dialogue, utterance) pair).
@@ -173,6 +251,7 @@ struct Job {
     clip: Option<PathBuf>,
     annotated: f64,
     jpg: PathBuf,
+    faces_jpg: PathBuf,
     wav: PathBuf,
     record: PathBuf,
 }
@@ -188,6 +267,10 @@ struct Outcome {
     decoded: bool,
     interrupted: bool,
     frames_decoded: u64,
+    /// The faces found, when the face-only image is in place (`--faces`).
+    faces: Option<Vec<Face>>,
+    /// The face stage ran in this run (not reused).
+    faces_made: bool,
 }
 
 /// Counts of one split for the summary table and the manifest.
@@ -227,6 +310,8 @@ pub struct ExtractSummary {
     /// Video frames the decoders produced (non-reference frames away from the sample times are skipped).
     pub video_frames_decoded: u64,
     pub rows_interrupted: usize,
+    /// The face model and what it gave (`--faces`), or null.
+    pub faces: Option<FacesManifest>,
     pub jobs: usize,
     pub wall_seconds: f64,
     pub clips_per_second: f64,
@@ -265,6 +350,33 @@ pub fn run(args: &ExtractArgs) -> Result<ExtractSummary> {
     });
     install_interrupt_handler();
     let settings = Settings::from_args(args);
+    // The face model is loaded and checked on the input this run needs before anything else: a bad file, odd
+    // outputs or a size the model rejects stop the run here. MELD's clips are 16:9, so a tile is
+    // frame_height x frame_height·16/9; a clip of another shape gets its own plan when first seen.
+    let face_stage = match &args.faces {
+        None => None,
+        Some(model) => {
+            let tile_width = settings.frame_height * 16 / 9;
+            let detector = FaceDetector::new(
+                model,
+                args.face_profile,
+                settings.frames,
+                settings.frame_height,
+                tile_width,
+            )?;
+            tracing::info!(
+                "face model {} (sha256 {}), profile {}",
+                model.display(),
+                detector.model().sha256(),
+                args.face_profile.name()
+            );
+            Some(FaceStage {
+                detector,
+                frames: settings.frames,
+                jpeg_quality: settings.jpeg_quality,
+            })
+        }
+    };
     let mut wanted: Vec<Split> = Vec::new();
     for s in &args.splits {
         if !wanted.contains(s) {
@@ -312,6 +424,7 @@ pub fn run(args: &ExtractArgs) -> Result<ExtractSummary> {
                 clip: listing.clips.get(&key).map(|c| c.path.clone()),
                 annotated: row.meld.annotated_duration(),
                 jpg: media_dir.join(format!("{stem}.jpg")),
+                faces_jpg: media_dir.join(format!("{stem}.faces.jpg")),
                 wav: media_dir.join(format!("{stem}.wav")),
                 record: record_dir.join(format!("{stem}.json")),
             });
@@ -351,7 +464,7 @@ pub fn run(args: &ExtractArgs) -> Result<ExtractSummary> {
                         ..Outcome::default()
                     }
                 } else {
-                    process(job, &settings, &options, args.force)
+                    process(job, &settings, &options, args.force, face_stage.as_ref())
                 };
                 bar.inc(1);
                 outcome
@@ -385,6 +498,7 @@ pub fn run(args: &ExtractArgs) -> Result<ExtractSummary> {
             out.end_time = Some(m.end_time.to_string());
             if let Some(o) = outcome {
                 out.x_visual = o.visual.then(|| format!("{stem}.jpg"));
+                out.x_visual_faces = o.faces.as_ref().map(|_| format!("{stem}.faces.jpg"));
                 out.x_audio = o.audio.then(|| format!("{stem}.wav"));
                 out.clip_duration = o.clip_duration;
             }
@@ -400,6 +514,16 @@ pub fn run(args: &ExtractArgs) -> Result<ExtractSummary> {
         }
         let path = args.out.join(split.dataset_csv());
         meld_shared::dataset::write_dataset(&path, &dataset)?;
+        if face_stage.is_some() {
+            let mut found: Vec<(&Job, &Outcome)> = jobs
+                .iter()
+                .zip(&outcomes)
+                .filter(|(j, _)| j.split == *split)
+                .collect();
+            found.sort_by_key(|(j, _)| j.key);
+            let path = args.out.join(split.dataset_name()).join("faces.csv");
+            write_faces(&path, split.dataset_name(), &found)?;
+        }
     }
     for (job, outcome) in jobs.iter().zip(&outcomes) {
         if outcome.interrupted {
@@ -446,6 +570,20 @@ pub fn run(args: &ExtractArgs) -> Result<ExtractSummary> {
         *failures_by_reason.entry(f.reason.clone()).or_insert(0) += 1;
     }
     let clips_decoded = outcomes.iter().filter(|o| o.decoded).count();
+    let faces_manifest = face_stage.as_ref().map(|stage| {
+        let model = stage.detector.model();
+        let found = || outcomes.iter().filter_map(|o| o.faces.as_ref());
+        FacesManifest {
+            model: model.path().to_path_buf(),
+            sha256: model.sha256().to_string(),
+            profile: stage.detector.profile(),
+            outputs_softmaxed: model.outputs_softmaxed(),
+            images: found().count(),
+            images_made: outcomes.iter().filter(|o| o.faces_made).count(),
+            faces: found().map(Vec::len).sum(),
+            rows_with_faces: found().filter(|f| !f.is_empty()).count(),
+        }
+    });
     let clips_reused = outcomes.iter().filter(|o| o.reused).count();
     let wall_seconds = started.elapsed().as_secs_f64();
     let summary = ExtractSummary {
@@ -471,6 +609,7 @@ pub fn run(args: &ExtractArgs) -> Result<ExtractSummary> {
         clips_reused,
         video_frames_decoded: outcomes.iter().map(|o| o.frames_decoded).sum(),
         rows_interrupted,
+        faces: faces_manifest,
         jobs: threads,
         wall_seconds,
         clips_per_second: clips_decoded as f64 / wall_seconds.max(1e-9),
@@ -571,7 +710,13 @@ fn modified_ns(meta: &fs::Metadata) -> u128 {
 }
 
 /// Processes one clip, or reuses the outputs of an earlier run.
-fn process(job: &Job, settings: &Settings, options: &DecodeOptions, force: bool) -> Outcome {
+fn process(
+    job: &Job,
+    settings: &Settings,
+    options: &DecodeOptions,
+    force: bool,
+    faces: Option<&FaceStage>,
+) -> Outcome {
     let problem =
         |stage: &str, reason: &str, detail: String| (stage.to_string(), reason.to_string(), detail);
     let Some(clip) = &job.clip else {
@@ -617,8 +762,8 @@ fn process(job: &Job, settings: &Settings, options: &DecodeOptions, force: bool)
     }
     let (bytes, modified) = (meta.len(), modified_ns(&meta));
     if !force {
-        if let Some(outcome) = reusable(job, settings, bytes, modified) {
-            return outcome;
+        if let Some(record) = reusable(job, settings, bytes, modified) {
+            return reuse(job, record, faces);
         }
     }
 
@@ -685,9 +830,23 @@ fn process(job: &Job, settings: &Settings, options: &DecodeOptions, force: bool)
             }
         }
     }
+    let mut faces_record = None;
+    if let (true, Some(stage)) = (outcome.visual, faces) {
+        match stage.run(job) {
+            Ok(record) => {
+                outcome.faces = Some(record.faces.clone());
+                outcome.faces_made = true;
+                faces_record = Some(record);
+            }
+            Err(detail) => outcome.problems.push(face_problem(detail)),
+        }
+    }
     // Outputs from an earlier run that this run did not produce must not linger.
     if !outcome.visual {
         let _ = fs::remove_file(&job.jpg);
+    }
+    if faces_record.is_none() {
+        let _ = fs::remove_file(&job.faces_jpg);
     }
     if !outcome.audio {
         let _ = fs::remove_file(&job.wav);
@@ -700,9 +859,27 @@ fn process(job: &Job, settings: &Settings, options: &DecodeOptions, force: bool)
         visual: outcome.visual,
         audio: outcome.audio,
         clip_duration: outcome.clip_duration,
-        problems: outcome.problems.clone(),
+        // A face-stage failure is not recorded: the plain outputs stay reusable and a rerun retries it.
+        problems: outcome
+            .problems
+            .iter()
+            .filter(|p| p.0 != FACE_STAGE)
+            .cloned()
+            .collect(),
+        faces: faces_record,
     };
-    match serde_json::to_vec(&record) {
+    write_record(job, &record);
+    outcome
+}
+
+const FACE_STAGE: &str = "faces";
+
+fn face_problem(detail: String) -> (String, String, String) {
+    (FACE_STAGE.into(), "face_error".into(), detail)
+}
+
+fn write_record(job: &Job, record: &RowRecord) {
+    match serde_json::to_vec(record) {
         Ok(json) => {
             if let Err(e) = write_atomically(&job.record, &json) {
                 tracing::warn!("{e:#}");
@@ -710,11 +887,64 @@ fn process(job: &Job, settings: &Settings, options: &DecodeOptions, force: bool)
         }
         Err(e) => tracing::warn!("{}: {e}", job.record.display()),
     }
+}
+
+/// The outcome of a reused row; with `--faces`, the face-only image is reused too when it was made with the
+/// same model and profile, and otherwise made now from the existing mosaic.
+fn reuse(job: &Job, mut record: RowRecord, faces: Option<&FaceStage>) -> Outcome {
+    let mut outcome = Outcome {
+        visual: record.visual,
+        audio: record.audio,
+        clip_duration: record.clip_duration,
+        problems: record.problems.clone(),
+        reused: true,
+        ..Outcome::default()
+    };
+    let Some(stage) = faces else {
+        return outcome;
+    };
+    if !record.visual {
+        return outcome;
+    }
+    let frames = stage.frames;
+    let current = record.faces.as_ref().filter(|f| {
+        stage.matches(f)
+            && check_mosaic(&job.faces_jpg, frames, record.settings.frame_height).is_ok()
+    });
+    if let Some(found) = current {
+        outcome.faces = Some(found.faces.clone());
+        return outcome;
+    }
+    match stage.run(job) {
+        Ok(found) => {
+            outcome.faces = Some(found.faces.clone());
+            outcome.faces_made = true;
+            record.faces = Some(found);
+            write_record(job, &record);
+        }
+        Err(detail) => {
+            let _ = fs::remove_file(&job.faces_jpg);
+            outcome.problems.push(face_problem(detail));
+        }
+    }
     outcome
 }
 
-/// The outcome of an earlier run, if its record matches and its media are present and valid.
-fn reusable(job: &Job, settings: &Settings, bytes: u64, modified: u128) -> Option<Outcome> {
+/// Writes a split's `faces.csv`: one line per face, rows in (dialogue, utterance) order.
+fn write_faces(path: &Path, split: &str, found: &[(&Job, &Outcome)]) -> Result<()> {
+    let mut writer = csv::Writer::from_writer(Vec::new());
+    writer.write_record(FACES_COLUMNS)?;
+    for (job, outcome) in found {
+        for face in outcome.faces.iter().flatten() {
+            writer.write_record(faces_record(split, job.key.0, job.key.1, face))?;
+        }
+    }
+    let bytes = writer.into_inner().map_err(|e| anyhow::anyhow!("{e}"))?;
+    write_atomically(path, &bytes)
+}
+
+/// The record of an earlier run, if it matches and its media are present and valid.
+fn reusable(job: &Job, settings: &Settings, bytes: u64, modified: u128) -> Option<RowRecord> {
     let json = fs::read(&job.record).ok()?;
     let record: RowRecord = serde_json::from_slice(&json).ok()?;
     if record.version != RECORD_VERSION
@@ -730,18 +960,11 @@ fn reusable(job: &Job, settings: &Settings, bytes: u64, modified: u128) -> Optio
     if record.audio && check_wav(&job.wav, settings.wav()).is_err() {
         return None;
     }
-    Some(Outcome {
-        visual: record.visual,
-        audio: record.audio,
-        clip_duration: record.clip_duration,
-        problems: record.problems,
-        reused: true,
-        ..Outcome::default()
-    })
+    Some(record)
 }
 
 fn remove_outputs(job: &Job) {
-    for path in [&job.jpg, &job.wav, &job.record] {
+    for path in [&job.jpg, &job.faces_jpg, &job.wav, &job.record] {
         let _ = fs::remove_file(path);
     }
 }
@@ -821,6 +1044,17 @@ fn print_summary(summary: &ExtractSummary, failures: &[Failure]) {
                 .unwrap_or_default();
             println!("  {reason:<14} {n:>6}   e.g. {example}");
         }
+    }
+    if let Some(f) = &summary.faces {
+        println!(
+            "faces ({} profile, {}): {} face-only images ({} made now, the rest reused), {} faces in {} rows",
+            f.profile.name(),
+            f.model.display(),
+            f.images,
+            f.images_made,
+            f.faces,
+            f.rows_with_faces
+        );
     }
     println!(
         "clips decoded {} reused {}  {:.2} clips/s  wall {:.1} s  jobs {}{}",

@@ -24,6 +24,8 @@ enum Command {
     Verify(meld_etl::verify::VerifyArgs),
     /// Write a MELD.Raw-shaped tree of synthetic clips with a learnable signal per modality.
     Synth(meld_etl::synth::SynthArgs),
+    /// Run a RetinaFace ONNX model on one image: write its face-only image and print the boxes.
+    Faces(meld_etl::faces::check::FacesArgs),
 }
 
 fn main() -> Result<()> {
@@ -51,5 +53,6 @@ fn main() -> Result<()> {
             Ok(())
         }
         Command::Synth(args) => meld_etl::synth::run(&args).map(|_| ()),
+        Command::Faces(args) => meld_etl::faces::check::run(&args).map(|_| ()),
     }
 }

@@ -90,3 +90,26 @@ pub fn read_csv(path: &Path) -> (Vec<String>, Vec<csv::StringRecord>) {
     let records = reader.records().map(|r| r.expect("record")).collect();
     (header, records)
 }
+
+/// A file of the repository's `models/` folder (fetched by `make models`); fails the test with what to run when
+/// it is missing (CI runs `make models` before `make test`, so a missing model is an error, not a skip).
+pub fn model_file(name: &str) -> PathBuf {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../models").join(name);
+    assert!(
+        path.is_file(),
+        "{} is missing: run `make models` (scripts/fetch-models.sh) first",
+        path.display()
+    );
+    path
+}
+
+/// An image (JPEG, PNG) decoded by the ffmpeg CLI to packed RGB24 bytes.
+pub fn image_rgb24(path: &Path) -> Vec<u8> {
+    run_ok(
+        Command::new("ffmpeg")
+            .args(["-v", "error", "-nostdin", "-i"])
+            .arg(path)
+            .args(["-f", "rawvideo", "-pix_fmt", "rgb24", "-"]),
+    )
+    .stdout
+}

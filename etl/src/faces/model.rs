@@ -18,6 +18,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
 use tract_onnx::prelude::*;
+use tract_onnx::tract_hir::infer::Factoid;
 
 use super::decode::{face_probability, RawOutputs};
 use super::priors::prior_count;
@@ -217,6 +218,38 @@ fn build_plan(
         return Ok(plan.clone());
     }
     let shape = [batch, 3, height as usize, width as usize];
+    // tract would replace the declared input shape by ours without a word; a model exported for one fixed size
+    // (e.g. 640x640) must be refused by name instead of run on another.
+    let declared = inner
+        .model
+        .input_fact(0)
+        .map(|f| f.shape.clone())
+        .map_err(|e| FaceError::Load {
+            path: path.to_path_buf(),
+            message: format!("{e:#}"),
+        })?;
+    let dims: Vec<Option<i64>> = declared
+        .dims()
+        .map(|d| d.concretize().and_then(|d| d.to_i64().ok()))
+        .collect();
+    let rank_ok = declared.is_open() || dims.len() == 4;
+    let fixed_ok = dims
+        .iter()
+        .zip(shape)
+        .all(|(d, want)| d.is_none_or(|d| d == want as i64));
+    if !rank_ok || !fixed_ok {
+        let text: Vec<String> = dims
+            .iter()
+            .map(|d| d.map_or("?".into(), |d| d.to_string()))
+            .collect();
+        return Err(FaceError::InputSize {
+            path: path.to_path_buf(),
+            batch,
+            height,
+            width,
+            message: format!("its input is declared as [{}]", text.join(", ")),
+        });
+    }
     let plan = inner
         .model
         .clone()

@@ -9,15 +9,18 @@
 //! has its own RNG so the order clips are encoded in does not matter.
 //!
 //! Besides MELD's own files, the tree gets `synth-truth.csv` (every clip's planted cues and duration) and
-//! `synth-faults.json` (every injected fault), which tests compare against.
+//! `synth-faults.json` (every injected fault), which tests compare against; with `--face-image`, a real face is
+//! drawn into the healthy clips of even utterance number and `synth-faces.csv` says where (see [`face`]).
 
 pub mod clip;
+pub mod face;
 pub mod signal;
 pub mod text;
 
 use std::fmt;
 use std::fs;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
@@ -32,6 +35,7 @@ use serde::Serialize;
 use crate::layout::Layout;
 use crate::meld::{clip_file_name, write_meld_csv, ClipTime, MeldRow};
 use clip::{ClipContent, Picture, Streams};
+use face::{parse_face_box, FacePatch};
 pub use signal::{colour_rgb, cue_words, tone_hz, Cues};
 
 #[derive(Debug, Clone, clap::Args)]
@@ -56,6 +60,13 @@ pub struct SynthArgs {
     /// Parallel encoders (default: all cores).
     #[arg(long)]
     pub jobs: Option<usize>,
+    /// A photo with a face (e.g. models/astronaut.png): drawn into the healthy clips of even utterance number,
+    /// at a place recorded in `synth-faces.csv`, for face-detection tests.
+    #[arg(long, requires = "face_box")]
+    pub face_image: Option<PathBuf>,
+    /// Where the face is in --face-image: x1,y1,x2,y2 in pixels (astronaut.png: 180,72,271,178).
+    #[arg(long, value_parser = parse_face_box, requires = "face_image")]
+    pub face_box: Option<[f64; 4]>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -178,6 +189,8 @@ struct PlannedClip {
     background: [u8; 3],
     seed: u64,
     fault: Option<Fault>,
+    /// Top-left corner of the pasted face picture (`--face-image`), in clip pixels.
+    face_at: Option<(u32, u32)>,
 }
 
 /// Everything `synth` will write, decided before any clip is encoded.
@@ -265,6 +278,7 @@ impl Plan {
                         background,
                         seed: rng.gen(),
                         fault: None,
+                        face_at: None,
                     });
                     rows.push(row);
                 }
@@ -350,6 +364,18 @@ impl Plan {
         }
         Ok(())
     }
+
+    /// Places the face picture in the healthy clips of even utterance number, somewhere it fits whole.
+    fn place_faces(&mut self, seed: u64, patch: &FacePatch) {
+        let mut rng = ChaCha8Rng::seed_from_u64(seed ^ 0xFACE);
+        for clip in &mut self.clips {
+            if clip.fault.is_none() && clip.utterance % 2 == 0 {
+                let x = rng.gen_range(0..=(clip::WIDTH - patch.width) / 2) * 2;
+                let y = rng.gen_range(0..=(clip::HEIGHT - patch.height) / 2) * 2;
+                clip.face_at = Some((x, y));
+            }
+        }
+    }
 }
 
 /// A synthetic clip's picture and sound (see [`signal`]).
@@ -362,10 +388,12 @@ struct SynthClip {
     tone_hz: f64,
     tone_level: f32,
     noise_seed: u64,
+    /// A face drawn on top of everything else, at a fixed place.
+    face: Option<(Arc<FacePatch>, u32, u32)>,
 }
 
 impl SynthClip {
-    fn new(plan: &PlannedClip) -> Self {
+    fn new(plan: &PlannedClip, face: Option<&Arc<FacePatch>>) -> Self {
         let mut rng = ChaCha8Rng::seed_from_u64(plan.seed);
         SynthClip {
             seconds: plan.seconds,
@@ -376,6 +404,9 @@ impl SynthClip {
             tone_hz: tone_hz(plan.cues.audio),
             tone_level: rng.gen_range(0.15..0.4),
             noise_seed: rng.gen(),
+            face: face
+                .zip(plan.face_at)
+                .map(|(patch, (x, y))| (patch.clone(), x, y)),
         }
     }
 }
@@ -409,6 +440,9 @@ impl ClipContent for SynthClip {
         let y0 =
             (self.block_origin.1 + self.block_velocity.1 * t).clamp(0.0, h as f64 - size) as i64;
         picture.fill_rect(x, y0, x + size as i64, y0 + size as i64, self.block);
+        if let Some((patch, x, y)) = &self.face {
+            patch.draw(picture, *x, *y);
+        }
     }
 
     fn play(&self, start: u64, out: &mut [&mut [f32]]) {
@@ -442,8 +476,16 @@ pub fn run(args: &SynthArgs) -> Result<SynthSummary> {
     let started = Instant::now();
     ffmpeg_next::init().context("initialising FFmpeg")?;
     ffmpeg_next::log::set_level(ffmpeg_next::log::Level::Error);
-    let plan = Plan::new(args)?;
+    let mut plan = Plan::new(args)?;
     let root = &args.out;
+    let patch = match (&args.face_image, args.face_box) {
+        (Some(photo), Some(face_box)) => {
+            let patch = Arc::new(FacePatch::from_photo(photo, face_box)?);
+            plan.place_faces(args.seed, &patch);
+            Some(patch)
+        }
+        _ => None,
+    };
 
     for (split, rows) in &plan.rows {
         let clip_dir = args.layout.clip_dir(root, *split);
@@ -469,7 +511,7 @@ pub fn run(args: &SynthArgs) -> Result<SynthSummary> {
     pool.install(|| {
         jobs.par_iter()
             .progress_with(bar.clone())
-            .try_for_each(|clip| write_clip(args.layout, root, clip))
+            .try_for_each(|clip| write_clip(args.layout, root, clip, patch.as_ref()))
     })?;
     bar.finish_and_clear();
 
@@ -477,6 +519,9 @@ pub fn run(args: &SynthArgs) -> Result<SynthSummary> {
     fs::write(&faults_path, serde_json::to_string_pretty(&plan.faults)?)
         .with_context(|| format!("writing {}", faults_path.display()))?;
     write_truth(&root.join("synth-truth.csv"), &plan.clips)?;
+    if let Some(patch) = &patch {
+        write_faces(&root.join("synth-faces.csv"), &plan.clips, patch)?;
+    }
 
     let summary = SynthSummary {
         root: root.clone(),
@@ -489,7 +534,12 @@ pub fn run(args: &SynthArgs) -> Result<SynthSummary> {
     Ok(summary)
 }
 
-fn write_clip(layout: Layout, root: &Path, clip: &PlannedClip) -> Result<()> {
+fn write_clip(
+    layout: Layout,
+    root: &Path,
+    clip: &PlannedClip,
+    face: Option<&Arc<FacePatch>>,
+) -> Result<()> {
     let path = layout.clip_dir(root, clip.split).join(&clip.file_name);
     let tmp = path.with_extension("mp4.partial");
     let streams = Streams {
@@ -499,7 +549,7 @@ fn write_clip(layout: Layout, root: &Path, clip: &PlannedClip) -> Result<()> {
     if clip.fault == Some(Fault::ZeroByte) {
         fs::write(&tmp, b"").with_context(|| format!("writing {}", tmp.display()))?;
     } else {
-        clip::encode_clip(&tmp, &SynthClip::new(clip), streams)
+        clip::encode_clip(&tmp, &SynthClip::new(clip, face), streams)
             .with_context(|| format!("encoding {}", tmp.display()))?;
     }
     if clip.fault == Some(Fault::Truncated) {
@@ -541,6 +591,40 @@ fn write_truth(path: &Path, clips: &[PlannedClip]) -> Result<()> {
             format!("{:.3}", clip.seconds),
             clip.fault.map(|f| f.to_string()).unwrap_or_default(),
         ])?;
+    }
+    writer
+        .flush()
+        .with_context(|| format!("writing {}", path.display()))
+}
+
+/// `synth-faces.csv`: the face box of every clip with a face, in clip pixels (1280x720), the same in every frame.
+fn write_faces(path: &Path, clips: &[PlannedClip], patch: &FacePatch) -> Result<()> {
+    let mut writer =
+        csv::Writer::from_path(path).with_context(|| format!("writing {}", path.display()))?;
+    writer.write_record([
+        "split",
+        "dialogue",
+        "utterance",
+        "file",
+        "x1",
+        "y1",
+        "x2",
+        "y2",
+    ])?;
+    for clip in clips {
+        if let Some((x, y)) = clip.face_at {
+            let f = patch.face;
+            writer.write_record([
+                clip.split.meld_name().to_string(),
+                clip.dialogue.to_string(),
+                clip.utterance.to_string(),
+                format!("{}/{}", clip.split.meld_clip_dir(), clip.file_name),
+                format!("{:.2}", x as f64 + f[0]),
+                format!("{:.2}", y as f64 + f[1]),
+                format!("{:.2}", x as f64 + f[2]),
+                format!("{:.2}", y as f64 + f[3]),
+            ])?;
+        }
     }
     writer
         .flush()
