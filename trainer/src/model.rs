@@ -150,12 +150,12 @@ impl Model {
             VisualEncoder::Resnet50 => {
                 let encoder = match &backbones.resnet50 {
                     None => ResNet50::new(&mut store, "visual", config.visual_l2norm)?,
-                    Some(weights) => {
-                        return Err(Error::data(
-                            weights,
-                            "loading ResNet-50 weights: in progress",
-                        ))
-                    }
+                    Some(weights) => ResNet50::from_torchvision(
+                        &mut store,
+                        "visual",
+                        weights,
+                        config.visual_l2norm,
+                    )?,
                 };
                 names.push("visual");
                 dims.push(encoder.out_features());
