@@ -1,15 +1,20 @@
 //! Benchmark, not a test (ignored by default): forward + backward time per training batch of the trainable
-//! backbones at their real sizes, random weights — GPT-2 small (124 M) on 2 × 256 tokens and wav2vec 2.0 base on
-//! 2 × 150 000 samples (the reference's batch and input sizes, §3.2, §3.5). Training mode (dropout, LayerDrop,
-//! masking on), loss = sum of the encoder output. Prints one table; the PyTorch comparison comes separately.
+//! backbones at their real sizes, random weights — GPT-2 small (124 M) on 2 × 256 tokens, wav2vec 2.0 base on
+//! 2 × 150 000 samples and ResNet-50 on 2 × 3 × 256 × 721 images (the reference's input sizes, §3.2, §3.3,
+//! §3.5; batch 2 rather than the reference's 8–16 so that one step takes seconds on a laptop CPU). Training mode
+//! (dropout, LayerDrop, masking, batch statistics on), loss = sum of the encoder output. Prints one table, and
+//! with `BENCH_JSON=FILE` appends one JSON line per backbone for `scripts/bench-backbones.sh`, which runs the same
+//! models in PyTorch (`scripts/bench_backbones_torch.py`) and prints the ratios.
 //!
-//! `scripts/bench-backbones.sh [gpt2|wav2vec2|all] [ITERATIONS]`, i.e.
+//! `scripts/bench-backbones.sh [gpt2|wav2vec2|resnet50|all] [ITERATIONS]`, i.e.
 //! `BENCH_BACKBONES=all BENCH_ITERATIONS=3 cargo test --release --workspace --test bench_backbones -- --ignored --nocapture`
 
 use std::time::Instant;
 
 use candle_core::{DType, Device, Tensor};
 use candle_nn::{VarBuilder, VarMap};
+use erc_train::params::ParamStore;
+use erc_train::resnet::ResNet50;
 use erc_train::{gpt2, wav2vec2};
 
 fn params(vars: &VarMap) -> usize {
@@ -70,13 +75,31 @@ fn bench_backbones() {
         let (f, bw) = time(iterations, || encoder.forward(&x, true).unwrap());
         rows.push(("wav2vec2-base (95M)", format!("{b} x {n} samples"), params(&vars), f, bw));
     }
+    if which == "all" || which == "resnet50" {
+        let mut store = ParamStore::new(&device, 0);
+        let model = ResNet50::new(&mut store, "visual", false).unwrap();
+        let (b, h, w) = (2usize, 256usize, 721usize);
+        let x = Tensor::randn(0f32, 1.0, (b, 3, h, w), &device).unwrap();
+        let (f, bw) = time(iterations, || model.forward(&x, true).unwrap());
+        rows.push(("resnet50 (23.5M)", format!("{b} x 3 x {h} x {w}"), store.parameter_count(), f, bw));
+    }
 
     println!("forward+backward per training batch (mean of {iterations} after 1 warm-up), CPU, {threads} threads");
     println!(
         "{:<20} {:<20} {:>12} {:>10} {:>10} {:>10}",
         "backbone", "batch", "parameters", "forward s", "backward s", "total s"
     );
+    let json = std::env::var("BENCH_JSON").ok();
     for (name, batch, n, f, b) in rows {
         println!("{name:<20} {batch:<20} {n:>12} {f:>10.2} {b:>10.2} {:>10.2}", f + b);
+        if let Some(path) = &json {
+            let key = name.split(' ').next().unwrap_or(name);
+            let line = format!(
+                "{{\"backbone\": \"{key}\", \"batch\": \"{batch}\", \"forward_s\": {f}, \"backward_s\": {b}, \"threads\": {threads}}}\n"
+            );
+            use std::io::Write;
+            let mut file = std::fs::OpenOptions::new().create(true).append(true).open(path).unwrap();
+            file.write_all(line.as_bytes()).unwrap();
+        }
     }
 }
