@@ -80,8 +80,19 @@ impl BatchNorm {
 
     /// (N, C, H, W) → (N, C, H, W); `train` uses batch statistics and moves the running ones.
     pub fn forward(&self, x: &Tensor, train: bool) -> Result<Tensor> {
+        self.forward_maybe_relu(x, train, false)
+    }
+
+    /// `relu(forward(x))` in the same pass: candle's ReLU costs a pass forward and four backward (a zero tensor,
+    /// a comparison, a conversion, a product), and ResNet follows most of its BatchNorms with one.
+    pub fn forward_relu(&self, x: &Tensor, train: bool) -> Result<Tensor> {
+        self.forward_maybe_relu(x, train, true)
+    }
+
+    fn forward_maybe_relu(&self, x: &Tensor, train: bool, relu: bool) -> Result<Tensor> {
         if !x.device().is_cpu() {
-            return Ok(self.fallback.forward_t(x, train)?);
+            let y = self.fallback.forward_t(x, train)?;
+            return Ok(if relu { y.relu()? } else { y });
         }
         let (_, c, _, _) = x.dims4()?;
         if c != self.channels {
@@ -109,6 +120,7 @@ impl BatchNorm {
         };
         let op = BatchNormOp {
             train,
+            relu,
             stats: Arc::new(Mutex::new(stats)),
         };
         let stats = op.stats.clone();
@@ -170,6 +182,8 @@ struct ChannelStats {
 /// running statistics.
 struct BatchNormOp {
     train: bool,
+    /// Whether a ReLU follows (fused): y = max(0, bn(x)).
+    relu: bool,
     stats: Arc<Mutex<Option<Vec<ChannelStats>>>>,
 }
 
@@ -296,8 +310,14 @@ impl CustomOp3 for BatchNormOp {
             .for_each(|(plane, (out, input))| {
                 let c = plane % channels;
                 let (mean, scale, shift) = (stats[c].mean, stats[c].inv_std * gamma[c], beta[c]);
-                for (o, &v) in out.iter_mut().zip(input) {
-                    *o = (v - mean) * scale + shift;
+                if self.relu {
+                    for (o, &v) in out.iter_mut().zip(input) {
+                        *o = ((v - mean) * scale + shift).max(0.0);
+                    }
+                } else {
+                    for (o, &v) in out.iter_mut().zip(input) {
+                        *o = (v - mean) * scale + shift;
+                    }
                 }
             });
         Ok((CpuStorage::F32(y), x_layout.shape().clone()))
@@ -305,12 +325,14 @@ impl CustomOp3 for BatchNormOp {
 
     /// With x̂ = (x − μ)/s, s = √(σ² + eps), g = ∂L/∂y: ∂L/∂β = Σg, ∂L/∂γ = Σ g·x̂ (sums over N, H, W), and
     /// ∂L/∂x = γ/s · (g − Σg/M − x̂·Σ(g·x̂)/M) in training (μ, σ² depend on x), γ/s · g in evaluation.
+    /// With the fused ReLU, g is the output's gradient where the output is positive and 0 elsewhere (PyTorch's
+    /// rule at exactly 0).
     fn bwd(
         &self,
         x: &Tensor,
         gamma: &Tensor,
         _beta: &Tensor,
-        _res: &Tensor,
+        res: &Tensor,
         grad_res: &Tensor,
     ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
         let (n, channels, h, w) = x.dims4()?;
@@ -324,8 +346,26 @@ impl CustomOp3 for BatchNormOp {
             .ok_or_else(|| candle_core::Error::Msg("batch norm: backward before forward".into()))?;
         let batch_statistics = self.train;
         let gamma_values = gamma.to_vec1::<f32>()?;
+        let grad_res = if self.relu {
+            let masked = with_values(res, |ys| {
+                with_values(grad_res, |gs| {
+                    let mut out = vec![0f32; gs.len()];
+                    out.par_chunks_mut(1 << 14)
+                        .zip(ys.par_chunks(1 << 14).zip(gs.par_chunks(1 << 14)))
+                        .for_each(|(o, (yc, gc))| {
+                            for ((o, &y), &g) in o.iter_mut().zip(yc).zip(gc) {
+                                *o = if y > 0.0 { g } else { 0.0 };
+                            }
+                        });
+                    Ok(out)
+                })
+            })?;
+            Tensor::from_vec(masked, grad_res.shape(), &candle_core::Device::Cpu)?
+        } else {
+            grad_res.clone()
+        };
         let (grad_x, grad_gamma, grad_beta) = with_values(x, |xs| {
-            with_values(grad_res, |gs| {
+            with_values(&grad_res, |gs| {
                 // Σg and Σ g·x̂ per channel
                 let sums: Vec<(f64, f64)> = (0..channels)
                     .into_par_iter()
@@ -433,12 +473,25 @@ mod tests {
         )
         .unwrap();
         let mean_before = mean.copy().unwrap();
-        for train in [false, true] {
-            let y = ours.forward(x.as_tensor(), train).unwrap();
-            let y_ref = reference.forward_t(x.as_tensor(), train).unwrap();
+        for (train, relu) in [(false, false), (false, true), (true, false), (true, true)] {
+            let (y, y_ref) = if relu {
+                (
+                    ours.forward_relu(x.as_tensor(), train).unwrap(),
+                    reference
+                        .forward_t(x.as_tensor(), train)
+                        .unwrap()
+                        .relu()
+                        .unwrap(),
+                )
+            } else {
+                (
+                    ours.forward(x.as_tensor(), train).unwrap(),
+                    reference.forward_t(x.as_tensor(), train).unwrap(),
+                )
+            };
             assert!(
                 max_abs(&y, &y_ref) < 1e-4,
-                "train {train}: {}",
+                "train {train} relu {relu}: {}",
                 max_abs(&y, &y_ref)
             );
             let grads = (&y * &upstream)
@@ -464,7 +517,7 @@ mod tests {
                     .unwrap();
                 assert!(
                     max_abs(g, g_ref) <= 1e-4 * scale.max(1.0),
-                    "train {train}, grad {what}: {} (scale {scale})",
+                    "train {train} relu {relu}, grad {what}: {} (scale {scale})",
                     max_abs(g, g_ref)
                 );
             }
@@ -472,7 +525,7 @@ mod tests {
             assert!(max_abs(&mean, &ref_mean) < 1e-5);
             assert!(max_abs(&var, &ref_var) < 1e-4);
         }
-        // the training forward did move them (batch means ≈ 30: by ≈ 0.1 · 30)
+        // the training forwards did move them (batch means ≈ 30: by ≈ 0.1 · 30 each)
         assert!(max_abs(&mean, &mean_before) > 1.0);
     }
 }

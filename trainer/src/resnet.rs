@@ -304,8 +304,8 @@ impl Bottleneck {
     }
 
     fn forward(&self, x: &Tensor, train: bool) -> Result<Tensor> {
-        let h = self.bn1.forward(&self.conv1.forward(x)?, train)?.relu()?;
-        let h = self.bn2.forward(&self.conv2.forward(&h)?, train)?.relu()?;
+        let h = self.bn1.forward_relu(&self.conv1.forward(x)?, train)?;
+        let h = self.bn2.forward_relu(&self.conv2.forward(&h)?, train)?;
         let h = self.bn3.forward(&self.conv3.forward(&h)?, train)?;
         let identity = match &self.downsample {
             Some((conv, bn)) => bn.forward(&conv.forward(x)?, train)?,
@@ -391,7 +391,7 @@ impl ResNet50 {
     /// The activations after the stem's max-pool and after each of the four stages: (B, 3, H, W) →
     /// [(B, stem, H/4, W/4), (B, 4·w1, H/4, W/4), ..., (B, 4·w4, H/32, W/32)] (sizes rounded up).
     pub fn stages(&self, x: &Tensor, train: bool) -> Result<Vec<Tensor>> {
-        let h = self.bn1.forward(&self.conv1.forward(x)?, train)?.relu()?;
+        let h = self.bn1.forward_relu(&self.conv1.forward(x)?, train)?;
         let mut h = max_pool_3x3_s2(&h)?;
         let mut out = vec![h.clone()];
         for blocks in &self.stages {
