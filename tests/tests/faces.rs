@@ -207,6 +207,30 @@ fn faces_are_found_where_they_were_pasted_in_every_frame() {
     assert_eq!(faces["images"], 10);
     assert_eq!(faces["images_made"], 10);
     assert_eq!(faces["rows_with_faces"], with_face.len());
+    // verify decodes the face images too, and names one that is damaged.
+    let ok = run_ok(bin("meld-etl").args(["verify", "--data"]).arg(&s.fresh));
+    assert!(String::from_utf8_lossy(&ok.stdout).contains("verify: OK"));
+    let copy = s.dir.join("verify-copy");
+    std::fs::create_dir_all(copy.join("train")).unwrap();
+    for file in ["train.csv", "manifest.json"] {
+        std::fs::copy(s.fresh.join(file), copy.join(file)).unwrap();
+    }
+    for r in &dataset {
+        for column in ["x_visual", "x_visual_faces", "x_audio"] {
+            std::fs::copy(s.fresh.join(&r[column]), copy.join(&r[column])).unwrap();
+        }
+    }
+    let damaged = copy.join(&dataset[0]["x_visual_faces"]);
+    let bytes = std::fs::read(&damaged).unwrap();
+    std::fs::write(&damaged, &bytes[..bytes.len() / 2]).unwrap();
+    let output = bin("meld-etl")
+        .args(["verify", "--data"])
+        .arg(&copy)
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(stdout.contains(&dataset[0]["x_visual_faces"]), "{stdout}");
 }
 
 /// Pixels of a mosaic as (width, rows of RGB) with a per-pixel accessor.
