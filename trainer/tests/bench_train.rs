@@ -9,6 +9,8 @@
 //! change nothing in the outputs, and the reference's dense AdamW update over all of them is pure cost.
 //!
 //! `BENCH_STEPS=20 [BENCH_MODELS=t-um-glove,...] cargo test --release --workspace --test bench_train -- --ignored --nocapture`
+//! — preferably through `scripts/bench-trainer.sh`, which also sets `MALLOC_ARENA_MAX=1` so that this (libtest)
+//! thread allocates as the trainer's main thread does (see the script and `erc_train::heap`).
 
 use std::io::Write;
 use std::path::PathBuf;
