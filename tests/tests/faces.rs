@@ -112,9 +112,12 @@ fn pasted(raw: &Path) -> HashMap<(u32, u32), [f64; 4]> {
         .collect()
 }
 
-/// faces.csv: (dialogue, utterance) → [(tile, box, score)].
-fn detected(out: &Path) -> HashMap<(u32, u32), Vec<(usize, [f64; 4], f64)>> {
-    let mut found: HashMap<(u32, u32), Vec<(usize, [f64; 4], f64)>> = HashMap::new();
+/// One line of faces.csv: (tile, box, score).
+type Detected = (usize, [f64; 4], f64);
+
+/// faces.csv: (dialogue, utterance) → its faces.
+fn detected(out: &Path) -> HashMap<(u32, u32), Vec<Detected>> {
+    let mut found: HashMap<(u32, u32), Vec<Detected>> = HashMap::new();
     for r in rows(&out.join("train/faces.csv")) {
         let v = |c: &str| r[c].parse::<f64>().unwrap();
         assert_eq!(r["split"], "train");

@@ -124,7 +124,7 @@ impl FaceDetector {
     /// The faces of `image`, a mosaic of `tiles` frames stacked top to bottom (1 for a plain image).
     pub fn detect(&self, image: &RgbImage, tiles: usize) -> Result<Vec<Face>, FaceError> {
         let (width, height) = image.dimensions();
-        if tiles == 0 || height as usize % tiles != 0 {
+        if tiles == 0 || !(height as usize).is_multiple_of(tiles) {
             return Err(FaceError::Tiles {
                 width,
                 height,
