@@ -93,7 +93,7 @@ fn bench_backbones() {
     for (name, batch, n, f, b) in rows {
         println!("{name:<20} {batch:<20} {n:>12} {f:>10.2} {b:>10.2} {:>10.2}", f + b);
         if let Some(path) = &json {
-            let key = name.split(' ').next().unwrap_or(name);
+            let key = name.split([' ', '-']).next().unwrap_or(name);
             let line = format!(
                 "{{\"backbone\": \"{key}\", \"batch\": \"{batch}\", \"forward_s\": {f}, \"backward_s\": {b}, \"threads\": {threads}}}\n"
             );
