@@ -17,7 +17,9 @@ BACKBONES=$([ "$WHICH" = all ] && echo gpt2,wav2vec2,resnet50 || echo "$WHICH")
 WORK=$(mktemp -d); trap 'rm -rf "$WORK"' EXIT
 
 echo "bench-backbones: $BACKBONES, $ITERATIONS iterations, $THREADS threads; $(uptime | sed 's/.*load/load/')"
-RAYON_NUM_THREADS=$THREADS BENCH_JSON="$WORK/ours.jsonl" BENCH_BACKBONES=$WHICH BENCH_ITERATIONS=$ITERATIONS \
+# MALLOC_ARENA_MAX=1: libtest runs the benchmark on a spawned thread, whose glibc arena must mmap large blocks
+# afresh every time; one arena makes it allocate as the trainer's main thread does (see trainer/src/heap.rs).
+MALLOC_ARENA_MAX=1 RAYON_NUM_THREADS=$THREADS BENCH_JSON="$WORK/ours.jsonl" BENCH_BACKBONES=$WHICH BENCH_ITERATIONS=$ITERATIONS \
   cargo test --release --workspace --test bench_backbones -- --ignored --nocapture
 if ! "$PYTHON" -c "import torch, torchvision, transformers" 2>/dev/null; then
   echo "bench-backbones: $PYTHON lacks torch/torchvision/transformers (.venv/bin/pip install torch torchvision transformers); no PyTorch comparison" >&2

@@ -47,6 +47,8 @@ fn time(iterations: usize, forward: impl Fn() -> Tensor) -> (f64, f64) {
 fn bench_backbones() {
     let which = std::env::var("BENCH_BACKBONES").unwrap_or_else(|_| "all".into());
     let iterations: usize = std::env::var("BENCH_ITERATIONS").ok().and_then(|s| s.parse().ok()).unwrap_or(3);
+    // As the trainer does (through its optimiser): freed activations and gradients are reused, not unmapped.
+    erc_train::heap::keep_freed_memory();
     let device = Device::Cpu;
     let threads = candle_core::utils::get_num_threads();
     let mut rows = Vec::new();
