@@ -18,12 +18,17 @@ use meld_shared::Split;
 /// Without a subcommand: trains CONFIG on the dataset DATA (the output of `meld-etl extract`) and writes a run
 /// folder under OUT (config used, metrics.jsonl, summary.json, reports, plots, best weights).
 #[derive(Parser)]
-#[command(name = "erc-train", version, args_conflicts_with_subcommands = true)]
+#[command(
+    name = "erc-train",
+    version,
+    args_conflicts_with_subcommands = true,
+    subcommand_negates_reqs = true
+)]
 struct Cli {
     #[command(subcommand)]
     command: Option<Command>,
     #[command(flatten)]
-    train: Option<TrainArgs>,
+    train: TrainArgs,
 }
 
 #[derive(Subcommand)]
@@ -42,12 +47,14 @@ enum DeviceArg {
 
 #[derive(Args)]
 struct TrainArgs {
+    // Options only so that a subcommand can go without them (`subcommand_negates_reqs`); clap requires them
+    // for training.
     /// Experiment config (YAML, the reference's keys).
-    #[arg(long)]
-    config: PathBuf,
+    #[arg(long, required = true)]
+    config: Option<PathBuf>,
     /// Dataset folder written by `meld-etl extract` (train.csv, valid.csv, test.csv and media).
-    #[arg(long)]
-    data: PathBuf,
+    #[arg(long, required = true)]
+    data: Option<PathBuf>,
     /// Where run folders are created.
     #[arg(long, default_value = "runs")]
     out: PathBuf,
@@ -68,28 +75,8 @@ struct TrainArgs {
     /// Use only the first N rows of each split (quick smoke runs).
     #[arg(long)]
     max_rows: Option<usize>,
-    // The fields of `ModelArgs`, spelled out: clap cannot tell whether an optional flattened group
-    // (`Option<TrainArgs>`) is present when it flattens another group.
-    /// GPT-2: a local Hugging Face model folder or a hub id (default: `gpt2`).
-    #[arg(long)]
-    text_model: Option<String>,
-    /// wav2vec2: a local model folder or a hub id (default: `facebook/wav2vec2-base`).
-    #[arg(long)]
-    audio_model: Option<String>,
-    /// ResNet-50: a torchvision state dict as safetensors (file or folder), a hub id
-    /// (default: `timm/resnet50.tv_in1k`), or `random`.
-    #[arg(long)]
-    visual_model: Option<String>,
-}
-
-impl TrainArgs {
-    fn models(&self) -> ModelArgs {
-        ModelArgs {
-            text_model: self.text_model.clone(),
-            audio_model: self.audio_model.clone(),
-            visual_model: self.visual_model.clone(),
-        }
-    }
+    #[command(flatten)]
+    models: ModelArgs,
 }
 
 /// Where the pretrained backbones come from (override the config's `text_model`, `audio_model`,
@@ -180,16 +167,18 @@ fn main() -> Result<()> {
         .with_ansi(std::io::stderr().is_terminal())
         .init();
     let cli = Cli::parse();
-    match (cli.command, cli.train) {
-        (Some(Command::Eval(args)), _) => eval(args),
-        (Some(Command::Check(args)), _) => check(args),
-        (None, Some(args)) => run_training(args),
-        (None, None) => bail!("nothing to do: pass --config and --data to train (see --help)"),
+    match cli.command {
+        Some(Command::Eval(args)) => eval(args),
+        Some(Command::Check(args)) => check(args),
+        None => run_training(cli.train),
     }
 }
 
 fn run_training(args: TrainArgs) -> Result<()> {
-    let mut loaded = Config::load(&args.config)?;
+    let (Some(config_path), Some(data)) = (&args.config, &args.data) else {
+        bail!("nothing to do: pass --config and --data to train (see --help)");
+    };
+    let mut loaded = Config::load(config_path)?;
     let config = &mut loaded.config;
     if args.seed.is_some() {
         config.seed = args.seed;
@@ -200,20 +189,15 @@ fn run_training(args: TrainArgs) -> Result<()> {
     if args.batch_size.is_some() {
         config.batch_size = args.batch_size;
     }
-    args.models().apply(config);
+    args.models.apply(config);
     if args.epochs == Some(0) || args.batch_size == Some(0) {
         bail!("--epochs and --batch-size must be positive");
     }
     let glove = glove_path(config, args.glove.as_deref());
     let (device, device_name) = device(args.device)?;
-    let prepared = prepare(
-        loaded,
-        &args.data,
-        VocabSource::GloveFile(glove),
-        args.max_rows,
-    )?;
+    let prepared = prepare(loaded, data, VocabSource::GloveFile(glove), args.max_rows)?;
     let options = TrainOptions {
-        data: args.data.clone(),
+        data: data.clone(),
         out: args.out.clone(),
         device,
         device_name,
