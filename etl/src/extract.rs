@@ -518,15 +518,18 @@ pub fn run(args: &ExtractArgs) -> Result<ExtractSummary> {
         }
         let path = args.out.join(split.dataset_csv());
         meld_shared::dataset::write_dataset(&path, &dataset)?;
-        if face_stage.is_some() {
+        let faces_csv = args.out.join(split.dataset_name()).join("faces.csv");
+        if face_stage.is_none() {
+            // The dataset written now has no face images; an index of an earlier run's would mislead.
+            let _ = fs::remove_file(&faces_csv);
+        } else {
             let mut found: Vec<(&Job, &Outcome)> = jobs
                 .iter()
                 .zip(&outcomes)
                 .filter(|(j, _)| j.split == *split)
                 .collect();
             found.sort_by_key(|(j, _)| j.key);
-            let path = args.out.join(split.dataset_name()).join("faces.csv");
-            write_faces(&path, split.dataset_name(), &found)?;
+            write_faces(&faces_csv, split.dataset_name(), &found)?;
         }
     }
     for (job, outcome) in jobs.iter().zip(&outcomes) {

@@ -438,6 +438,15 @@ fn a_rerun_with_faces_keeps_the_mosaics_and_adds_only_the_face_images() {
             );
         }
     }
+
+    // Without --faces again: a dataset without face images, and no faces.csv left to mislead.
+    extract(&s.raw, &out, &[]);
+    assert_eq!(manifest(&out)["faces"], serde_json::Value::Null);
+    assert!(!out.join("train/faces.csv").exists());
+    assert!(rows(&out.join("train.csv"))
+        .iter()
+        .all(|r| r["x_visual_faces"].is_empty()));
+    assert_eq!(media[0], modified_times(&out.join("train"), ".jpg"));
 }
 
 // ---------------------------------------------------------------------------------------------------------

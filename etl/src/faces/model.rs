@@ -4,8 +4,8 @@
 //! Exports of biubug6's RetinaFace (MobileNet-0.25 or ResNet-50 backbone, the same heads) take one input
 //! `[batch, 3, H, W]`: the image in BGR order minus (104, 117, 123), not scaled. They give three outputs whose
 //! names and order vary between exports, so they are told apart by their last dimension: `[batch, N, 4]` box
-//! offsets, `[batch, N, 2]` class scores (background, face) and `[batch, N, 10]` landmark offsets, with N the
-//! number of priors for H x W (see [`super::priors`]). Some exports end with a softmax over the scores and some
+//! offsets, `[batch, N, 2]` class scores (background, face) and `[batch, N, 10]` landmark offsets (or `[N, k]`
+//! when an export drops a batch of one), with N the number of priors for H x W (see [`super::priors`]). Some exports end with a softmax over the scores and some
 //! do not: a probe run on a flat image at load time tells which (rows of probabilities are in [0, 1] and sum to
 //! 1; logits do not), and logits are softmaxed here.
 //!
@@ -331,14 +331,19 @@ fn identify_outputs(
         width,
     };
     let find = |last: usize| -> Result<usize, FaceError> {
+        // [batch, N, k], or [N, k] from an export that squeezed a batch of one.
         let matching: Vec<usize> = shapes
             .iter()
             .enumerate()
-            .filter(|(_, s)| s.len() == 3 && s[2] == last)
+            .filter(|(_, s)| s.last() == Some(&last) && (s.len() == 3 || s.len() == 2))
             .map(|(i, _)| i)
             .collect();
         match matching[..] {
-            [i] if shapes[i][0] == batch && shapes[i][1] == n => Ok(i),
+            [i] if shapes[i][..] == [batch, n, last]
+                || shapes[i][..] == [n, last] && batch == 1 =>
+            {
+                Ok(i)
+            }
             _ => Err(error()),
         }
     };
