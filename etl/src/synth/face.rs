@@ -141,3 +141,47 @@ impl FacePatch {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn face_boxes_parse() {
+        assert_eq!(
+            parse_face_box("180,72,271,178").unwrap(),
+            [180.0, 72.0, 271.0, 178.0]
+        );
+        for bad in ["180,72,271", "271,72,180,178", "a,b,c,d", "-1,0,5,5"] {
+            assert!(parse_face_box(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn the_patch_keeps_the_face_where_it_says() {
+        // A grey photo with a white "face": after scaling, the recorded face box must cover the white pixels.
+        let dir = tempfile::tempdir().unwrap();
+        let photo = dir.path().join("photo.png");
+        let mut image = image::RgbImage::from_pixel(200, 160, image::Rgb([60, 60, 60]));
+        for y in 40..100 {
+            for x in 80..130 {
+                image.put_pixel(x, y, image::Rgb([255, 255, 255]));
+            }
+        }
+        image.save(&photo).unwrap();
+        let patch = FacePatch::from_photo(&photo, [80.0, 40.0, 130.0, 100.0]).unwrap();
+        assert_eq!((patch.width % 2, patch.height % 2), (0, 0));
+        let face_height = patch.face[3] - patch.face[1];
+        assert!(
+            (face_height - HEIGHT as f64 * FACE_HEIGHT_FRACTION).abs() < 2.0,
+            "{face_height}"
+        );
+        // Luma inside the recorded box is white, outside (away from the Lanczos ringing) grey.
+        let luma = |x: f64, y: f64| patch.y[y as usize * patch.width as usize + x as usize];
+        let [x1, y1, x2, y2] = patch.face;
+        assert!(luma((x1 + x2) / 2.0, (y1 + y2) / 2.0) > 230);
+        assert!(luma(x1 + 4.0, y1 + 4.0) > 230 && luma(x2 - 4.0, y2 - 4.0) > 230);
+        assert!(luma(x1 - 6.0, (y1 + y2) / 2.0) < 80 && luma(x2 + 6.0, (y1 + y2) / 2.0) < 80);
+        assert!(FacePatch::from_photo(&photo, [80.0, 40.0, 230.0, 100.0]).is_err());
+    }
+}
