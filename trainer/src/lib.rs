@@ -7,12 +7,15 @@
 pub mod attention;
 pub mod batch_norm;
 pub mod config;
+pub mod conv1d;
 pub mod dataset;
 pub mod error;
 pub mod fused;
 pub mod fusion;
+pub mod gelu;
 pub mod glove;
 pub mod gpt2;
+pub mod group_norm;
 pub mod head;
 pub mod heap;
 pub mod hub;

@@ -20,8 +20,10 @@
 //! and feature masking when `mask_feature_prob` > 0) apply, with the draws of HF's `_compute_mask_indices`, from the
 //! model's own seeded generator. No attention mask: the reference feeds zero-padded audio as signal.
 //!
-//! Gradient-safe throughout (LayerNorm via `ops::layer_norm_slow`, GroupNorm from candle-nn's primitive ops,
-//! softmax via `ops::softmax`).
+//! Gradient-safe throughout (LayerNorm via `ops::layer_norm_slow`, softmax via `ops::softmax`). The feature
+//! encoder's big maps go through CPU custom ops with their own backward — convolutions ([`crate::conv1d`],
+//! channels-last, so no full-size transposes), the per-channel GroupNorm fused with GELU ([`crate::group_norm`])
+//! and GELU ([`crate::gelu`]) — each falling back to composed candle ops off the CPU.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -34,9 +36,12 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use serde::Deserialize;
 
+use crate::conv1d::conv1d;
 use crate::error::{Error, Result};
-use crate::nn::{dropout_shared, l2_normalize, LayerNorm};
+use crate::gelu::gelu_erf;
+use crate::group_norm::group_norm_per_channel;
 use crate::hub;
+use crate::nn::{dropout_shared, l2_normalize, LayerNorm};
 
 fn d_eps() -> f64 {
     1e-5
@@ -126,12 +131,20 @@ impl Config {
         }
         let n = cfg.conv_dim.len();
         if n == 0 || cfg.conv_kernel.len() != n || cfg.conv_stride.len() != n {
-            return bad("conv_dim, conv_kernel and conv_stride must be non-empty and of equal length".into());
+            return bad(
+                "conv_dim, conv_kernel and conv_stride must be non-empty and of equal length"
+                    .into(),
+            );
         }
-        if cfg.num_attention_heads == 0 || !cfg.hidden_size.is_multiple_of(cfg.num_attention_heads) {
+        if cfg.num_attention_heads == 0 || !cfg.hidden_size.is_multiple_of(cfg.num_attention_heads)
+        {
             return bad("hidden_size must be a multiple of num_attention_heads".into());
         }
-        if cfg.num_conv_pos_embedding_groups == 0 || !cfg.hidden_size.is_multiple_of(cfg.num_conv_pos_embedding_groups) {
+        if cfg.num_conv_pos_embedding_groups == 0
+            || !cfg
+                .hidden_size
+                .is_multiple_of(cfg.num_conv_pos_embedding_groups)
+        {
             return bad("hidden_size must be a multiple of num_conv_pos_embedding_groups".into());
         }
         for act in [&cfg.hidden_act, &cfg.feat_extract_activation] {
@@ -178,7 +191,10 @@ impl Config {
         self.conv_kernel
             .iter()
             .zip(&self.conv_stride)
-            .fold(samples, |n, (&k, &s)| if n < k { 0 } else { (n - k) / s + 1 })
+            .fold(
+                samples,
+                |n, (&k, &s)| if n < k { 0 } else { (n - k) / s + 1 },
+            )
     }
 }
 
@@ -195,13 +211,15 @@ impl Activation {
             "gelu" => Ok(Activation::GeluErf),
             "gelu_new" | "gelu_pytorch_tanh" | "gelu_fast" => Ok(Activation::GeluTanh),
             "relu" => Ok(Activation::Relu),
-            other => Err(format!("activation `{other}` is not supported (expected gelu, gelu_new or relu)")),
+            other => Err(format!(
+                "activation `{other}` is not supported (expected gelu, gelu_new or relu)"
+            )),
         }
     }
 
     fn forward(self, x: &Tensor) -> Result<Tensor> {
         Ok(match self {
-            Activation::GeluErf => x.gelu_erf()?,
+            Activation::GeluErf => gelu_erf(x)?,
             Activation::GeluTanh => x.gelu()?,
             Activation::Relu => x.relu()?,
         })
@@ -220,7 +238,10 @@ struct Linear {
 impl Linear {
     fn new(d_in: usize, d_out: usize, vb: VarBuilder) -> Result<Self> {
         let bound = 1.0 / (d_in as f64).sqrt();
-        let init = candle_nn::Init::Uniform { lo: -bound, up: bound };
+        let init = candle_nn::Init::Uniform {
+            lo: -bound,
+            up: bound,
+        };
         Ok(Linear {
             weight: vb.get_with_hints((d_out, d_in), "weight", init)?,
             bias: vb.get_with_hints(d_out, "bias", init)?,
@@ -241,66 +262,12 @@ impl Linear {
     }
 }
 
-/// 1-D convolution (no bias) as unfold + one matmul per group, from ops whose backward candle gets right.
-///
-/// candle 0.11's own `conv1d` computes the right forward but wrong gradients (checked against a brute-force sum:
-/// wrong kernel gradients as soon as the batch or the input channels exceed 1, and a wrong input gradient at
-/// stride 1 without padding); a height-1 `conv2d` is no way round, its backward takes the width's output padding
-/// from the height and fails on shape. Columns are gathered with `narrow` and a reshape that picks every
-/// `stride`-th step.
-fn conv1d(x: &Tensor, w: &Tensor, stride: usize, padding: usize, groups: usize) -> Result<Tensor> {
-    let (b, c_in, l) = x.dims3()?;
-    let (c_out, c_in_g, k) = w.dims3()?;
-    if c_in != c_in_g * groups || !c_out.is_multiple_of(groups) || l + 2 * padding < k {
-        return Err(Error::Other(format!(
-            "conv1d: input {:?}, kernel {:?}, groups {groups}, padding {padding} do not fit",
-            x.dims(),
-            w.dims()
-        )));
-    }
-    let t = (l + 2 * padding - k) / stride + 1;
-    // Zero-pad on the left by `padding` and on the right far enough that every column fits a reshape by stride.
-    let total = (k - 1 + stride * t).max(l + 2 * padding);
-    let right = total - padding - l;
-    let zeros = |n: usize| Tensor::zeros((b, c_in, n), x.dtype(), x.device());
-    let mut parts = Vec::new();
-    if padding > 0 {
-        parts.push(zeros(padding)?);
-    }
-    parts.push(x.clone());
-    if right > 0 {
-        parts.push(zeros(right)?);
-    }
-    let x = if parts.len() == 1 { x.clone() } else { Tensor::cat(&parts, 2)? };
-    let columns = (0..k)
-        .map(|j| -> Result<Tensor> {
-            let window = x.narrow(2, j, stride * t)?;
-            Ok(if stride == 1 {
-                window.unsqueeze(3)?
-            } else {
-                window.reshape((b, c_in, t, stride))?.narrow(3, 0, 1)?
-            })
-        })
-        .collect::<Result<Vec<_>>>()?;
-    let columns = Tensor::cat(&columns, 3)?; // (b, c_in, t, k)
-    let cols = columns
-        .reshape((b, groups, c_in_g, t, k))?
-        .permute((1, 0, 3, 2, 4))?
-        .contiguous()?
-        .reshape((groups, b * t, c_in_g * k))?;
-    let c_out_g = c_out / groups;
-    let w = w.reshape((groups, c_out_g, c_in_g * k))?.transpose(1, 2)?.contiguous()?;
-    let y = cols.matmul(&w)?; // (groups, b·t, c_out_g)
-    Ok(y.reshape((groups, b, t, c_out_g))?
-        .permute((1, 0, 3, 2))?
-        .reshape((b, c_out, t))?)
-}
-
 struct ConvLayer {
     weight: Tensor,
     bias: Option<Tensor>,
     stride: usize,
-    norm: Option<candle_nn::GroupNorm>,
+    /// GroupNorm's (γ, β) on layer 0 (one group per channel)
+    norm: Option<(Tensor, Tensor)>,
     activation: Activation,
 }
 
@@ -310,7 +277,10 @@ impl ConvLayer {
         let c_out = cfg.conv_dim[i];
         let k = cfg.conv_kernel[i];
         let bound = 1.0 / ((c_in * k) as f64).sqrt();
-        let init = candle_nn::Init::Uniform { lo: -bound, up: bound };
+        let init = candle_nn::Init::Uniform {
+            lo: -bound,
+            up: bound,
+        };
         let conv = vb.pp("conv");
         let weight = conv.get_with_hints((c_out, c_in, k), "weight", init)?;
         let bias = if cfg.conv_bias {
@@ -320,7 +290,11 @@ impl ConvLayer {
         };
         // HF's GroupNormConvLayer: one group per channel, PyTorch's default eps (not layer_norm_eps).
         let norm = if i == 0 {
-            Some(candle_nn::group_norm(c_out, c_out, 1e-5, vb.pp("layer_norm"))?)
+            let ln = vb.pp("layer_norm");
+            Some((
+                ln.get_with_hints(c_out, "weight", candle_nn::Init::Const(1.0))?,
+                ln.get_with_hints(c_out, "bias", candle_nn::Init::Const(0.0))?,
+            ))
         } else {
             None
         };
@@ -329,19 +303,26 @@ impl ConvLayer {
             bias,
             stride: cfg.conv_stride[i],
             norm,
-            activation: Activation::from_name(&cfg.feat_extract_activation).map_err(Error::Other)?,
+            activation: Activation::from_name(&cfg.feat_extract_activation)
+                .map_err(Error::Other)?,
         })
     }
 
+    /// Channels-last (B, L, C_in) → (B, T, C_out).
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let mut h = conv1d(x, &self.weight, self.stride, 0, 1)?;
         if let Some(b) = &self.bias {
-            h = h.broadcast_add(&b.reshape((1, (), 1))?)?;
+            h = h.broadcast_add(b)?;
         }
-        if let Some(norm) = &self.norm {
-            h = candle_core::Module::forward(norm, &h)?;
+        match (&self.norm, self.activation) {
+            (Some((gamma, beta)), Activation::GeluErf) => {
+                group_norm_per_channel(&h, gamma, beta, 1e-5, true)
+            }
+            (Some((gamma, beta)), activation) => {
+                activation.forward(&group_norm_per_channel(&h, gamma, beta, 1e-5, false)?)
+            }
+            (None, activation) => activation.forward(&h),
         }
-        self.activation.forward(&h)
     }
 }
 
@@ -357,9 +338,9 @@ impl FeatureEncoder {
         Ok(FeatureEncoder { layers })
     }
 
-    /// (B, N) → (B, C, T)
+    /// (B, N) → (B, T, C), channels-last throughout (see [`crate::conv1d`]).
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let mut h = x.unsqueeze(1)?;
+        let mut h = x.unsqueeze(2)?;
         for layer in &self.layers {
             h = layer.forward(&h)?;
         }
@@ -402,31 +383,49 @@ struct PositionalConvEmbedding {
 
 impl PositionalConvEmbedding {
     fn new(cfg: &Config, vb: VarBuilder) -> Result<Self> {
-        let (h, k, g) = (cfg.hidden_size, cfg.num_conv_pos_embeddings, cfg.num_conv_pos_embedding_groups);
+        let (h, k, g) = (
+            cfg.hidden_size,
+            cfg.num_conv_pos_embeddings,
+            cfg.num_conv_pos_embedding_groups,
+        );
         let conv = vb.pp("conv");
         let std = (4.0 / (k * h) as f64).sqrt();
         Ok(PositionalConvEmbedding {
             weight_g: conv.get_with_hints((1, 1, k), "weight_g", candle_nn::Init::Const(1.0))?,
-            weight_v: conv.get_with_hints((h, h / g, k), "weight_v", candle_nn::Init::Randn { mean: 0.0, stdev: std })?,
+            weight_v: conv.get_with_hints(
+                (h, h / g, k),
+                "weight_v",
+                candle_nn::Init::Randn {
+                    mean: 0.0,
+                    stdev: std,
+                },
+            )?,
             bias: conv.get_with_hints(h, "bias", candle_nn::Init::Const(0.0))?,
             kernel: k,
             groups: g,
-            activation: Activation::from_name(&cfg.feat_extract_activation).map_err(Error::Other)?,
+            activation: Activation::from_name(&cfg.feat_extract_activation)
+                .map_err(Error::Other)?,
         })
     }
 
     /// (B, T, H) → (B, T, H)
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
         // weight_norm(dim=2): one norm per kernel position, over output and input channels.
-        let norm = self.weight_v.sqr()?.sum_keepdim(0)?.sum_keepdim(1)?.sqrt()?;
-        let weight = self.weight_v.broadcast_mul(&self.weight_g.broadcast_div(&norm)?)?;
-        let h = x.transpose(1, 2)?.contiguous()?;
-        let h = conv1d(&h, &weight, 1, self.kernel / 2, self.groups)?;
-        let h = h.broadcast_add(&self.bias.reshape((1, (), 1))?)?;
+        let norm = self
+            .weight_v
+            .sqr()?
+            .sum_keepdim(0)?
+            .sum_keepdim(1)?
+            .sqrt()?;
+        let weight = self
+            .weight_v
+            .broadcast_mul(&self.weight_g.broadcast_div(&norm)?)?;
+        let h = conv1d(x, &weight, 1, self.kernel / 2, self.groups)?;
+        let h = h.broadcast_add(&self.bias)?;
         let t = x.dim(1)?;
         // SamePad: an even kernel yields T + 1 frames; drop the last.
-        let h = h.narrow(2, 0, t)?;
-        Ok(self.activation.forward(&h)?.transpose(1, 2)?)
+        let h = h.narrow(1, 0, t)?;
+        self.activation.forward(&h)
     }
 }
 
@@ -457,7 +456,9 @@ impl Attention {
     fn forward(&self, x: &Tensor, train: bool, rng: &Rng8) -> Result<Tensor> {
         let (b, t, h) = x.dims3()?;
         let split = |y: Tensor| -> Result<Tensor> {
-            Ok(y.reshape((b, t, self.heads, self.head_dim))?.transpose(1, 2)?.contiguous()?)
+            Ok(y.reshape((b, t, self.heads, self.head_dim))?
+                .transpose(1, 2)?
+                .contiguous()?)
         };
         let q = split((self.q_proj.forward(x)? * (self.head_dim as f64).powf(-0.5))?)?;
         let k = split(self.k_proj.forward(x)?)?;
@@ -465,7 +466,11 @@ impl Attention {
         let scores = q.matmul(&k.t()?.contiguous()?)?;
         let weights = candle_nn::ops::softmax(&scores, D::Minus1)?;
         let weights = dropout_shared(&weights, self.dropout, train, rng)?;
-        let mixed = weights.matmul(&v)?.transpose(1, 2)?.contiguous()?.reshape((b, t, h))?;
+        let mixed = weights
+            .matmul(&v)?
+            .transpose(1, 2)?
+            .contiguous()?
+            .reshape((b, t, h))?;
         self.out_proj.forward(&mixed)
     }
 }
@@ -499,11 +504,23 @@ impl EncoderLayer {
 
     /// Post-LN: `h = LN(h + attn(h)); h = LN(h + FF(h))`.
     fn forward(&self, x: &Tensor, train: bool, rng: &Rng8) -> Result<Tensor> {
-        let a = dropout_shared(&self.attention.forward(x, train, rng)?, self.hidden_dropout, train, rng)?;
+        let a = dropout_shared(
+            &self.attention.forward(x, train, rng)?,
+            self.hidden_dropout,
+            train,
+            rng,
+        )?;
         let h = self.layer_norm.forward(&(x + a)?)?;
-        let f = self.activation.forward(&self.intermediate_dense.forward(&h)?)?;
+        let f = self
+            .activation
+            .forward(&self.intermediate_dense.forward(&h)?)?;
         let f = dropout_shared(&f, self.activation_dropout, train, rng)?;
-        let f = dropout_shared(&self.output_dense.forward(&f)?, self.hidden_dropout, train, rng)?;
+        let f = dropout_shared(
+            &self.output_dense.forward(&f)?,
+            self.hidden_dropout,
+            train,
+            rng,
+        )?;
         self.final_layer_norm.forward(&(h + f)?)
     }
 }
@@ -574,10 +591,14 @@ impl Wav2Vec2Model {
         let (b, n) = input_values.dims2()?;
         let t = self.cfg.frames(n);
         if t == 0 {
-            return Err(Error::Other(format!("wav2vec2 input of {n} samples is too short for one frame")));
+            return Err(Error::Other(format!(
+                "wav2vec2 input of {n} samples is too short for one frame"
+            )));
         }
-        let features = self.feature_extractor.forward(input_values)?.transpose(1, 2)?.contiguous()?;
-        let (mut h, extract_features) = self.feature_projection.forward(&features, train, &self.rng)?;
+        let features = self.feature_extractor.forward(input_values)?;
+        let (mut h, extract_features) = self
+            .feature_projection
+            .forward(&features, train, &self.rng)?;
         if train && self.cfg.apply_spec_augment {
             h = self.mask_hidden_states(&h, b, t)?;
         }
@@ -603,7 +624,9 @@ impl Wav2Vec2Model {
     }
 
     fn lock_rng(&self) -> Result<std::sync::MutexGuard<'_, ChaCha8Rng>> {
-        self.rng.lock().map_err(|_| Error::Other("wav2vec2 generator poisoned".into()))
+        self.rng
+            .lock()
+            .map_err(|_| Error::Other("wav2vec2 generator poisoned".into()))
     }
 
     /// SpecAugment as HF `_mask_hidden_states`: masked time steps take `masked_spec_embed`, masked feature
@@ -615,9 +638,20 @@ impl Wav2Vec2Model {
             if let Some(embed) = &self.masked_spec_embed {
                 let mask = {
                     let mut rng = self.lock_rng()?;
-                    compute_mask_indices(&mut rng, b, t, c.mask_time_prob, c.mask_time_length, c.mask_time_min_masks)
+                    compute_mask_indices(
+                        &mut rng,
+                        b,
+                        t,
+                        c.mask_time_prob,
+                        c.mask_time_length,
+                        c.mask_time_min_masks,
+                    )
                 };
-                let m: Vec<f32> = mask.concat().iter().map(|&x| if x { 1.0 } else { 0.0 }).collect();
+                let m: Vec<f32> = mask
+                    .concat()
+                    .iter()
+                    .map(|&x| if x { 1.0 } else { 0.0 })
+                    .collect();
                 let m = Tensor::from_vec(m, (b, t, 1), h.device())?;
                 let keep = m.affine(-1.0, 1.0)?;
                 h = (h.broadcast_mul(&keep)? + m.broadcast_mul(&embed.reshape((1, 1, ()))?)?)?;
@@ -636,7 +670,11 @@ impl Wav2Vec2Model {
                     c.mask_feature_min_masks,
                 )
             };
-            let keep: Vec<f32> = mask.concat().iter().map(|&x| if x { 0.0 } else { 1.0 }).collect();
+            let keep: Vec<f32> = mask
+                .concat()
+                .iter()
+                .map(|&x| if x { 0.0 } else { 1.0 })
+                .collect();
             let keep = Tensor::from_vec(keep, (b, 1, hidden), h.device())?;
             h = h.broadcast_mul(&keep)?;
         }
@@ -685,13 +723,22 @@ pub struct Wav2Vec2Encoder {
 
 impl Wav2Vec2Encoder {
     /// `out_features` ≤ 0 or `None`: no projection, 2 × hidden outputs.
-    pub fn new(model: Wav2Vec2Model, out_features: Option<i64>, l2: bool, vb: VarBuilder) -> Result<Self> {
+    pub fn new(
+        model: Wav2Vec2Model,
+        out_features: Option<i64>,
+        l2: bool,
+        vb: VarBuilder,
+    ) -> Result<Self> {
         let pooled = 2 * model.cfg.hidden_size;
         let projection = match out_features {
             Some(out) if out > 0 => Some(Linear::new(pooled, out as usize, vb.pp("projection"))?),
             _ => None,
         };
-        Ok(Wav2Vec2Encoder { model, projection, l2 })
+        Ok(Wav2Vec2Encoder {
+            model,
+            projection,
+            l2,
+        })
     }
 
     pub fn out_features(&self) -> usize {
@@ -709,7 +756,10 @@ impl Wav2Vec2Encoder {
 
     /// `concat(mean over time, max over time)` of (B, T, H), then projection and l2.
     pub fn pool(&self, last_hidden_state: &Tensor) -> Result<Tensor> {
-        let pooled = Tensor::cat(&[&last_hidden_state.mean(1)?, &last_hidden_state.max(1)?], 1)?;
+        let pooled = Tensor::cat(
+            &[&last_hidden_state.mean(1)?, &last_hidden_state.max(1)?],
+            1,
+        )?;
         let out = match &self.projection {
             Some(p) => p.forward(&pooled)?,
             None => pooled,
@@ -732,7 +782,11 @@ pub struct LoadedWav2Vec2 {
 /// Renames a checkpoint tensor: the encoder is everything under `wav2vec2.` when the file has that prefix
 /// (pre-training/CTC heads are the rest), and torch ≥ 2.1's weight-norm names become `weight_g` / `weight_v`.
 fn rename(name: &str, prefixed: bool) -> Option<String> {
-    let name = if prefixed { name.strip_prefix("wav2vec2.")? } else { name };
+    let name = if prefixed {
+        name.strip_prefix("wav2vec2.")?
+    } else {
+        name
+    };
     let name = name
         .replace(".parametrizations.weight.original0", ".weight_g")
         .replace(".parametrizations.weight.original1", ".weight_v");
@@ -742,7 +796,13 @@ fn rename(name: &str, prefixed: bool) -> Option<String> {
 /// Loads `config.json` + `model.safetensors` from a model folder (see [`hub::resolve`]); `out_features` and `l2`
 /// as [`Wav2Vec2Encoder::new`]; `seed` seeds the dropout / LayerDrop / masking generator (the optional
 /// projection's initial values come from candle's generator).
-pub fn load(dir: &Path, out_features: Option<i64>, l2: bool, device: &Device, seed: u64) -> Result<LoadedWav2Vec2> {
+pub fn load(
+    dir: &Path,
+    out_features: Option<i64>,
+    l2: bool,
+    device: &Device,
+    seed: u64,
+) -> Result<LoadedWav2Vec2> {
     let cfg = Config::from_file(&dir.join("config.json"))?;
     let weights = dir.join("model.safetensors");
     let all = hub::read_safetensors(&weights, device, |n| Some(n.to_string()))?;
@@ -797,7 +857,11 @@ mod tests {
         let mask = compute_mask_indices(&mut rng, 1, 49, 0.0, 10, 2);
         assert!(mask[0].iter().filter(|&&m| m).count() >= 10);
         let mask = compute_mask_indices(&mut rng, 1, 12, 0.9, 10, 2);
-        assert_eq!(mask[0].iter().filter(|&&m| m).count(), 10, "only one span fits in 12 frames");
+        assert_eq!(
+            mask[0].iter().filter(|&&m| m).count(),
+            10,
+            "only one span fits in 12 frames"
+        );
     }
 
     #[test]

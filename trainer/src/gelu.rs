@@ -1,0 +1,172 @@
+//! GELU (the exact, erf form: `x·Φ(x)`) as one CPU op with its own backward.
+//!
+//! Why: candle's `gelu_erf` forward is one pass, but its backward is composed of ~8 full-size ops (square, negate,
+//! divide, exp, two products, erf, additions) — on wav2vec2's feature maps (2 × 14 999 × 512 after the first
+//! strided conv) that is hundreds of MB of temporaries per layer. Here the backward is one pass over (x, ∂L/∂y).
+//! Values use candle's own f32 erf, so the forward is the same as `Tensor::gelu_erf`. On other devices (or other
+//! dtypes) this falls back to `gelu_erf`.
+
+use std::f32::consts::FRAC_1_SQRT_2;
+
+use candle_core::{CpuStorage, CustomOp1, Layout, Shape, Storage, Tensor};
+use rayon::prelude::*;
+
+use crate::error::Result;
+
+/// 1/√(2π)
+const FRAC_1_SQRT_2PI: f32 = 0.398_942_3;
+
+/// `x·Φ(x)`, written as candle writes it.
+#[inline]
+pub(crate) fn gelu(x: f32) -> f32 {
+    (candle_core::cpu::erf::erf_f32(x * FRAC_1_SQRT_2) + 1.0) * 0.5 * x
+}
+
+/// `d/dx x·Φ(x) = Φ(x) + x·φ(x)`.
+#[inline]
+pub(crate) fn gelu_grad(x: f32) -> f32 {
+    let cdf = (candle_core::cpu::erf::erf_f32(x * FRAC_1_SQRT_2) + 1.0) * 0.5;
+    cdf + x * (-0.5 * x * x).exp() * FRAC_1_SQRT_2PI
+}
+
+/// Runs `f` on a CPU f32 tensor's values (made contiguous first if needed).
+pub(crate) fn with_cpu_f32<R>(
+    t: &Tensor,
+    op: &str,
+    f: impl FnOnce(&[f32]) -> R,
+) -> candle_core::Result<R> {
+    let t = t.contiguous()?;
+    let (storage, layout) = t.storage_and_layout();
+    match &*storage {
+        Storage::Cpu(cpu) => Ok(f(crate::nn::contiguous_f32(cpu, layout, op)?)),
+        _ => candle_core::bail!("{op} expects a CPU tensor"),
+    }
+}
+
+/// Elements per parallel task: large enough that rayon's scheduling is noise.
+const CHUNK: usize = 16 * 1024;
+
+struct GeluErf;
+
+impl CustomOp1 for GeluErf {
+    fn name(&self) -> &'static str {
+        "gelu-erf"
+    }
+
+    fn cpu_fwd(
+        &self,
+        storage: &CpuStorage,
+        layout: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        let x = crate::nn::contiguous_f32(storage, layout, "gelu-erf")?;
+        let mut y = vec![0f32; x.len()];
+        y.par_chunks_mut(CHUNK)
+            .zip(x.par_chunks(CHUNK))
+            .for_each(|(y, x)| {
+                for (y, &x) in y.iter_mut().zip(x) {
+                    *y = gelu(x);
+                }
+            });
+        Ok((CpuStorage::F32(y), layout.shape().clone()))
+    }
+
+    fn bwd(
+        &self,
+        arg: &Tensor,
+        _res: &Tensor,
+        grad_res: &Tensor,
+    ) -> candle_core::Result<Option<Tensor>> {
+        let grad_x = with_cpu_f32(arg, "gelu-erf backward", |x| {
+            with_cpu_f32(grad_res, "gelu-erf backward", |g| {
+                let mut out = vec![0f32; x.len()];
+                out.par_chunks_mut(CHUNK)
+                    .zip(x.par_chunks(CHUNK).zip(g.par_chunks(CHUNK)))
+                    .for_each(|(out, (x, g))| {
+                        for ((o, &x), &g) in out.iter_mut().zip(x).zip(g) {
+                            *o = g * gelu_grad(x);
+                        }
+                    });
+                out
+            })
+        })??;
+        Ok(Some(Tensor::from_vec(grad_x, arg.shape(), arg.device())?))
+    }
+}
+
+/// `x·Φ(x)` of any shape; the fused op for f32 on the CPU, candle's `gelu_erf` elsewhere.
+pub fn gelu_erf(x: &Tensor) -> Result<Tensor> {
+    if x.device().is_cpu() && x.dtype() == candle_core::DType::F32 {
+        Ok(x.contiguous()?.apply_op1(GeluErf)?)
+    } else {
+        Ok(x.gelu_erf()?)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::{Device, Var};
+
+    #[test]
+    fn matches_candle_values_and_gradient() {
+        let dev = Device::Cpu;
+        // batch > 1, a size that is not a multiple of the chunk, values across the curve (−6 … 6)
+        let x = Var::from_tensor(&(Tensor::randn(0f32, 2.0, (3, 7, 5003), &dev).unwrap())).unwrap();
+        let ours = gelu_erf(x.as_tensor()).unwrap();
+        let reference = x.as_tensor().gelu_erf().unwrap();
+        let diff = (&ours - &reference)
+            .unwrap()
+            .abs()
+            .unwrap()
+            .max_all()
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap();
+        assert_eq!(diff, 0.0, "same formula as candle's forward");
+        let upstream = Tensor::randn(0f32, 1.0, ours.dims(), &dev).unwrap();
+        let g_ours = (&ours * &upstream)
+            .unwrap()
+            .sum_all()
+            .unwrap()
+            .backward()
+            .unwrap();
+        let g_ref = (&reference * &upstream)
+            .unwrap()
+            .sum_all()
+            .unwrap()
+            .backward()
+            .unwrap();
+        let (a, r) = (
+            g_ours.get(x.as_tensor()).unwrap(),
+            g_ref.get(x.as_tensor()).unwrap(),
+        );
+        // candle's backward rounds 1/√(2π) to 0.398942: agreement to that precision
+        let diff = (a - r)
+            .unwrap()
+            .abs()
+            .unwrap()
+            .max_all()
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap();
+        assert!(diff < 1e-5, "{diff}");
+    }
+
+    #[test]
+    fn gradient_matches_finite_differences() {
+        for x in [-4.0f64, -1.3, -0.2, 0.0, 0.7, 2.5] {
+            let f = |x: f64| 0.5 * x * (1.0 + erf64(x / 2f64.sqrt()));
+            let h = 1e-4;
+            let numeric = (f(x + h) - f(x - h)) / (2.0 * h);
+            assert!(
+                (gelu_grad(x as f32) as f64 - numeric).abs() < 1e-5,
+                "x = {x}"
+            );
+            assert!((gelu(x as f32) as f64 - f(x)).abs() < 1e-6, "x = {x}");
+        }
+    }
+
+    fn erf64(x: f64) -> f64 {
+        candle_core::cpu::erf::erf_f64(x)
+    }
+}
