@@ -295,9 +295,14 @@ fn check(args: CheckArgs) -> Result<()> {
     );
     if let Some(spec) = prepared.prep.visual {
         println!(
-            "images   {:?} per item ({:?} crop)",
+            "images   {:?} per item ({:?} crop) from {}",
             spec.shape(),
-            spec.crop
+            spec.crop,
+            if spec.faces_only {
+                "the face-only mosaics (x_visual_faces)"
+            } else {
+                "the mosaics (x_visual)"
+            }
         );
     }
     if let Some(spec) = prepared.prep.audio {
