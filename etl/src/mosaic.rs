@@ -1,5 +1,8 @@
 //! Stage 3a: stacks a clip's sampled frames (already scaled to `--frame-height` by the decoder) top to bottom in
-//! time order and writes them as one JPEG with the `image` crate — 426x1200 for five 720p frames.
+//! time order and writes them as one JPEG — 426x1200 for five 720p frames.
+//!
+//! JPEGs are encoded by `jpeg-encoder` (pure Rust, SIMD): baseline, 4:4:4 like the `image` crate's encoder it
+//! replaced, about 4x faster (the face-only image of `--faces` is written by the same function).
 //!
 //! The JPEG goes to a temporary name and is renamed into place, so a file at the final name is always complete.
 
@@ -7,8 +10,7 @@ use std::fs::File;
 use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
 
-use image::codecs::jpeg::JpegEncoder;
-use image::ExtendedColorType;
+use jpeg_encoder::{ColorType, Encoder, SamplingFactor};
 
 #[derive(Debug, thiserror::Error)]
 pub enum MosaicError {
@@ -64,10 +66,24 @@ pub fn write_jpeg(
         path: p.to_path_buf(),
         message: e,
     };
+    let (w, h) = match (u16::try_from(width), u16::try_from(height)) {
+        (Ok(w), Ok(h)) if pixels.len() == width as usize * height as usize * 3 => (w, h),
+        _ => {
+            return Err(error(
+                path,
+                format!(
+                    "{} bytes for a {width}x{height} RGB image; a JPEG takes at most 65535x65535 pixels, 3 bytes each",
+                    pixels.len()
+                ),
+            ))
+        }
+    };
     let file = File::create(&tmp).map_err(|e| error(&tmp, e.to_string()))?;
     let mut out = BufWriter::new(file);
-    JpegEncoder::new_with_quality(&mut out, quality)
-        .encode(pixels, width, height, ExtendedColorType::Rgb8)
+    let mut encoder = Encoder::new(&mut out, quality);
+    encoder.set_sampling_factor(SamplingFactor::F_1_1);
+    encoder
+        .encode(pixels, w, h, ColorType::Rgb)
         .map_err(|e| error(&tmp, e.to_string()))?;
     out.flush().map_err(|e| error(&tmp, e.to_string()))?;
     drop(out);

@@ -1,13 +1,15 @@
 //! The face stage against the committed RetinaFace fixtures (`tests/fixtures/retinaface/`, made with numpy and
 //! onnxruntime by `make_fixtures.py`; its README documents every file): priors, decoding, both profiles' NMS and
-//! masks from fixed raw outputs, then the real MobileNet-0.25 model through tract against onnxruntime's outputs.
+//! masks from fixed raw outputs, then the real MobileNet-0.25 model through both engines (tract and onnxruntime,
+//! the library `make models` puts in models/onnxruntime/) against onnxruntime's outputs.
 
 use std::path::{Path, PathBuf};
 
 use meld_etl::faces::decode::{decode_box, decode_landmarks, face_probability, RawOutputs};
 use meld_etl::faces::profile::{detect_default, detect_hlm12erc, detect_hlm12erc_after_nms};
 use meld_etl::faces::{
-    face_only, faces_from_outputs, priors, Face, FaceDetector, FaceProfile, RetinaFace,
+    face_only, faces_from_outputs, priors, Face, FaceDetector, FaceEngine, FaceError, FaceProfile,
+    RetinaFace,
 };
 use serde_json::Value;
 
@@ -98,6 +100,16 @@ fn model_path() -> PathBuf {
         path.display()
     );
     path
+}
+
+/// The engines to check: tract, and onnxruntime, whose library `make models` fetches (a missing library is a
+/// failure, not a skip: CI runs `make models`).
+fn engines() -> [FaceEngine; 2] {
+    let model = model_path();
+    if let Err(tried) = meld_etl::faces::ort_net::find_library(&model) {
+        panic!("libonnxruntime.so is missing (tried {tried:?}): run `make models` (scripts/fetch-models.sh) first");
+    }
+    [FaceEngine::Tract, FaceEngine::Onnxruntime]
 }
 
 #[test]
@@ -356,11 +368,12 @@ fn real_outputs_give_the_fixture_detections_and_face_only_images() {
     }
 }
 
-/// The real MobileNet-0.25 model through tract, against onnxruntime's outputs on the committed mosaics.
-#[test]
-fn tract_runs_the_real_model_like_onnxruntime() {
+/// The real MobileNet-0.25 model through `engine`, against onnxruntime's outputs on the committed mosaics; returns
+/// the largest difference at the stored priors.
+fn engine_runs_the_real_model_like_onnxruntime(engine: FaceEngine, tolerance: f32) -> f32 {
     let path = model_path();
-    let model = RetinaFace::load(&path, 1, 240, 426).expect("model loads");
+    let model = RetinaFace::load(&path, engine, 1, 240, 426).expect("model loads");
+    assert_eq!(model.engine(), engine);
     assert!(model.outputs_softmaxed(), "this export ends with a softmax");
     assert_eq!(
         model.sha256(),
@@ -413,19 +426,71 @@ fn tract_runs_the_real_model_like_onnxruntime() {
             ] {
                 assert!(
                     (g - e).abs() <= 1e-4 * e.abs().max(1.0),
-                    "{name} {run} {what}: tract {g} vs onnxruntime {e}"
+                    "{name} {run} {what}: {} {g} vs onnxruntime {e}",
+                    engine.name()
                 );
             }
         }
     }
     assert!(
-        worst <= 1e-4,
-        "tract differs from onnxruntime by {worst} at the stored priors"
+        worst <= tolerance,
+        "{} differs from onnxruntime by {worst} at the stored priors",
+        engine.name()
     );
-    eprintln!("tract vs onnxruntime: max abs difference {worst:.2e} at the stored priors");
+    eprintln!(
+        "{} vs the fixtures (onnxruntime): max abs difference {worst:.2e} at the stored priors",
+        engine.name()
+    );
+    worst
 }
 
-/// The whole detector (tract + post-processing + mask) gives the fixture's results on the committed mosaics.
+#[test]
+fn tract_runs_the_real_model_like_onnxruntime() {
+    engine_runs_the_real_model_like_onnxruntime(FaceEngine::Tract, 1e-4);
+}
+
+/// The fixtures were made by onnxruntime, so this engine gives them to float rounding.
+#[test]
+fn the_onnxruntime_engine_gives_the_fixtures_outputs() {
+    engines();
+    engine_runs_the_real_model_like_onnxruntime(FaceEngine::Onnxruntime, 1e-5);
+}
+
+/// `auto` picks onnxruntime when the library is next to the model, tract when there is none; `onnxruntime`
+/// without the library is an error naming where it looked and `make models`.
+#[test]
+fn engine_selection_finds_the_library_or_says_where_it_looked() {
+    let path = model_path();
+    engines();
+    if std::env::var_os("ORT_DYLIB_PATH").is_none() {
+        let auto = RetinaFace::load(&path, FaceEngine::Auto, 1, 240, 426).expect("auto");
+        assert_eq!(auto.engine(), FaceEngine::Onnxruntime);
+        let library = auto.library().expect("a library").to_string_lossy();
+        assert!(
+            library.contains("models/onnxruntime/libonnxruntime.so"),
+            "{library}"
+        );
+    }
+    // A copy of the model in a folder without onnxruntime/ (and a working directory without models/).
+    let dir = tempfile::tempdir().unwrap();
+    let lonely = dir.path().join("rf.onnx");
+    std::fs::copy(&path, &lonely).unwrap();
+    if std::env::var_os("ORT_DYLIB_PATH").is_none() && !Path::new("models/onnxruntime").exists() {
+        let auto = RetinaFace::load(&lonely, FaceEngine::Auto, 1, 240, 426).expect("auto");
+        assert_eq!(auto.engine(), FaceEngine::Tract);
+        let err = RetinaFace::load(&lonely, FaceEngine::Onnxruntime, 1, 240, 426).unwrap_err();
+        assert!(matches!(err, FaceError::NoLibrary { .. }), "{err}");
+        let text = err.to_string();
+        assert!(text.contains("make models"), "{text}");
+        assert!(
+            text.contains(&*dir.path().join("onnxruntime").to_string_lossy()),
+            "{text}"
+        );
+    }
+}
+
+/// The whole detector (either engine + post-processing + mask) gives the fixture's results on the committed
+/// mosaics.
 #[test]
 fn the_detector_finds_the_pasted_faces_in_both_profiles() {
     let path = model_path();
@@ -433,11 +498,15 @@ fn the_detector_finds_the_pasted_faces_in_both_profiles() {
         let doc = json(&format!("{name}.json"));
         let mosaic = rgb(doc["image"].as_str().unwrap());
         let mut found = Vec::new();
-        for profile in [FaceProfile::Default, FaceProfile::Hlm12erc] {
-            let detector = FaceDetector::new(&path, profile, 5, 240, 426).expect("detector");
-            found.push(detector.detect(&mosaic, 5).expect("detect"));
+        for engine in engines() {
+            found.clear();
+            for profile in [FaceProfile::Default, FaceProfile::Hlm12erc] {
+                let detector =
+                    FaceDetector::new(&path, profile, engine, 5, 240, 426).expect("detector");
+                found.push(detector.detect(&mosaic, 5).expect("detect"));
+            }
+            check_mosaic_faces(&doc, name, &found[0], &found[1]);
         }
-        check_mosaic_faces(&doc, name, &found[0], &found[1]);
         for g in doc["ground_truth"].as_array().unwrap() {
             let tile = g["tile"].as_u64().unwrap() as usize;
             let truth = arr::<4>(&g["box"]);

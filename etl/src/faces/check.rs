@@ -6,7 +6,7 @@ use std::time::Instant;
 
 use anyhow::{Context, Result};
 
-use super::{Face, FaceDetector, FaceProfile};
+use super::{Face, FaceDetector, FaceEngine, FaceProfile};
 
 #[derive(Debug, Clone, clap::Args)]
 pub struct FacesArgs {
@@ -21,6 +21,9 @@ pub struct FacesArgs {
     pub out: PathBuf,
     #[arg(long, value_enum, default_value_t = FaceProfile::Default)]
     pub profile: FaceProfile,
+    /// What runs the model: `auto` (onnxruntime when its library is found, else tract), `tract`, `onnxruntime`.
+    #[arg(long, value_enum, default_value_t = FaceEngine::Auto)]
+    pub face_engine: FaceEngine,
     /// Frames stacked top to bottom in the image (5 for an `extract` mosaic); the default profile runs the
     /// detector on each separately.
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=64))]
@@ -46,7 +49,14 @@ pub fn run(args: &FacesArgs) -> Result<Vec<Face>> {
         );
     }
     let started = Instant::now();
-    let detector = FaceDetector::new(&args.model, args.profile, tiles, height / args.tiles, width)?;
+    let detector = FaceDetector::new(
+        &args.model,
+        args.profile,
+        args.face_engine,
+        tiles,
+        height / args.tiles,
+        width,
+    )?;
     let loaded = started.elapsed().as_secs_f64();
     let started = Instant::now();
     let faces = detector.detect(&image, tiles)?;
@@ -79,7 +89,7 @@ pub fn run(args: &FacesArgs) -> Result<Vec<Face>> {
     }
     let model = detector.model();
     println!(
-        "model {} (sha256 {}, scores {}), profile {}, loaded and checked in {loaded:.2} s",
+        "model {} (sha256 {}, scores {}), engine {}, profile {}, loaded and checked in {loaded:.2} s",
         model.path().display(),
         model.sha256(),
         if model.outputs_softmaxed() {
@@ -87,6 +97,7 @@ pub fn run(args: &FacesArgs) -> Result<Vec<Face>> {
         } else {
             "logits, softmaxed here"
         },
+        model.engine_description(),
         args.profile.name()
     );
     println!(

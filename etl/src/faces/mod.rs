@@ -1,6 +1,7 @@
 //! Stage 4c (`extract --faces`): RetinaFace face detection on the mosaics, face-only images and the boxes.
 //!
-//! A [`FaceDetector`] holds a RetinaFace ONNX model (run through tract, see [`model`]) and a [`FaceProfile`].
+//! A [`FaceDetector`] holds a RetinaFace ONNX model (run by tract or onnxruntime, see [`model`]) and a
+//! [`FaceProfile`].
 //! [`FaceDetector::detect`] finds the faces of a mosaic (the network's raw outputs → [`priors`] → [`decode`] →
 //! the profile's thresholds and [`nms`], see [`profile`]) and returns them in mosaic pixels;
 //! [`FaceDetector::face_only`] blacks out every pixel outside them. The default profile runs the network on
@@ -8,8 +9,9 @@
 //! the reference does.
 //!
 //! ```no_run
-//! use meld_etl::faces::{FaceDetector, FaceProfile};
-//! let detector = FaceDetector::new("models/retinaface-mnet025.onnx".as_ref(), FaceProfile::Default, 5, 240, 426)?;
+//! use meld_etl::faces::{FaceDetector, FaceEngine, FaceProfile};
+//! let model = "models/retinaface-mnet025.onnx".as_ref();
+//! let detector = FaceDetector::new(model, FaceProfile::Default, FaceEngine::Auto, 5, 240, 426)?;
 //! let mosaic = image::open("data/train/d-0-seq-0.jpg").unwrap().to_rgb8();
 //! let faces = detector.detect(&mosaic, 5)?;
 //! detector.face_only(&mosaic, &faces).save("d-0-seq-0.faces.png").unwrap();
@@ -20,14 +22,16 @@ pub mod check;
 pub mod decode;
 pub mod model;
 pub mod nms;
+pub mod ort_net;
 pub mod priors;
 pub mod profile;
+pub mod tract_net;
 
 use std::path::{Path, PathBuf};
 
 use image::RgbImage;
 
-pub use model::RetinaFace;
+pub use model::{FaceEngine, RetinaFace};
 pub use profile::FaceProfile;
 
 #[derive(Debug, thiserror::Error)]
@@ -60,6 +64,10 @@ pub enum FaceError {
         width: u32,
         message: String,
     },
+    #[error("the onnxruntime face engine needs libonnxruntime.so, which is not at {tried}: run `make models` (it extracts the library from the PyPI onnxruntime wheel into models/onnxruntime/), set ORT_DYLIB_PATH, or use --face-engine tract")]
+    NoLibrary { tried: String },
+    #[error("{library}: cannot use this onnxruntime library (run `make models` for the pinned one): {message}")]
+    Library { library: PathBuf, message: String },
     #[error("a {width}x{height} image cannot be cut into {tiles} frames of equal height")]
     Tiles {
         width: u32,
@@ -89,17 +97,18 @@ pub struct FaceDetector {
 }
 
 impl FaceDetector {
-    /// Loads the model and checks it on the input that mosaics of `tiles` frames of `tile_height x tile_width`
+    /// Loads the model with `engine` and checks it on the input that mosaics of `tiles` frames of `tile_height x tile_width`
     /// need under `profile` (so a model that cannot run them fails here, before any work).
     pub fn new(
         path: &Path,
         profile: FaceProfile,
+        engine: FaceEngine,
         tiles: usize,
         tile_height: u32,
         tile_width: u32,
     ) -> Result<Self, FaceError> {
         let (batch, height) = Self::input(profile, tiles, tile_height);
-        let model = RetinaFace::load(path, batch, height, tile_width)?;
+        let model = RetinaFace::load(path, engine, batch, height, tile_width)?;
         Ok(FaceDetector { model, profile })
     }
 

@@ -1,33 +1,112 @@
-//! A RetinaFace ONNX export run through tract: loading, checking, one optimised plan per input shape, and the
-//! network's three outputs as [`RawOutputs`].
+//! A RetinaFace ONNX export behind one of two engines: loading, checking, and the network's three outputs as
+//! [`RawOutputs`], whichever engine runs it.
 //!
 //! Exports of biubug6's RetinaFace (MobileNet-0.25 or ResNet-50 backbone, the same heads) take one input
 //! `[batch, 3, H, W]`: the image in BGR order minus (104, 117, 123), not scaled. They give three outputs whose
 //! names and order vary between exports, so they are told apart by their last dimension: `[batch, N, 4]` box
 //! offsets, `[batch, N, 2]` class scores (background, face) and `[batch, N, 10]` landmark offsets (or `[N, k]`
-//! when an export drops a batch of one), with N the number of priors for H x W (see [`super::priors`]). Some exports end with a softmax over the scores and some
-//! do not: a probe run on a flat image at load time tells which (rows of probabilities are in [0, 1] and sum to
-//! 1; logits do not), and logits are softmaxed here.
+//! when an export drops a batch of one), with N the number of priors for H x W (see [`super::priors`]). Some
+//! exports end with a softmax over the scores and some do not: a probe run on a flat image at load time tells
+//! which (rows of probabilities are in [0, 1] and sum to 1; logits do not), and logits are softmaxed here.
 //!
-//! tract optimises a model for one concrete input shape. [`RetinaFace::load`] builds and checks the plan for
-//! the shape a run needs, so a bad file, unexpected outputs or a size the model rejects stop a run before any
-//! clip is processed; another shape (a clip of another aspect ratio) gets its own plan when first seen.
+//! Engines ([`FaceEngine`]): tract ([`super::tract_net`], pure Rust, always there) or onnxruntime
+//! ([`super::ort_net`], `libonnxruntime.so` loaded at run time, ~2.7x faster). Both get the same input tensor, the
+//! same input-shape checks, output identification and errors; profiles, decoding and NMS never see which ran.
+//! [`RetinaFace::load`] checks the model on the shape a run needs, so a bad file, unexpected outputs or a size the
+//! model rejects stop a run before any clip is processed.
 
-use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
-
-use tract_onnx::prelude::*;
-use tract_onnx::tract_hir::infer::Factoid;
 
 use super::decode::{face_probability, RawOutputs};
+use super::ort_net::{find_library, OrtNet, LIBRARY_ENV};
 use super::priors::prior_count;
+use super::tract_net::TractNet;
 use super::FaceError;
 
 /// Per-channel means subtracted from the BGR pixels (biubug6's `cfg`, what the reference used).
 pub const MEAN_BGR: [f32; 3] = [104.0, 117.0, 123.0];
 
-type Plan = Arc<TypedRunnableModel>;
+/// Which engine runs the network (`--face-engine`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum FaceEngine {
+    /// onnxruntime when its library is found (`ORT_DYLIB_PATH`, or `onnxruntime/libonnxruntime.so*` next to the
+    /// model, or `models/onnxruntime/`), tract otherwise.
+    #[default]
+    Auto,
+    /// tract (pure Rust, always available).
+    Tract,
+    /// onnxruntime; an error when its library is missing.
+    Onnxruntime,
+}
+
+impl FaceEngine {
+    pub fn name(self) -> &'static str {
+        match self {
+            FaceEngine::Auto => "auto",
+            FaceEngine::Tract => "tract",
+            FaceEngine::Onnxruntime => "onnxruntime",
+        }
+    }
+}
+
+/// One output of the network as an engine gives it: its shape and, when it is float32, its values.
+#[derive(Debug, Clone)]
+pub struct NetOutput {
+    pub shape: Vec<usize>,
+    pub values: Option<Vec<f32>>,
+}
+
+enum Net {
+    Tract(TractNet),
+    Onnxruntime(OrtNet),
+}
+
+impl Net {
+    fn run(&self, input: &[f32], shape: [usize; 4]) -> Result<Vec<NetOutput>, FaceError> {
+        match self {
+            Net::Tract(net) => net.run(input, shape),
+            Net::Onnxruntime(net) => net.run(input, shape),
+        }
+    }
+
+    fn prepare(&self, shape: [usize; 4]) -> Result<(), FaceError> {
+        match self {
+            Net::Tract(net) => net.prepare(shape).map(|_| ()),
+            Net::Onnxruntime(net) => net.prepare(shape),
+        }
+    }
+}
+
+/// Refuses `shape` when the model declares a fixed input that differs (`declared`: None when even the rank is
+/// open; a None dim is dynamic).
+pub fn check_declared_input(
+    path: &Path,
+    declared: Option<&[Option<i64>]>,
+    shape: [usize; 4],
+) -> Result<(), FaceError> {
+    let Some(dims) = declared else {
+        return Ok(());
+    };
+    let fits = dims.len() == 4
+        && dims
+            .iter()
+            .zip(shape)
+            .all(|(d, want)| d.is_none_or(|d| d == want as i64));
+    if fits {
+        return Ok(());
+    }
+    let text: Vec<String> = dims
+        .iter()
+        .map(|d| d.map_or("?".into(), |d| d.to_string()))
+        .collect();
+    Err(FaceError::InputSize {
+        path: path.to_path_buf(),
+        batch: shape[0],
+        height: shape[2] as u32,
+        width: shape[3] as u32,
+        message: format!("its input is declared as [{}]", text.join(", ")),
+    })
+}
 
 /// Which output is which, and whether the scores are probabilities.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -38,17 +117,12 @@ struct Outputs {
     softmaxed: bool,
 }
 
-struct Inner {
-    model: InferenceModel,
-    plans: HashMap<(usize, u32, u32), Plan>,
-}
-
 /// A loaded RetinaFace model.
 pub struct RetinaFace {
     path: PathBuf,
     sha256: String,
     outputs: Outputs,
-    inner: Mutex<Inner>,
+    net: Net,
 }
 
 impl std::fmt::Debug for RetinaFace {
@@ -56,6 +130,7 @@ impl std::fmt::Debug for RetinaFace {
         f.debug_struct("RetinaFace")
             .field("path", &self.path)
             .field("sha256", &self.sha256)
+            .field("engine", &self.engine())
             .finish_non_exhaustive()
     }
 }
@@ -70,44 +145,66 @@ pub fn sha256_hex(bytes: &[u8]) -> String {
 }
 
 impl RetinaFace {
-    /// Loads the model at `path` and checks it on a `batch x 3 x height x width` input: it must load, accept that
-    /// shape and give RetinaFace's three outputs for it.
-    pub fn load(path: &Path, batch: usize, height: u32, width: u32) -> Result<Self, FaceError> {
+    /// Loads the model at `path` with `engine` and checks it on a `batch x 3 x height x width` input: it must
+    /// load, accept that shape and give RetinaFace's three outputs for it.
+    pub fn load(
+        path: &Path,
+        engine: FaceEngine,
+        batch: usize,
+        height: u32,
+        width: u32,
+    ) -> Result<Self, FaceError> {
         let bytes = std::fs::read(path).map_err(|e| FaceError::Read {
             path: path.to_path_buf(),
             message: e.to_string(),
         })?;
         let sha256 = sha256_hex(&bytes);
-        let model = tract_onnx::onnx()
-            .model_for_read(&mut &bytes[..])
-            .map_err(|e| FaceError::Load {
-                path: path.to_path_buf(),
-                message: format!("{e:#}"),
-            })?;
-        if model.inputs.len() != 1 {
-            return Err(FaceError::Load {
-                path: path.to_path_buf(),
-                message: format!(
-                    "{} inputs; expected one image input [batch, 3, height, width]",
-                    model.inputs.len()
-                ),
-            });
-        }
-        let mut inner = Inner {
-            model,
-            plans: HashMap::new(),
+        let net = match (engine, find_library(path)) {
+            (FaceEngine::Tract, _) => Net::Tract(TractNet::load(path, &bytes)?),
+            (FaceEngine::Onnxruntime, Ok(library)) => {
+                Net::Onnxruntime(OrtNet::load(path, bytes, &library)?)
+            }
+            (FaceEngine::Onnxruntime, Err(tried)) => {
+                return Err(FaceError::NoLibrary {
+                    tried: join_paths(&tried),
+                })
+            }
+            (FaceEngine::Auto, Ok(library)) => match OrtNet::load(path, bytes.clone(), &library) {
+                Ok(net) => Net::Onnxruntime(net),
+                Err(e @ FaceError::Library { .. }) => {
+                    tracing::warn!("face engine: {e}; using tract instead");
+                    Net::Tract(TractNet::load(path, &bytes)?)
+                }
+                Err(e) => return Err(e),
+            },
+            (FaceEngine::Auto, Err(tried)) => {
+                tracing::info!(
+                    "face engine: tract (no onnxruntime library at {}; `make models` fetches one)",
+                    join_paths(&tried)
+                );
+                Net::Tract(TractNet::load(path, &bytes)?)
+            }
         };
-        let plan = build_plan(path, &mut inner, batch, height, width)?;
+        let shape = [batch, 3, height as usize, width as usize];
+        net.prepare(shape)?;
         let probe = vec![0u8; height as usize * width as usize * 3];
         let images: Vec<&[u8]> = (0..batch).map(|_| &probe[..]).collect();
-        let values = run_plan(path, &plan, &images, height, width)?;
+        let input = input_tensor(&images, height, width).map_err(|message| FaceError::Run {
+            path: path.to_path_buf(),
+            height,
+            width,
+            message,
+        })?;
+        let values = net.run(&input, shape)?;
         let outputs = identify_outputs(path, &values, batch, height, width)?;
-        Ok(RetinaFace {
+        let model = RetinaFace {
             path: path.to_path_buf(),
             sha256,
             outputs,
-            inner: Mutex::new(inner),
-        })
+            net,
+        };
+        tracing::info!("face engine: {}", model.engine_description());
+        Ok(model)
     }
 
     pub fn path(&self) -> &Path {
@@ -118,18 +215,43 @@ impl RetinaFace {
         &self.sha256
     }
 
+    /// The engine running the network: `tract` or `onnxruntime`.
+    pub fn engine(&self) -> FaceEngine {
+        match self.net {
+            Net::Tract(_) => FaceEngine::Tract,
+            Net::Onnxruntime(_) => FaceEngine::Onnxruntime,
+        }
+    }
+
+    /// The engine with its version and library, for logs and the manifest.
+    pub fn engine_description(&self) -> String {
+        match &self.net {
+            Net::Tract(_) => "tract".to_string(),
+            Net::Onnxruntime(net) => format!(
+                "onnxruntime {} ({}, 1 thread per session)",
+                net.version(),
+                net.library().display()
+            ),
+        }
+    }
+
+    /// The onnxruntime library file, when that engine runs.
+    pub fn library(&self) -> Option<&Path> {
+        match &self.net {
+            Net::Tract(_) => None,
+            Net::Onnxruntime(net) => Some(net.library()),
+        }
+    }
+
     /// Whether the model's class scores are probabilities (it ends with a softmax) or logits.
     pub fn outputs_softmaxed(&self) -> bool {
         self.outputs.softmaxed
     }
 
-    /// Makes sure a plan for `batch` images of `height x width` exists (building it takes a moment).
-    pub fn prepare(&self, batch: usize, height: u32, width: u32) -> Result<Plan, FaceError> {
-        let mut inner = self
-            .inner
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
-        build_plan(&self.path, &mut inner, batch, height, width)
+    /// Makes sure the model can run `batch` images of `height x width` (tract builds its plan for it here).
+    pub fn prepare(&self, batch: usize, height: u32, width: u32) -> Result<(), FaceError> {
+        self.net
+            .prepare([batch, 3, height as usize, width as usize])
     }
 
     /// Runs the network on `images` (each packed RGB24 of `width x height`) as one batch.
@@ -139,15 +261,17 @@ impl RetinaFace {
         height: u32,
         width: u32,
     ) -> Result<Vec<RawOutputs>, FaceError> {
-        let plan = self.prepare(images.len(), height, width)?;
-        let values = run_plan(&self.path, &plan, images, height, width)?;
+        let input = input_tensor(images, height, width)
+            .map_err(|message| self.run_error(height, width, message))?;
+        let shape = [images.len(), 3, height as usize, width as usize];
+        let values = self.net.run(&input, shape)?;
         let n = prior_count(height, width);
         let o = self.outputs;
         let slice = |k: usize| -> Result<&[f32], FaceError> {
-            let t = &values[k];
-            t.try_as_plain_ram()
-                .and_then(|v| v.as_slice::<f32>())
-                .map_err(|e| self.run_error(height, width, format!("output {k}: {e}")))
+            values
+                .get(k)
+                .and_then(|v| v.values.as_deref())
+                .ok_or_else(|| self.run_error(height, width, format!("output {k} is not float32")))
         };
         let (loc, conf, landmarks) = (slice(o.loc)?, slice(o.conf)?, slice(o.landmarks)?);
         let expected = images.len() * n;
@@ -207,68 +331,8 @@ impl RetinaFace {
     }
 }
 
-fn build_plan(
-    path: &Path,
-    inner: &mut Inner,
-    batch: usize,
-    height: u32,
-    width: u32,
-) -> Result<Plan, FaceError> {
-    if let Some(plan) = inner.plans.get(&(batch, height, width)) {
-        return Ok(plan.clone());
-    }
-    let shape = [batch, 3, height as usize, width as usize];
-    // tract would replace the declared input shape by ours without a word; a model exported for one fixed size
-    // (e.g. 640x640) must be refused by name instead of run on another.
-    let declared = inner
-        .model
-        .input_fact(0)
-        .map(|f| f.shape.clone())
-        .map_err(|e| FaceError::Load {
-            path: path.to_path_buf(),
-            message: format!("{e:#}"),
-        })?;
-    let dims: Vec<Option<i64>> = declared
-        .dims()
-        .map(|d| d.concretize().and_then(|d| d.to_i64().ok()))
-        .collect();
-    let rank_ok = declared.is_open() || dims.len() == 4;
-    let fixed_ok = dims
-        .iter()
-        .zip(shape)
-        .all(|(d, want)| d.is_none_or(|d| d == want as i64));
-    if !rank_ok || !fixed_ok {
-        let text: Vec<String> = dims
-            .iter()
-            .map(|d| d.map_or("?".into(), |d| d.to_string()))
-            .collect();
-        return Err(FaceError::InputSize {
-            path: path.to_path_buf(),
-            batch,
-            height,
-            width,
-            message: format!("its input is declared as [{}]", text.join(", ")),
-        });
-    }
-    let plan = inner
-        .model
-        .clone()
-        .with_input_fact(0, f32::fact(shape).into())
-        .and_then(|m| m.into_optimized())
-        .and_then(|m| m.into_runnable())
-        .map_err(|e| FaceError::InputSize {
-            path: path.to_path_buf(),
-            batch,
-            height,
-            width,
-            message: format!("{e:#}"),
-        })?;
-    inner.plans.insert((batch, height, width), plan.clone());
-    Ok(plan)
-}
-
 /// The input tensor: BGR, minus the means, NCHW.
-fn input_tensor(images: &[&[u8]], height: u32, width: u32) -> Result<Tensor, String> {
+fn input_tensor(images: &[&[u8]], height: u32, width: u32) -> Result<Vec<f32>, String> {
     let (h, w) = (height as usize, width as usize);
     let plane = h * w;
     let mut data = vec![0f32; images.len() * 3 * plane];
@@ -287,37 +351,19 @@ fn input_tensor(images: &[&[u8]], height: u32, width: u32) -> Result<Tensor, Str
             data[base + 2 * plane + p] = rgb[0] as f32 - MEAN_BGR[2];
         }
     }
-    Tensor::from_shape(&[images.len(), 3, h, w], &data).map_err(|e| format!("{e:#}"))
-}
-
-fn run_plan(
-    path: &Path,
-    plan: &Plan,
-    images: &[&[u8]],
-    height: u32,
-    width: u32,
-) -> Result<TVec<TValue>, FaceError> {
-    let error = |message: String| FaceError::Run {
-        path: path.to_path_buf(),
-        height,
-        width,
-        message,
-    };
-    let input = input_tensor(images, height, width).map_err(error)?;
-    plan.run(tvec!(input.into_tvalue()))
-        .map_err(|e| error(format!("{e:#}")))
+    Ok(data)
 }
 
 /// Tells the outputs apart by their last dimension and checks their shapes against the prior count.
 fn identify_outputs(
     path: &Path,
-    values: &[TValue],
+    values: &[NetOutput],
     batch: usize,
     height: u32,
     width: u32,
 ) -> Result<Outputs, FaceError> {
     let n = prior_count(height, width);
-    let shapes: Vec<Vec<usize>> = values.iter().map(|v| v.shape().to_vec()).collect();
+    let shapes: Vec<Vec<usize>> = values.iter().map(|v| v.shape.clone()).collect();
     let error = || FaceError::Outputs {
         path: path.to_path_buf(),
         found: shapes
@@ -351,16 +397,11 @@ fn identify_outputs(
         return Err(error());
     }
     let (loc, conf, landmarks) = (find(4)?, find(2)?, find(10)?);
-    for v in values {
-        if v.datum_type() != f32::datum_type() {
-            return Err(error());
-        }
+    if values.iter().any(|v| v.values.is_none()) {
+        return Err(error());
     }
     // Probabilities lie in [0, 1] and each row sums to 1 (onnxruntime's rows are within 9e-8 of it).
-    let scores = values[conf]
-        .try_as_plain_ram()
-        .and_then(|v| v.as_slice::<f32>())
-        .map_err(|_| error())?;
+    let scores = values[conf].values.as_deref().ok_or_else(error)?;
     let softmaxed = scores.chunks_exact(2).all(|p| {
         (0.0..=1.0).contains(&p[0])
             && (0.0..=1.0).contains(&p[1])
@@ -372,4 +413,13 @@ fn identify_outputs(
         landmarks,
         softmaxed,
     })
+}
+
+fn join_paths(paths: &[PathBuf]) -> String {
+    let shown: Vec<String> = paths.iter().map(|p| p.display().to_string()).collect();
+    if std::env::var_os(LIBRARY_ENV).is_some_and(|v| !v.is_empty()) {
+        format!("{} (from {LIBRARY_ENV})", shown.join(", "))
+    } else {
+        shown.join(", ")
+    }
 }
