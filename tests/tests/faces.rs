@@ -1,6 +1,8 @@
 //! `meld-etl extract --faces` and `meld-etl faces` with the real RetinaFace model (models/, `make models`) on a
 //! synth tree whose clips carry a real face (models/astronaut.png) at the place `synth-faces.csv` records.
-//! Checked from the outside: faces.csv with the csv crate, images decoded by the ffmpeg CLI.
+//! Checked from the outside: faces.csv with the csv crate, images decoded by the ffmpeg CLI. The default engine
+//! (`auto`) runs onnxruntime, whose library `make models` puts next to the model; the bad-model errors are checked
+//! with both engines.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -43,6 +45,11 @@ fn model() -> String {
     model_file("retinaface-mnet025.onnx")
         .to_string_lossy()
         .into_owned()
+}
+
+/// The onnxruntime library `make models` extracts (a missing one fails the tests: CI runs `make models`).
+fn onnxruntime_library() -> PathBuf {
+    model_file("onnxruntime/libonnxruntime.so")
 }
 
 fn setup() -> &'static Setup {
@@ -202,6 +209,12 @@ fn faces_are_found_where_they_were_pasted_in_every_frame() {
             .unwrap();
     let faces = &manifest["faces"];
     assert_eq!(faces["profile"], "default");
+    // `auto` found the library next to the model.
+    onnxruntime_library();
+    assert_eq!(faces["engine"], "onnxruntime", "{faces}");
+    assert!(faces["engine_library"]
+        .as_str()
+        .is_some_and(|l| l.contains("models/onnxruntime/libonnxruntime.so")));
     assert_eq!(faces["sha256"].as_str().map(str::len), Some(64));
     assert!(faces["model"]
         .as_str()
@@ -547,9 +560,15 @@ fn bad_models_stop_extract_before_any_clip_naming_the_file() {
             &["does not take a 1x3x240x426 input", "[1, 3, 640, 640]"],
         ),
     ];
-    for (i, (model, expected)) in cases.iter().enumerate() {
-        let out = dir.join(format!("out{i}"));
+    let library = onnxruntime_library();
+    for ((i, (model, expected)), engine) in cases
+        .iter()
+        .enumerate()
+        .flat_map(|c| ["tract", "onnxruntime"].map(|e| (c, e)))
+    {
+        let out = dir.join(format!("out{i}-{engine}"));
         let output = bin("meld-etl")
+            .env("ORT_DYLIB_PATH", &library)
             .args([
                 "extract", "--jobs", "2", "--splits", "train", "--limit", "2", "--raw",
             ])
@@ -558,12 +577,13 @@ fn bad_models_stop_extract_before_any_clip_naming_the_file() {
             .arg(&out)
             .arg("--faces")
             .arg(model)
+            .args(["--face-engine", engine])
             .output()
             .unwrap();
         let stderr = String::from_utf8_lossy(&output.stderr);
         assert!(
             !output.status.success(),
-            "{}: extract succeeded",
+            "{} ({engine}): extract succeeded",
             model.display()
         );
         assert!(
@@ -574,7 +594,7 @@ fn bad_models_stop_extract_before_any_clip_naming_the_file() {
         for e in *expected {
             assert!(
                 stderr.contains(e),
-                "{}: `{e}` not in:\n{stderr}",
+                "{} ({engine}): `{e}` not in:\n{stderr}",
                 model.display()
             );
         }
@@ -607,6 +627,38 @@ fn bad_models_stop_extract_before_any_clip_naming_the_file() {
         !output.status.success() && stderr.contains("1x3x1200x426"),
         "{stderr}"
     );
+
+    // `--face-engine onnxruntime` without the library: an error naming where it looked and `make models`,
+    // before any clip; `auto` falls back to tract and says so.
+    let nowhere = dir.join("no-such-lib/libonnxruntime.so");
+    let run = |engine: &str, out: &Path| {
+        bin("meld-etl")
+            .env("ORT_DYLIB_PATH", &nowhere)
+            .args([
+                "extract", "--jobs", "2", "--splits", "train", "--limit", "2", "--raw",
+            ])
+            .arg(&s.raw)
+            .arg("--out")
+            .arg(out)
+            .args(["--faces", &model(), "--face-engine", engine])
+            .output()
+            .unwrap()
+    };
+    let out = dir.join("out-nolib");
+    let output = run("onnxruntime", &out);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success(), "{stderr}");
+    assert!(
+        stderr.contains(&*nowhere.to_string_lossy()) && stderr.contains("make models"),
+        "{stderr}"
+    );
+    assert!(!out.exists());
+    let out = dir.join("out-auto-nolib");
+    let output = run("auto", &out);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "{stderr}");
+    assert!(stderr.contains("face engine: tract"), "{stderr}");
+    assert_eq!(manifest(&out)["faces"]["engine"], "tract");
 }
 
 #[test]
@@ -624,6 +676,7 @@ fn the_faces_command_runs_the_detector_on_one_image() {
     );
     let stdout = String::from_utf8_lossy(&output.stdout);
     assert!(stdout.contains("4 face(s)"), "{stdout}");
+    assert!(stdout.contains("engine onnxruntime"), "{stdout}");
     // One line per face: tile, score, box; the fixture's faces are in tiles 0, 1, 2 and 4.
     let tiles: Vec<&str> = stdout
         .lines()
