@@ -35,12 +35,18 @@ const VOCAB_WORDS: usize = 8_000;
 const CLASSES: usize = 7;
 
 fn config(name: &str) -> Config {
-    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../configs").join(format!("{name}.yml"));
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../configs")
+        .join(format!("{name}.yml"));
     Config::load(&path).unwrap().config
 }
 
 fn optimizer(config: &Config, store: &ParamStore) -> AdamW {
-    AdamW::new(store.trainable(), AdamWConfig::for_experiment(config, 10 * 157)).unwrap()
+    AdamW::new(
+        store.trainable(),
+        AdamWConfig::for_experiment(config, 10 * 157),
+    )
+    .unwrap()
 }
 
 fn batch(rng: &mut ChaCha8Rng, text: bool, audio: Option<usize>) -> Batch {
@@ -48,14 +54,18 @@ fn batch(rng: &mut ChaCha8Rng, text: bool, audio: Option<usize>) -> Batch {
         (0..BATCH)
             .map(|_| {
                 let n = rng.gen_range(60..=200);
-                (0..n).map(|_| rng.gen_range(0..VOCAB_WORDS as u32)).collect()
+                (0..n)
+                    .map(|_| rng.gen_range(0..VOCAB_WORDS as u32))
+                    .collect()
             })
             .collect()
     } else {
         vec![Vec::new(); BATCH]
     };
     let audio = audio.map(|n| {
-        let samples: Vec<f32> = (0..BATCH * n).map(|_| rng.gen_range(-3000..3000) as f32).collect();
+        let samples: Vec<f32> = (0..BATCH * n)
+            .map(|_| rng.gen_range(-3000..3000) as f32)
+            .collect();
         Tensor::from_vec(samples, (BATCH, n), &Device::Cpu).unwrap()
     });
     Batch {
@@ -99,7 +109,9 @@ fn bench_model(name: &str, steps: usize) -> f64 {
     });
     let model = Model::build(&config, vocab.as_ref(), &Device::Cpu, 11).unwrap();
     let audio = config.uses_audio().then(|| config.audio_samples());
-    let batches: Vec<Batch> = (0..4).map(|_| batch(&mut rng, config.uses_text(), audio)).collect();
+    let batches: Vec<Batch> = (0..4)
+        .map(|_| batch(&mut rng, config.uses_text(), audio))
+        .collect();
     let loss_fn = Loss::new(&config);
     let mut opt = optimizer(&config, &model.store);
     let mut ctx = Ctx::train(7);
@@ -107,7 +119,9 @@ fn bench_model(name: &str, steps: usize) -> f64 {
         let b = &batches[i % batches.len()];
         let out = model.forward(b, &mut ctx).unwrap();
         let y = b.one_hot(CLASSES, &Device::Cpu).unwrap();
-        let loss = loss_fn.training(&out.probs, &out.logits, &y, &out.hidden, &b.labels).unwrap();
+        let loss = loss_fn
+            .training(&out.probs, &out.logits, &y, &out.hidden, &b.labels)
+            .unwrap();
         opt.step(&loss.backward().unwrap()).unwrap();
     })
 }
@@ -119,10 +133,22 @@ fn bench_baseline_head(steps: usize) -> f64 {
     let fusion = Fusion::concat(&dims);
     let mut store = ParamStore::new(&Device::Cpu, 11);
     let layers = config.feedforward_layers.clone().unwrap_or_default();
-    let head = Head::new(&mut store, "head", fusion.out_features(), &layers, config.feedforward_l2norm, CLASSES).unwrap();
+    let head = Head::new(
+        &mut store,
+        "head",
+        fusion.out_features(),
+        &layers,
+        config.feedforward_l2norm,
+        CLASSES,
+    )
+    .unwrap();
     let mut rng = ChaCha8Rng::seed_from_u64(42);
     let inputs: Vec<Vec<Tensor>> = (0..4)
-        .map(|_| dims.iter().map(|d| Tensor::rand(0f32, 1f32, (BATCH, *d), &Device::Cpu).unwrap()).collect())
+        .map(|_| {
+            dims.iter()
+                .map(|d| Tensor::rand(0f32, 1f32, (BATCH, *d), &Device::Cpu).unwrap())
+                .collect()
+        })
         .collect();
     let labels: Vec<usize> = (0..BATCH).map(|_| rng.gen_range(0..CLASSES)).collect();
     let mut y = vec![0f32; BATCH * CLASSES];
@@ -136,7 +162,9 @@ fn bench_baseline_head(steps: usize) -> f64 {
     measure(steps, |i| {
         let fused = fusion.forward(&inputs[i % inputs.len()]).unwrap();
         let out = head.forward(&fused, &mut ctx).unwrap();
-        let loss = loss_fn.training(&out.probs, &out.logits, &y, &out.hidden, &labels).unwrap();
+        let loss = loss_fn
+            .training(&out.probs, &out.logits, &y, &out.hidden, &labels)
+            .unwrap();
         opt.step(&loss.backward().unwrap()).unwrap();
     })
 }
@@ -144,10 +172,20 @@ fn bench_baseline_head(steps: usize) -> f64 {
 #[test]
 #[ignore = "benchmark: scripts/bench-trainer.sh"]
 fn training_throughput() {
-    let steps: usize = std::env::var("BENCH_STEPS").ok().and_then(|s| s.parse().ok()).unwrap_or(20);
-    let wanted = std::env::var("BENCH_MODELS").unwrap_or_else(|_| "t-um-glove,a-um-waveform,baseline-head".into());
+    // The trainer's own start-up settings (thread counts), so that both run candle the same way.
+    erc_train::init_cpu_threads();
+    let steps: usize = std::env::var("BENCH_STEPS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(20);
+    let wanted = std::env::var("BENCH_MODELS")
+        .unwrap_or_else(|_| "t-um-glove,a-um-waveform,baseline-head".into());
     for name in wanted.split(',') {
-        let rate = if name == "baseline-head" { bench_baseline_head(steps) } else { bench_model(name, steps) };
+        let rate = if name == "baseline-head" {
+            bench_baseline_head(steps)
+        } else {
+            bench_model(name, steps)
+        };
         println!(
             "{{\"model\": \"{name}\", \"batch_size\": {BATCH}, \"steps\": {steps}, \"samples_per_s\": {rate:.2}, \"threads\": {}}}",
             rayon::current_num_threads()
