@@ -29,6 +29,7 @@ pub mod params;
 pub mod pool;
 pub mod report;
 pub mod resnet;
+pub mod softmax_dropout;
 pub mod tokenizer;
 pub mod train;
 pub mod wav2vec2;

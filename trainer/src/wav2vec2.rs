@@ -20,10 +20,10 @@
 //! and feature masking when `mask_feature_prob` > 0) apply, with the draws of HF's `_compute_mask_indices`, from the
 //! model's own seeded generator. No attention mask: the reference feeds zero-padded audio as signal.
 //!
-//! Gradient-safe throughout (LayerNorm via `ops::layer_norm_slow`, softmax via `ops::softmax`). The feature
-//! encoder's big maps go through CPU custom ops with their own backward — convolutions ([`crate::conv1d`],
-//! channels-last, so no full-size transposes), the per-channel GroupNorm fused with GELU ([`crate::group_norm`])
-//! and GELU ([`crate::gelu`]) — each falling back to composed candle ops off the CPU.
+//! Gradient-safe throughout (LayerNorm via `ops::layer_norm_slow`). The big tensors go through CPU custom ops
+//! with their own backward — convolutions ([`crate::conv1d`], channels-last, so no full-size transposes), the
+//! per-channel GroupNorm fused with GELU ([`crate::group_norm`]), GELU ([`crate::gelu`]) and the attention's
+//! softmax + dropout ([`crate::softmax_dropout`]) — each falling back to composed candle ops off the CPU.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -42,6 +42,7 @@ use crate::gelu::gelu_erf;
 use crate::group_norm::group_norm_per_channel;
 use crate::hub;
 use crate::nn::{dropout_shared, l2_normalize, LayerNorm};
+use crate::softmax_dropout::softmax_dropout;
 
 fn d_eps() -> f64 {
     1e-5
@@ -464,8 +465,7 @@ impl Attention {
         let k = split(self.k_proj.forward(x)?)?;
         let v = split(self.v_proj.forward(x)?)?;
         let scores = q.matmul(&k.t()?.contiguous()?)?;
-        let weights = candle_nn::ops::softmax(&scores, D::Minus1)?;
-        let weights = dropout_shared(&weights, self.dropout, train, rng)?;
+        let weights = softmax_dropout(&scores, self.dropout, train, rng)?;
         let mixed = weights
             .matmul(&v)?
             .transpose(1, 2)?
