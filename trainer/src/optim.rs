@@ -217,33 +217,6 @@ impl AdamW {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn schedule_warms_up_then_decays_to_zero() {
-        let l: Vec<f64> = (0..=10).map(|s| lr_lambda(s, 3, 10)).collect();
-        let expected = [
-            0.0,
-            1.0 / 3.0,
-            2.0 / 3.0,
-            1.0,
-            6.0 / 7.0,
-            5.0 / 7.0,
-            4.0 / 7.0,
-            3.0 / 7.0,
-            2.0 / 7.0,
-            1.0 / 7.0,
-            0.0,
-        ];
-        for (a, b) in l.iter().zip(expected) {
-            assert!((a - b).abs() < 1e-12, "{l:?}");
-        }
-        assert_eq!(lr_lambda(12, 3, 10), 0.0);
-    }
-}
-
 /// Elements per rayon task in the host update (large enough that scheduling costs nothing).
 const CHUNK: usize = 1 << 14;
 
@@ -337,5 +310,32 @@ impl candle_core::InplaceOp1 for HostUpdateWith<'_, '_> {
                 .for_each(|((theta, g), (m, v))| update(theta, g, m, v));
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn schedule_warms_up_then_decays_to_zero() {
+        let l: Vec<f64> = (0..=10).map(|s| lr_lambda(s, 3, 10)).collect();
+        let expected = [
+            0.0,
+            1.0 / 3.0,
+            2.0 / 3.0,
+            1.0,
+            6.0 / 7.0,
+            5.0 / 7.0,
+            4.0 / 7.0,
+            3.0 / 7.0,
+            2.0 / 7.0,
+            1.0 / 7.0,
+            0.0,
+        ];
+        for (a, b) in l.iter().zip(expected) {
+            assert!((a - b).abs() < 1e-12, "{l:?}");
+        }
+        assert_eq!(lr_lambda(12, 3, 10), 0.0);
     }
 }
