@@ -20,6 +20,7 @@ pub mod head;
 pub mod heap;
 pub mod hub;
 pub mod im2col;
+pub mod layer_norm;
 pub mod losses;
 pub mod metrics;
 pub mod model;

@@ -20,16 +20,17 @@
 //! and feature masking when `mask_feature_prob` > 0) apply, with the draws of HF's `_compute_mask_indices`, from the
 //! model's own seeded generator. No attention mask: the reference feeds zero-padded audio as signal.
 //!
-//! Gradient-safe throughout (LayerNorm via `ops::layer_norm_slow`). The big tensors go through CPU custom ops
-//! with their own backward — convolutions ([`crate::conv1d`], channels-last, so no full-size transposes), the
-//! per-channel GroupNorm fused with GELU ([`crate::group_norm`]), GELU ([`crate::gelu`]) and the attention's
-//! softmax + dropout ([`crate::softmax_dropout`]) — each falling back to composed candle ops off the CPU.
+//! Gradient-safe throughout. The big tensors go through CPU custom ops with their own backward — convolutions
+//! ([`crate::conv1d`], channels-last, so no full-size transposes), the per-channel GroupNorm fused with GELU
+//! ([`crate::group_norm`]), GELU ([`crate::gelu`]), the attention's softmax + dropout
+//! ([`crate::softmax_dropout`]) and LayerNorm ([`crate::layer_norm`]) — each falling back to composed candle ops
+//! off the CPU.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
-use candle_core::{Device, Tensor, D};
+use candle_core::{Device, Tensor};
 use candle_nn::{VarBuilder, VarMap};
 use rand::seq::index::sample;
 use rand::{Rng, SeedableRng};
@@ -41,7 +42,8 @@ use crate::error::{Error, Result};
 use crate::gelu::gelu_erf;
 use crate::group_norm::group_norm_per_channel;
 use crate::hub;
-use crate::nn::{dropout_shared, l2_normalize, LayerNorm};
+use crate::layer_norm::LayerNorm;
+use crate::nn::{dropout_shared, l2_normalize};
 use crate::softmax_dropout::softmax_dropout;
 
 fn d_eps() -> f64 {
