@@ -2,7 +2,8 @@
 //! time order and writes them as one JPEG — 426x1200 for five 720p frames.
 //!
 //! JPEGs are encoded by `jpeg-encoder` (pure Rust, SIMD): baseline, 4:4:4 like the `image` crate's encoder it
-//! replaced, about 4x faster (the face-only image of `--faces` is written by the same function).
+//! replaced (same sizes within 1%), about 2x faster: 8.5 vs 17.9 ms for a 426x1200 mosaic (the face-only image of
+//! `--faces` is written by the same function).
 //!
 //! The JPEG goes to a temporary name and is renamed into place, so a file at the final name is always complete.
 

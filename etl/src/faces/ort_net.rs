@@ -187,13 +187,17 @@ impl OrtNet {
             message: format!("onnxruntime ({}): {message}", self.library.display()),
         };
         let text = |e: &dyn std::fmt::Display| error(e.to_string());
-        let mut builder = Session::builder(&self.env)
-            .map_err(|e| text(&e))?
+        let builder = Session::builder(&self.env).map_err(|e| text(&e))?;
+        let builder = builder
             .with_optimization_level(GraphOptimizationLevel::All)
-            .and_then(|b| b.with_intra_threads(1))
-            .and_then(|b| b.with_inter_threads(1))
-            .and_then(|b| b.with_parallel_execution(false))
-            .and_then(|b| b.with_intra_op_spinning(false))
+            .map_err(|e| text(&e))?;
+        let builder = builder.with_intra_threads(1).map_err(|e| text(&e))?;
+        let builder = builder.with_inter_threads(1).map_err(|e| text(&e))?;
+        let builder = builder
+            .with_parallel_execution(false)
+            .map_err(|e| text(&e))?;
+        let mut builder = builder
+            .with_intra_op_spinning(false)
             .map_err(|e| text(&e))?;
         builder
             .commit_from_memory(&self.bytes)

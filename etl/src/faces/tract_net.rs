@@ -109,7 +109,7 @@ impl TractNet {
             width: shape[3] as u32,
             message,
         };
-        let tensor = Tensor::from_shape(&shape, &input).map_err(|e| error(format!("{e:#}")))?;
+        let tensor = Tensor::from_shape(&shape, input).map_err(|e| error(format!("{e:#}")))?;
         let values = plan
             .run(tvec!(tensor.into_tvalue()))
             .map_err(|e| error(format!("{e:#}")))?;
