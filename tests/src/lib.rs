@@ -30,7 +30,9 @@ pub fn bin(name: &str) -> Command {
 
 /// Runs a command and returns its output, failing the test with its stderr if it exits non-zero.
 pub fn run_ok(cmd: &mut Command) -> Output {
-    let output = cmd.output().unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"));
+    let output = cmd
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"));
     assert!(
         output.status.success(),
         "{cmd:?} failed ({}):\n{}\n{}",
@@ -44,7 +46,14 @@ pub fn run_ok(cmd: &mut Command) -> Output {
 /// ffprobe's JSON for a file's streams and format, or `None` if ffprobe cannot read it.
 pub fn ffprobe(path: &Path) -> Option<serde_json::Value> {
     let output = Command::new("ffprobe")
-        .args(["-v", "error", "-print_format", "json", "-show_streams", "-show_format"])
+        .args([
+            "-v",
+            "error",
+            "-print_format",
+            "json",
+            "-show_streams",
+            "-show_format",
+        ])
         .arg(path)
         .output()
         .expect("ffprobe is installed (apt package ffmpeg)");
@@ -72,10 +81,22 @@ pub fn number(value: &serde_json::Value) -> f64 {
 
 /// Number of keyframes of the first video stream (ffprobe decodes only keyframes here, so it is quick).
 pub fn keyframe_count(path: &Path) -> usize {
-    let output = run_ok(Command::new("ffprobe").args([
-        "-v", "error", "-select_streams", "v:0", "-skip_frame", "nokey", "-show_entries", "frame=key_frame",
-        "-of", "csv=p=0",
-    ]).arg(path));
+    let output = run_ok(
+        Command::new("ffprobe")
+            .args([
+                "-v",
+                "error",
+                "-select_streams",
+                "v:0",
+                "-skip_frame",
+                "nokey",
+                "-show_entries",
+                "frame=key_frame",
+                "-of",
+                "csv=p=0",
+            ])
+            .arg(path),
+    );
     // ffprobe ends each csv line with a separator for the (empty) side-data section: `1,`.
     String::from_utf8_lossy(&output.stdout)
         .lines()
@@ -85,16 +106,39 @@ pub fn keyframe_count(path: &Path) -> usize {
 
 /// Parses a CSV file into its header and records (independently of the project's readers).
 pub fn read_csv(path: &Path) -> (Vec<String>, Vec<csv::StringRecord>) {
-    let mut reader = csv::Reader::from_path(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-    let header = reader.headers().expect("header").iter().map(str::to_string).collect();
+    let mut reader =
+        csv::Reader::from_path(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    let header = reader
+        .headers()
+        .expect("header")
+        .iter()
+        .map(str::to_string)
+        .collect();
     let records = reader.records().map(|r| r.expect("record")).collect();
     (header, records)
+}
+
+/// A CSV file's records as maps of column → value.
+pub fn read_csv_maps(path: &Path) -> Vec<std::collections::HashMap<String, String>> {
+    let (header, records) = read_csv(path);
+    records
+        .iter()
+        .map(|r| {
+            header
+                .iter()
+                .cloned()
+                .zip(r.iter().map(str::to_string))
+                .collect()
+        })
+        .collect()
 }
 
 /// A file of the repository's `models/` folder (fetched by `make models`); fails the test with what to run when
 /// it is missing (CI runs `make models` before `make test`, so a missing model is an error, not a skip).
 pub fn model_file(name: &str) -> PathBuf {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../models").join(name);
+    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../models")
+        .join(name);
     assert!(
         path.is_file(),
         "{} is missing: run `make models` (scripts/fetch-models.sh) first",

@@ -8,7 +8,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::OnceLock;
 use std::time::Duration;
 
-use meld_erc_tests::{bin, ffprobe, number, read_csv, run_ok, stream};
+use meld_erc_tests::{bin, ffprobe, number, read_csv, read_csv_maps, run_ok, stream};
 use meld_shared::Split;
 
 /// One frame at 24000/1001 fps.
@@ -93,17 +93,7 @@ fn truth(raw: &Path) -> HashMap<String, (f64, String)> {
 
 /// The output CSV of a split as maps of column → value.
 fn output_rows(out: &Path, dataset_name: &str) -> Vec<HashMap<String, String>> {
-    let (header, records) = read_csv(&out.join(format!("{dataset_name}.csv")));
-    records
-        .iter()
-        .map(|r| {
-            header
-                .iter()
-                .cloned()
-                .zip(r.iter().map(str::to_string))
-                .collect()
-        })
-        .collect()
+    read_csv_maps(&out.join(format!("{dataset_name}.csv")))
 }
 
 #[test]

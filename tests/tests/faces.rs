@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 use std::time::SystemTime;
 
-use meld_erc_tests::{bin, image_rgb24, model_file, read_csv, run_ok};
+use meld_erc_tests::{bin, image_rgb24, model_file, read_csv_maps as rows, run_ok};
 
 /// The face box in astronaut.png (512x512), set by eye (the fixtures' README: the detector's box on the photo
 /// has IoU 0.83 with it).
@@ -83,21 +83,6 @@ fn setup() -> &'static Setup {
             fresh,
         }
     })
-}
-
-/// The output CSV of a split as maps of column → value.
-fn rows(path: &Path) -> Vec<HashMap<String, String>> {
-    let (header, records) = read_csv(path);
-    records
-        .iter()
-        .map(|r| {
-            header
-                .iter()
-                .cloned()
-                .zip(r.iter().map(str::to_string))
-                .collect()
-        })
-        .collect()
 }
 
 /// synth-faces.csv: (dialogue, utterance) → face box in mosaic-tile pixels (426x240 from 1280x720).
