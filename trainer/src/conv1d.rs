@@ -5,9 +5,10 @@
 //! as soon as the batch or the input channels exceed 1, and the input gradient at stride 1 without padding), and a
 //! height-1 `conv2d` fails on shape in its backward. The composed version ([`conv1d_composed`]: zero-padding with
 //! `cat`, k `narrow`s and reshapes) is correct but slow on wav2vec2's big feature maps (k copies of the input
-//! forward, and the backward of every `narrow`/`cat` pads and sums full-size tensors). Here the patch extraction
-//! is one custom op whose backward is the matching gather-sum, and the rest is a matrix product that candle runs on
-//! its GEMM kernels, forward and backward.
+//! forward, and the backward of every `narrow`/`cat` pads and sums full-size tensors). Here the whole convolution
+//! (and the GELU after it, when asked) is one custom op with its own backward: patches are extracted block by
+//! block and multiplied by candle's GEMM on plain tensors, and the backward is the matching products plus a
+//! gather-sum of the patch gradients onto the input (see [`Conv1dOp`]).
 //!
 //! Channels-last is the layout that makes the patches cheap: for one output step the k input steps it reads are
 //! k consecutive rows of C values, one memcpy per kernel position, and the product's output (B·T, C_out) already
@@ -16,115 +17,261 @@
 //! `cols[g, b·T + t, j·C_g + c] = x[b, t·s − p + j, g·C_g + c]` (0 outside), then per group
 //! `y_g = cols_g · W_gᵀ` with `W_g[o, j·C_g + c] = w[g·O_g + o, c, j]` (PyTorch's (C_out, C_in/groups, k) weight).
 
-use candle_core::{CpuStorage, CustomOp1, Layout, Shape, Storage, Tensor};
+use std::sync::Mutex;
+
+use candle_core::{CpuStorage, CustomOp2, Layout, Shape, Tensor};
 use rayon::prelude::*;
 
 use crate::error::{Error, Result};
+use crate::gelu::{gelu, gelu_grad, with_cpu_f32};
 
-/// The geometry of one convolution: input (B, L, C), `groups` groups of `C / groups` channels, output T steps.
-#[derive(Debug, Clone, Copy)]
-struct Unfold {
+/// Values per block of columns (16 MB): the patches are built, multiplied and dropped one block at a time.
+const BLOCK_VALUES: usize = 4 << 20;
+
+thread_local! {
+    /// [`BLOCK_VALUES`], lowered by tests to exercise several blocks on small inputs.
+    static BLOCK_VALUES_IN_USE: std::cell::Cell<usize> = const { std::cell::Cell::new(BLOCK_VALUES) };
+}
+
+/// One convolution (optionally followed by GELU) over a channels-last x (B, L, C) with the weight rearranged to
+/// (groups, O_g, k·C_g), as one graph node. The columns never exist whole: per group, per batch element and per
+/// block of output steps they are built, multiplied by the weight (candle's GEMM on plain tensors) and dropped, and
+/// the backward rebuilds them. That keeps the memory a block (the positional conv's full columns are 368 MB at
+/// the bench size), and keeps candle's backward from allocating, zeroing and summing full-size gradient tensors
+/// for every intermediate (columns, product, reshape, activation).
+struct Conv1dOp {
     kernel: usize,
     stride: usize,
     padding: usize,
     groups: usize,
     t_out: usize,
+    gelu: bool,
+    /// Values per block of columns ([`BLOCK_VALUES`]; small in tests, to cross block boundaries).
+    block_values: usize,
+    /// The pre-activation output, kept by the forward for the GELU backward.
+    pre_activation: Mutex<Vec<f32>>,
 }
 
-impl Unfold {
+impl Conv1dOp {
+    /// Output steps per block for columns of `row` values.
+    fn block_steps(&self, row: usize) -> usize {
+        (self.block_values / row.max(1)).clamp(1, self.t_out.max(1))
+    }
+
+    /// The columns of output steps `t0..t1` of batch element `b`, group `g`:
+    /// `cols[t − t0, j·C_g + c] = x[b, t·s − p + j, g·C_g + c]` (0 outside).
+    fn columns(
+        &self,
+        x: &[f32],
+        (l, c): (usize, usize),
+        b: usize,
+        g: usize,
+        (t0, t1): (usize, usize),
+    ) -> Vec<f32> {
+        let cg = c / self.groups;
+        let row = self.kernel * cg;
+        let mut cols = vec![0f32; (t1 - t0) * row];
+        cols.par_chunks_mut(row)
+            .enumerate()
+            .with_min_len(16)
+            .for_each(|(dt, out)| {
+                for j in 0..self.kernel {
+                    if let Some(i) = self.input_step(t0 + dt, j, l) {
+                        let src = (b * l + i) * c + g * cg;
+                        out[j * cg..(j + 1) * cg].copy_from_slice(&x[src..src + cg]);
+                    }
+                }
+            });
+        cols
+    }
+
     /// The input step read by output step `t` at kernel position `j`, if inside the input.
     fn input_step(&self, t: usize, j: usize, l: usize) -> Option<usize> {
         (t * self.stride + j)
             .checked_sub(self.padding)
             .filter(|&i| i < l)
     }
+
+    /// Visits every (group, batch element, block of output steps) in order.
+    fn for_each_block(
+        &self,
+        b: usize,
+        row: usize,
+        mut f: impl FnMut(usize, usize, (usize, usize)) -> candle_core::Result<()>,
+    ) -> candle_core::Result<()> {
+        let steps = self.block_steps(row);
+        for g in 0..self.groups {
+            for bi in 0..b {
+                let mut t0 = 0;
+                while t0 < self.t_out {
+                    let t1 = (t0 + steps).min(self.t_out);
+                    f(g, bi, (t0, t1))?;
+                    t0 = t1;
+                }
+            }
+        }
+        Ok(())
+    }
 }
 
-impl CustomOp1 for Unfold {
+fn cpu_tensor(values: Vec<f32>, shape: (usize, usize)) -> candle_core::Result<Tensor> {
+    Tensor::from_vec(values, shape, &candle_core::Device::Cpu)
+}
+
+impl CustomOp2 for Conv1dOp {
     fn name(&self) -> &'static str {
-        "unfold1d"
+        "conv1d-channels-last"
     }
 
     fn cpu_fwd(
         &self,
-        storage: &CpuStorage,
-        layout: &Layout,
+        x_storage: &CpuStorage,
+        x_layout: &Layout,
+        w_storage: &CpuStorage,
+        w_layout: &Layout,
     ) -> candle_core::Result<(CpuStorage, Shape)> {
-        let (b, l, c) = layout.shape().dims3()?;
-        let x = crate::nn::contiguous_f32(storage, layout, "unfold1d")?;
-        let (k, g, t_out) = (self.kernel, self.groups, self.t_out);
-        let cg = c / g;
-        let row = k * cg;
-        let rows_per_group = b * t_out;
-        let mut cols = vec![0f32; g * rows_per_group * row];
-        cols.par_chunks_mut(row)
-            .enumerate()
-            .with_min_len(64)
-            .for_each(|(r, out)| {
-                let (group, bt) = (r / rows_per_group, r % rows_per_group);
-                let (bi, t) = (bt / t_out, bt % t_out);
-                for j in 0..k {
-                    if let Some(i) = self.input_step(t, j, l) {
-                        let src = (bi * l + i) * c + group * cg;
-                        out[j * cg..(j + 1) * cg].copy_from_slice(&x[src..src + cg]);
+        let (b, l, c) = x_layout.shape().dims3()?;
+        let (groups, o_g, row) = w_layout.shape().dims3()?;
+        let x = crate::nn::contiguous_f32(x_storage, x_layout, "conv1d")?;
+        let w = crate::nn::contiguous_f32(w_storage, w_layout, "conv1d weight")?;
+        let c_out = groups * o_g;
+        let t_out = self.t_out;
+        let mut z = vec![0f32; b * t_out * c_out];
+        let weights = (0..groups)
+            .map(|g| cpu_tensor(w[g * o_g * row..(g + 1) * o_g * row].to_vec(), (o_g, row)))
+            .collect::<candle_core::Result<Vec<_>>>()?;
+        self.for_each_block(b, row, |g, bi, (t0, t1)| {
+            let cols = cpu_tensor(self.columns(x, (l, c), bi, g, (t0, t1)), (t1 - t0, row))?;
+            let out = cols.matmul(&weights[g].t()?)?; // (t1 − t0, O_g)
+            with_cpu_f32(&out, "conv1d", |out| {
+                let dst = &mut z[(bi * t_out + t0) * c_out..(bi * t_out + t1) * c_out];
+                if groups == 1 {
+                    dst.copy_from_slice(out);
+                } else {
+                    for (dst, src) in dst.chunks_mut(c_out).zip(out.chunks(o_g)) {
+                        dst[g * o_g..(g + 1) * o_g].copy_from_slice(src);
                     }
                 }
-            });
-        Ok((CpuStorage::F32(cols), Shape::from((g, rows_per_group, row))))
+            })
+        })?;
+        let y = if self.gelu {
+            let mut y = vec![0f32; z.len()];
+            y.par_chunks_mut(1 << 14)
+                .zip(z.par_chunks(1 << 14))
+                .for_each(|(y, z)| {
+                    for (y, &z) in y.iter_mut().zip(z) {
+                        *y = gelu(z);
+                    }
+                });
+            *self
+                .pre_activation
+                .lock()
+                .map_err(|_| candle_core::Error::Msg("conv1d pre-activation poisoned".into()))? = z;
+            y
+        } else {
+            z
+        };
+        Ok((CpuStorage::F32(y), Shape::from((b, t_out, c_out))))
     }
 
-    /// ∂L/∂x: every input value sums the column entries it was copied to. Written as a gather (each input row
-    /// visits the output steps that read it) so that rows can be filled in parallel without races.
+    /// Per block: `∂L/∂cols = ∂L/∂z · W_g`, gathered back onto the input steps each column entry was copied from,
+    /// and `∂L/∂W_g += ∂L/∂zᵀ · cols` (columns rebuilt from x), with `∂L/∂z = ∂L/∂y ⊙ GELU′(z)` when fused.
     fn bwd(
         &self,
-        arg: &Tensor,
+        x_t: &Tensor,
+        w_t: &Tensor,
         _res: &Tensor,
         grad_res: &Tensor,
-    ) -> candle_core::Result<Option<Tensor>> {
-        let (b, l, c) = arg.dims3()?;
-        let (k, s, g, t_out) = (self.kernel, self.stride, self.groups, self.t_out);
-        let cg = c / g;
-        let row = k * cg;
-        let rows_per_group = b * t_out;
-        let grad = grad_res.contiguous()?;
-        let (storage, layout) = grad.storage_and_layout();
-        let cols = match &*storage {
-            Storage::Cpu(cpu) => crate::nn::contiguous_f32(cpu, layout, "unfold1d backward")?,
-            _ => candle_core::bail!("unfold1d backward expects a CPU gradient"),
-        };
-        let mut grad_x = vec![0f32; b * l * c];
-        grad_x
-            .par_chunks_mut(c)
-            .enumerate()
-            .with_min_len(64)
-            .for_each(|(r, out)| {
-                let (bi, i) = (r / l, r % l);
-                let ip = i + self.padding;
-                // output steps t with 0 ≤ ip − t·s < k
-                let t_lo = if ip + 1 >= k {
-                    (ip + 1 - k).div_ceil(s)
-                } else {
-                    0
-                };
-                let t_hi = (ip / s).min(t_out.saturating_sub(1));
-                if t_out == 0 || t_lo > t_hi {
-                    return;
-                }
-                for t in t_lo..=t_hi {
-                    let j = ip - t * s;
-                    for group in 0..g {
-                        let src = (group * rows_per_group + bi * t_out + t) * row + j * cg;
-                        for (o, &v) in out[group * cg..(group + 1) * cg]
-                            .iter_mut()
-                            .zip(&cols[src..src + cg])
-                        {
-                            *o += v;
-                        }
+    ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>)> {
+        let (b, l, c) = x_t.dims3()?;
+        let (groups, o_g, row) = w_t.dims3()?;
+        let (k, s, p, t_out) = (self.kernel, self.stride, self.padding, self.t_out);
+        let (cg, c_out) = (c / groups, groups * o_g);
+        let grad_z: Vec<f32> = with_cpu_f32(grad_res, "conv1d backward", |g| {
+            if !self.gelu {
+                return Ok(g.to_vec());
+            }
+            let z = self
+                .pre_activation
+                .lock()
+                .map_err(|_| candle_core::Error::Msg("conv1d pre-activation poisoned".into()))?;
+            if z.len() != g.len() {
+                candle_core::bail!("conv1d backward: the forward kept no pre-activation");
+            }
+            let mut out = vec![0f32; g.len()];
+            out.par_chunks_mut(1 << 14)
+                .zip(g.par_chunks(1 << 14).zip(z.par_chunks(1 << 14)))
+                .for_each(|(o, (g, z))| {
+                    for ((o, &g), &z) in o.iter_mut().zip(g).zip(z) {
+                        *o = g * gelu_grad(z);
                     }
-                }
-            });
-        drop(storage);
-        Ok(Some(Tensor::from_vec(grad_x, (b, l, c), arg.device())?))
+                });
+            Ok(out)
+        })??;
+        let mut grad_x = vec![0f32; b * l * c];
+        let mut grad_w = vec![0f32; groups * o_g * row];
+        let weights = with_cpu_f32(w_t, "conv1d backward", |w| {
+            (0..groups)
+                .map(|g| cpu_tensor(w[g * o_g * row..(g + 1) * o_g * row].to_vec(), (o_g, row)))
+                .collect::<candle_core::Result<Vec<_>>>()
+        })??;
+        with_cpu_f32(x_t, "conv1d backward", |x| {
+            self.for_each_block(b, row, |g, bi, (t0, t1)| {
+                let n = t1 - t0;
+                let gz: Vec<f32> = grad_z[(bi * t_out + t0) * c_out..(bi * t_out + t1) * c_out]
+                    .chunks(c_out)
+                    .flat_map(|r| r[g * o_g..(g + 1) * o_g].iter().copied())
+                    .collect();
+                let gz = cpu_tensor(gz, (n, o_g))?;
+                let cols = cpu_tensor(self.columns(x, (l, c), bi, g, (t0, t1)), (n, row))?;
+                let gw = gz.t()?.matmul(&cols)?; // (O_g, k·C_g)
+                with_cpu_f32(&gw, "conv1d backward", |gw| {
+                    for (acc, &v) in grad_w[g * o_g * row..(g + 1) * o_g * row]
+                        .iter_mut()
+                        .zip(gw)
+                    {
+                        *acc += v;
+                    }
+                })?;
+                drop(cols);
+                let gcols = gz.matmul(&weights[g])?; // (n, k·C_g)
+                with_cpu_f32(&gcols, "conv1d backward", |gcols| {
+                    // the input steps this block read, each summing the entries copied from it
+                    let i_lo = (t0 * s).saturating_sub(p);
+                    let i_hi = ((t1 - 1) * s + k).saturating_sub(p).min(l);
+                    if i_lo >= i_hi {
+                        return;
+                    }
+                    let rows = &mut grad_x[(bi * l + i_lo) * c..(bi * l + i_hi) * c];
+                    rows.par_chunks_mut(c)
+                        .enumerate()
+                        .with_min_len(16)
+                        .for_each(|(di, out)| {
+                            let ip = i_lo + di + p;
+                            // output steps t in t0..t1 with 0 ≤ ip − t·s < k
+                            let lo = if ip + 1 >= k {
+                                (ip + 1 - k).div_ceil(s)
+                            } else {
+                                0
+                            }
+                            .max(t0);
+                            let hi = (ip / s + 1).min(t1);
+                            for t in lo..hi {
+                                let j = ip - t * s;
+                                let src =
+                                    &gcols[(t - t0) * row + j * cg..(t - t0) * row + (j + 1) * cg];
+                                for (o, &v) in out[g * cg..(g + 1) * cg].iter_mut().zip(src) {
+                                    *o += v;
+                                }
+                            }
+                        });
+                })
+            })
+        })??;
+        Ok((
+            Some(Tensor::from_vec(grad_x, (b, l, c), x_t.device())?),
+            Some(Tensor::from_vec(grad_w, (groups, o_g, row), w_t.device())?),
+        ))
     }
 }
 
@@ -146,8 +293,7 @@ fn check(
 }
 
 /// Convolution of a channels-last x (B, L, C_in) with a bias-free weight (C_out, C_in/groups, k) → (B, T, C_out),
-/// `T = ⌊(L + 2p − k)/s⌋ + 1`. The unfold custom op on the CPU for f32; elsewhere [`conv1d_composed`] between
-/// transposes.
+/// `T = ⌊(L + 2p − k)/s⌋ + 1`.
 pub fn conv1d(
     x: &Tensor,
     w: &Tensor,
@@ -155,7 +301,20 @@ pub fn conv1d(
     padding: usize,
     groups: usize,
 ) -> Result<Tensor> {
-    let (b, l, c_in) = x.dims3()?;
+    conv1d_maybe_gelu(x, w, stride, padding, groups, false)
+}
+
+/// [`conv1d`] followed by GELU (erf) when `gelu`, fused into the same op on the CPU. The custom op for f32 on the
+/// CPU; elsewhere [`conv1d_composed`] between transposes (and `gelu_erf`).
+pub fn conv1d_maybe_gelu(
+    x: &Tensor,
+    w: &Tensor,
+    stride: usize,
+    padding: usize,
+    groups: usize,
+    gelu: bool,
+) -> Result<Tensor> {
+    let (_, l, c_in) = x.dims3()?;
     let (c_out, c_in_g, k) = check(x.dims(), w.dims(), groups, padding)?;
     if groups == 0
         || stride == 0
@@ -170,29 +329,27 @@ pub fn conv1d(
         )));
     }
     if !x.device().is_cpu() || x.dtype() != candle_core::DType::F32 {
-        let y = conv1d_composed(&x.transpose(1, 2)?, w, stride, padding, groups)?;
-        return Ok(y.transpose(1, 2)?);
+        let y =
+            conv1d_composed(&x.transpose(1, 2)?, w, stride, padding, groups)?.transpose(1, 2)?;
+        return Ok(if gelu { y.gelu_erf()? } else { y });
     }
     let t = (l + 2 * padding - k) / stride + 1;
-    let cols = x.contiguous()?.apply_op1(Unfold {
+    // (C_out, C_g, k) → (groups, O_g, k·C_g) in the columns' (j, c) order; small next to the activations.
+    let w = w
+        .permute((0, 2, 1))?
+        .contiguous()?
+        .reshape((groups, c_out / groups, k * c_in_g))?;
+    let op = Conv1dOp {
         kernel: k,
         stride,
         padding,
         groups,
         t_out: t,
-    })?; // (groups, B·T, k·C_g)
-    let c_out_g = c_out / groups;
-    // (C_out, C_g, k) → (groups, O_g, k·C_g) in the columns' (j, c) order; small next to the activations.
-    let w = w
-        .permute((0, 2, 1))?
-        .contiguous()?
-        .reshape((groups, c_out_g, k * c_in_g))?;
-    let y = cols.matmul(&w.transpose(1, 2)?)?; // (groups, B·T, O_g)
-    Ok(if groups == 1 {
-        y.reshape((b, t, c_out))?
-    } else {
-        y.permute((1, 0, 2))?.contiguous()?.reshape((b, t, c_out))?
-    })
+        gelu,
+        block_values: BLOCK_VALUES_IN_USE.with(|b| b.get()),
+        pre_activation: Mutex::new(Vec::new()),
+    };
+    Ok(x.contiguous()?.apply_op2(&w, op)?)
 }
 
 /// The same convolution on a channels-first x (B, C_in, L) → (B, C_out, T), composed of ops whose backward candle
@@ -277,6 +434,14 @@ mod tests {
     /// brute-force sum below.
     #[test]
     fn matches_the_composed_convolution_forward_and_backward() {
+        check_against_composed();
+        // blocks of 5 output steps or fewer: every case crosses block boundaries
+        BLOCK_VALUES_IN_USE.with(|b| b.set(60));
+        check_against_composed();
+        BLOCK_VALUES_IN_USE.with(|b| b.set(BLOCK_VALUES));
+    }
+
+    fn check_against_composed() {
         let dev = Device::Cpu;
         // (batch, c_in, c_out, length, kernel, stride, padding, groups)
         for (b, c_in, c_out, l, k, s, p, g) in [
@@ -293,7 +458,9 @@ mod tests {
             let w =
                 Var::from_tensor(&Tensor::randn(0f32, 1.0, (c_out, c_in / g, k), &dev).unwrap())
                     .unwrap();
-            let ours = conv1d(x.as_tensor(), w.as_tensor(), s, p, g).unwrap();
+            // fused GELU on every other case
+            let fused = k % 2 == 0;
+            let ours = conv1d_maybe_gelu(x.as_tensor(), w.as_tensor(), s, p, g, fused).unwrap();
             let reference = conv1d_composed(
                 &x.as_tensor().transpose(1, 2).unwrap(),
                 w.as_tensor(),
@@ -304,6 +471,11 @@ mod tests {
             .unwrap()
             .transpose(1, 2)
             .unwrap();
+            let reference = if fused {
+                reference.gelu_erf().unwrap()
+            } else {
+                reference
+            };
             assert_eq!(ours.dims(), reference.dims());
             assert_eq!(ours.dim(1).unwrap(), (l + 2 * p - k) / s + 1);
             let case = format!("b{b} c{c_in}→{c_out} l{l} k{k} s{s} p{p} g{g}");

@@ -37,7 +37,7 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use serde::Deserialize;
 
-use crate::conv1d::conv1d;
+use crate::conv1d::{conv1d, conv1d_maybe_gelu};
 use crate::error::{Error, Result};
 use crate::gelu::gelu_erf;
 use crate::group_norm::group_norm_per_channel;
@@ -313,6 +313,11 @@ impl ConvLayer {
 
     /// Channels-last (B, L, C_in) → (B, T, C_out).
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        if self.bias.is_none() && self.norm.is_none() {
+            if let Activation::GeluErf = self.activation {
+                return conv1d_maybe_gelu(x, &self.weight, self.stride, 0, 1, true);
+            }
+        }
         let mut h = conv1d(x, &self.weight, self.stride, 0, 1)?;
         if let Some(b) = &self.bias {
             h = h.broadcast_add(b)?;
