@@ -3,8 +3,9 @@
 //! Why: candle's `gelu_erf` forward is one pass, but its backward is composed of ~8 full-size ops (square, negate,
 //! divide, exp, two products, erf, additions) — on wav2vec2's feature maps (2 × 14 999 × 512 after the first
 //! strided conv) that is hundreds of MB of temporaries per layer. Here the backward is one pass over (x, ∂L/∂y).
-//! Values use candle's own f32 erf, so the forward is the same as `Tensor::gelu_erf`. On other devices (or other
-//! dtypes) this falls back to `gelu_erf`.
+//! erf is a polynomial approximation ([`erf_given_exp`], < 5e-7 absolute), 2.3x faster than libm's `erff` that
+//! candle uses: the forward agrees with `Tensor::gelu_erf` to < 1e-6. On other devices (or other dtypes) this
+//! falls back to `gelu_erf`.
 
 use std::f32::consts::FRAC_1_SQRT_2;
 
@@ -16,17 +17,37 @@ use crate::error::Result;
 /// 1/√(2π)
 const FRAC_1_SQRT_2PI: f32 = 0.398_942_3;
 
-/// `x·Φ(x)`, written as candle writes it.
+/// erf(z) by Abramowitz & Stegun 7.1.26 (absolute error ≤ 1.5e-7, plus f32 rounding: < 5e-7 in all), given
+/// `exp(−z²)`: GELU′ needs that exponential anyway, and this costs one `exp` and a polynomial where libm's `erff`
+/// (candle's) is a branchy scalar routine that took ~10% of a wav2vec2 step.
 #[inline]
-pub(crate) fn gelu(x: f32) -> f32 {
-    (candle_core::cpu::erf::erf_f32(x * FRAC_1_SQRT_2) + 1.0) * 0.5 * x
+fn erf_given_exp(z: f32, exp_neg_z2: f32) -> f32 {
+    const P: f32 = 0.327_591_1;
+    const A: [f32; 5] = [
+        0.254_829_6,
+        -0.284_496_74,
+        1.421_413_8,
+        -1.453_152,
+        1.061_405_4,
+    ];
+    let t = 1.0 / (1.0 + P * z.abs());
+    let poly = ((((A[4] * t + A[3]) * t + A[2]) * t + A[1]) * t + A[0]) * t;
+    (1.0 - poly * exp_neg_z2).copysign(z)
 }
 
-/// `d/dx x·Φ(x) = Φ(x) + x·φ(x)`.
+/// `x·Φ(x)`, `Φ(x) = (1 + erf(x/√2))/2`.
+#[inline]
+pub(crate) fn gelu(x: f32) -> f32 {
+    let e = (-0.5 * x * x).exp();
+    (erf_given_exp(x * FRAC_1_SQRT_2, e) + 1.0) * 0.5 * x
+}
+
+/// `d/dx x·Φ(x) = Φ(x) + x·φ(x)`, `φ(x) = exp(−x²/2)/√(2π)`.
 #[inline]
 pub(crate) fn gelu_grad(x: f32) -> f32 {
-    let cdf = (candle_core::cpu::erf::erf_f32(x * FRAC_1_SQRT_2) + 1.0) * 0.5;
-    cdf + x * (-0.5 * x * x).exp() * FRAC_1_SQRT_2PI
+    let e = (-0.5 * x * x).exp();
+    let cdf = (erf_given_exp(x * FRAC_1_SQRT_2, e) + 1.0) * 0.5;
+    cdf + x * e * FRAC_1_SQRT_2PI
 }
 
 /// Runs `f` on a CPU f32 tensor's values (made contiguous first if needed).
@@ -122,7 +143,8 @@ mod tests {
             .unwrap()
             .to_scalar::<f32>()
             .unwrap();
-        assert_eq!(diff, 0.0, "same formula as candle's forward");
+        // candle's forward uses libm's erff: the same values to f32 resolution
+        assert!(diff < 1e-6, "{diff}");
         let upstream = Tensor::randn(0f32, 1.0, ours.dims(), &dev).unwrap();
         let g_ours = (&ours * &upstream)
             .unwrap()
@@ -163,6 +185,19 @@ mod tests {
                 "x = {x}"
             );
             assert!((gelu(x as f32) as f64 - f(x)).abs() < 1e-6, "x = {x}");
+        }
+    }
+
+    #[test]
+    fn erf_approximation_is_within_its_bound() {
+        for i in -4000..=4000 {
+            let z = i as f32 / 500.0; // −8 … 8
+            let ours = erf_given_exp(z, (-z * z).exp()) as f64;
+            let exact = erf64(z as f64);
+            assert!(
+                (ours - exact).abs() < 5e-7,
+                "erf({z}) = {ours}, not {exact}"
+            );
         }
     }
 
