@@ -208,7 +208,10 @@ impl CustomOp2 for Conv1dOp {
                 });
             Ok(out)
         })??;
-        let mut grad_x = vec![0f32; b * l * c];
+        let grad_z = cpu_tensor(grad_z, (b * t_out, c_out))?;
+        // The first layer's input is data: no gradient to gather (and no patch gradients to multiply out).
+        let input_grad = x_t.track_op();
+        let mut grad_x = vec![0f32; if input_grad { b * l * c } else { 0 }];
         let mut grad_w = vec![0f32; groups * o_g * row];
         let weights = with_cpu_f32(w_t, "conv1d backward", |w| {
             (0..groups)
@@ -218,11 +221,12 @@ impl CustomOp2 for Conv1dOp {
         with_cpu_f32(x_t, "conv1d backward", |x| {
             self.for_each_block(b, row, |g, bi, (t0, t1)| {
                 let n = t1 - t0;
-                let gz: Vec<f32> = grad_z[(bi * t_out + t0) * c_out..(bi * t_out + t1) * c_out]
-                    .chunks(c_out)
-                    .flat_map(|r| r[g * o_g..(g + 1) * o_g].iter().copied())
-                    .collect();
-                let gz = cpu_tensor(gz, (n, o_g))?;
+                let gz = grad_z.narrow(0, bi * t_out + t0, n)?; // (n, C_out), a view
+                let gz = if groups == 1 {
+                    gz
+                } else {
+                    gz.narrow(1, g * o_g, o_g)?.contiguous()?
+                };
                 let cols = cpu_tensor(self.columns(x, (l, c), bi, g, (t0, t1)), (n, row))?;
                 let gw = gz.t()?.matmul(&cols)?; // (O_g, k·C_g)
                 with_cpu_f32(&gw, "conv1d backward", |gw| {
@@ -234,6 +238,9 @@ impl CustomOp2 for Conv1dOp {
                     }
                 })?;
                 drop(cols);
+                if !input_grad {
+                    return Ok(());
+                }
                 let gcols = gz.matmul(&weights[g])?; // (n, k·C_g)
                 with_cpu_f32(&gcols, "conv1d backward", |gcols| {
                     // the input steps this block read, each summing the entries copied from it
@@ -268,8 +275,13 @@ impl CustomOp2 for Conv1dOp {
                 })
             })
         })??;
+        let grad_x = if input_grad {
+            Some(Tensor::from_vec(grad_x, (b, l, c), x_t.device())?)
+        } else {
+            None
+        };
         Ok((
-            Some(Tensor::from_vec(grad_x, (b, l, c), x_t.device())?),
+            grad_x,
             Some(Tensor::from_vec(grad_w, (groups, o_g, row), w_t.device())?),
         ))
     }
