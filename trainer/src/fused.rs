@@ -16,9 +16,9 @@ use candle_core::{CpuStorage, CustomOp1, CustomOp2, CustomOp3, DType, Layout, Sh
 use crate::error::Result;
 use crate::nn::contiguous_f32;
 
-/// Whether the fused kernels run for `t`: f32 on the CPU.
+/// Whether the fused kernels run for `t`: f32 on the CPU, not empty (the kernels walk rows of the last dimension).
 pub fn applies(t: &Tensor) -> bool {
-    t.device().is_cpu() && t.dtype() == DType::F32
+    t.device().is_cpu() && t.dtype() == DType::F32 && t.elem_count() > 0
 }
 
 /// Runs `f` on the values of a CPU f32 tensor (made contiguous first; a no-op when it already is).

@@ -91,8 +91,14 @@ impl Linear {
         relu: bool,
         dropout_mask: Option<Vec<f32>>,
     ) -> Result<Tensor> {
-        if let (true, 2, Some(bias)) = (crate::fused::applies(x), x.rank(), self.inner.bias()) {
-            return crate::fused::linear(x, self.inner.weight(), bias, relu, dropout_mask);
+        let weight = self.inner.weight();
+        if let (true, true, 2, Some(bias)) = (
+            crate::fused::applies(x),
+            crate::fused::applies(weight),
+            x.rank(),
+            self.inner.bias(),
+        ) {
+            return crate::fused::linear(x, weight, bias, relu, dropout_mask);
         }
         let mut y = self.forward(x)?;
         if relu {
