@@ -420,6 +420,7 @@ impl CustomOp3 for BatchNormOp {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::testing::grads_through;
     use candle_core::Device;
 
     fn max_abs(a: &Tensor, b: &Tensor) -> f32 {
@@ -494,18 +495,8 @@ mod tests {
                 "train {train} relu {relu}: {}",
                 max_abs(&y, &y_ref)
             );
-            let grads = (&y * &upstream)
-                .unwrap()
-                .sum_all()
-                .unwrap()
-                .backward()
-                .unwrap();
-            let grads_ref = (&y_ref * &upstream)
-                .unwrap()
-                .sum_all()
-                .unwrap()
-                .backward()
-                .unwrap();
+            let grads = grads_through(&y, &upstream);
+            let grads_ref = grads_through(&y_ref, &upstream);
             for (what, t) in [("x", x.as_tensor()), ("weight", &weight), ("bias", &bias)] {
                 let (g, g_ref) = (grads.get(t).unwrap(), grads_ref.get(t).unwrap());
                 let scale = g_ref

@@ -431,16 +431,8 @@ pub fn conv1d_composed(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::testing::{grads_through, max_abs};
     use candle_core::{Device, Var};
-
-    fn max_abs(t: &Tensor) -> f32 {
-        t.abs()
-            .unwrap()
-            .max_all()
-            .unwrap()
-            .to_scalar::<f32>()
-            .unwrap()
-    }
 
     /// Values and gradients (input and kernel) against the composed version, itself checked against a
     /// brute-force sum below.
@@ -493,18 +485,8 @@ mod tests {
             let case = format!("b{b} c{c_in}→{c_out} l{l} k{k} s{s} p{p} g{g}");
             assert!(max_abs(&(&ours - &reference).unwrap()) < 1e-4, "{case}");
             let upstream = Tensor::randn(0f32, 1.0, ours.dims(), &dev).unwrap();
-            let g_ours = (&ours * &upstream)
-                .unwrap()
-                .sum_all()
-                .unwrap()
-                .backward()
-                .unwrap();
-            let g_ref = (&reference * &upstream)
-                .unwrap()
-                .sum_all()
-                .unwrap()
-                .backward()
-                .unwrap();
+            let g_ours = grads_through(&ours, &upstream);
+            let g_ref = grads_through(&reference, &upstream);
             for v in [x.as_tensor(), w.as_tensor()] {
                 let (a, r) = (g_ours.get(v).unwrap(), g_ref.get(v).unwrap());
                 assert_eq!(a.dims(), v.dims());

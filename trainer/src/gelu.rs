@@ -126,6 +126,7 @@ pub fn gelu_erf(x: &Tensor) -> Result<Tensor> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::testing::grads_through;
     use candle_core::{Device, Var};
 
     #[test]
@@ -146,18 +147,8 @@ mod tests {
         // candle's forward uses libm's erff: the same values to f32 resolution
         assert!(diff < 1e-6, "{diff}");
         let upstream = Tensor::randn(0f32, 1.0, ours.dims(), &dev).unwrap();
-        let g_ours = (&ours * &upstream)
-            .unwrap()
-            .sum_all()
-            .unwrap()
-            .backward()
-            .unwrap();
-        let g_ref = (&reference * &upstream)
-            .unwrap()
-            .sum_all()
-            .unwrap()
-            .backward()
-            .unwrap();
+        let g_ours = grads_through(&ours, &upstream);
+        let g_ref = grads_through(&reference, &upstream);
         let (a, r) = (
             g_ours.get(x.as_tensor()).unwrap(),
             g_ref.get(x.as_tensor()).unwrap(),

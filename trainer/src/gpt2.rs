@@ -30,8 +30,8 @@ use rand_chacha::ChaCha8Rng;
 use serde::Deserialize;
 
 use crate::error::{Error, Result};
-use crate::nn::{dropout_shared, l2_normalize, LayerNorm};
 use crate::hub;
+use crate::nn::{dropout_shared, l2_normalize, LayerNorm};
 
 fn default_pdrop() -> f64 {
     0.1
@@ -81,7 +81,10 @@ impl Config {
         if cfg.n_head == 0 || !cfg.n_embd.is_multiple_of(cfg.n_head) {
             return Err(Error::data(
                 path,
-                format!("n_embd {} is not a multiple of n_head {}", cfg.n_embd, cfg.n_head),
+                format!(
+                    "n_embd {} is not a multiple of n_head {}",
+                    cfg.n_embd, cfg.n_head
+                ),
             ));
         }
         Activation::from_name(&cfg.activation_function).map_err(|m| Error::data(path, m))?;
@@ -157,7 +160,14 @@ struct Conv1D {
 impl Conv1D {
     fn new(d_in: usize, d_out: usize, vb: VarBuilder) -> Result<Self> {
         Ok(Conv1D {
-            weight: vb.get_with_hints((d_in, d_out), "weight", candle_nn::Init::Randn { mean: 0.0, stdev: 0.02 })?,
+            weight: vb.get_with_hints(
+                (d_in, d_out),
+                "weight",
+                candle_nn::Init::Randn {
+                    mean: 0.0,
+                    stdev: 0.02,
+                },
+            )?,
             bias: vb.get_with_hints(d_out, "bias", candle_nn::Init::Const(0.0))?,
         })
     }
@@ -165,7 +175,10 @@ impl Conv1D {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
         // One 2-D matmul over all positions rather than a broadcasted batched one.
         let (b, l, d_in) = x.dims3()?;
-        let y = x.reshape((b * l, d_in))?.matmul(&self.weight)?.broadcast_add(&self.bias)?;
+        let y = x
+            .reshape((b * l, d_in))?
+            .matmul(&self.weight)?
+            .broadcast_add(&self.bias)?;
         Ok(y.reshape((b, l, ()))?)
     }
 }
@@ -203,7 +216,13 @@ impl Attention {
     }
 
     /// `mask_bias` (B, 1, L, L): 0 where a query may look at a key, a large negative number elsewhere.
-    fn forward(&self, x: &Tensor, mask_bias: &Tensor, train: bool, rng: &Mutex<ChaCha8Rng>) -> Result<Tensor> {
+    fn forward(
+        &self,
+        x: &Tensor,
+        mask_bias: &Tensor,
+        train: bool,
+        rng: &Mutex<ChaCha8Rng>,
+    ) -> Result<Tensor> {
         let (b, l, e) = x.dims3()?;
         let qkv = self.c_attn.forward(x)?;
         let heads = |i: usize| -> Result<Tensor> {
@@ -217,7 +236,11 @@ impl Attention {
         let scores = (q.matmul(&k.t()?.contiguous()?)? * self.scale)?.broadcast_add(mask_bias)?;
         let weights = candle_nn::ops::softmax(&scores, D::Minus1)?;
         let weights = dropout_shared(&weights, self.attn_pdrop, train, rng)?;
-        let mixed = weights.matmul(&v)?.transpose(1, 2)?.contiguous()?.reshape((b, l, e))?;
+        let mixed = weights
+            .matmul(&v)?
+            .transpose(1, 2)?
+            .contiguous()?
+            .reshape((b, l, e))?;
         dropout_shared(&self.c_proj.forward(&mixed)?, self.resid_pdrop, train, rng)
     }
 }
@@ -264,8 +287,16 @@ impl Block {
         })
     }
 
-    fn forward(&self, x: &Tensor, mask_bias: &Tensor, train: bool, rng: &Mutex<ChaCha8Rng>) -> Result<Tensor> {
-        let x = (x + self.attn.forward(&self.ln_1.forward(x)?, mask_bias, train, rng)?)?;
+    fn forward(
+        &self,
+        x: &Tensor,
+        mask_bias: &Tensor,
+        train: bool,
+        rng: &Mutex<ChaCha8Rng>,
+    ) -> Result<Tensor> {
+        let x = (x + self
+            .attn
+            .forward(&self.ln_1.forward(x)?, mask_bias, train, rng)?)?;
         Ok((&x + self.mlp.forward(&self.ln_2.forward(&x)?, train, rng)?)?)
     }
 }
@@ -284,7 +315,10 @@ impl Gpt2Model {
     /// Weights named as in the HF checkpoint (`wte.weight`, `h.0.attn.c_attn.weight`, `ln_f.bias`, ...), with
     /// `wte.weight` holding vocab_size + 1 rows (the `[PAD]` row last).
     pub fn new(cfg: &Config, vb: VarBuilder) -> Result<Self> {
-        let init = candle_nn::Init::Randn { mean: 0.0, stdev: 0.02 };
+        let init = candle_nn::Init::Randn {
+            mean: 0.0,
+            stdev: 0.02,
+        };
         let wte = vb.get_with_hints((cfg.vocab_size + 1, cfg.n_embd), "wte.weight", init)?;
         let wpe = vb.get_with_hints((cfg.n_positions, cfg.n_embd), "wpe.weight", init)?;
         let blocks = (0..cfg.n_layer)
@@ -316,16 +350,29 @@ impl Gpt2Model {
     pub fn embed(&self, input_ids: &Tensor) -> Result<Tensor> {
         let (b, l) = input_ids.dims2()?;
         let flat = input_ids.flatten_all()?.to_dtype(DType::U32)?;
-        Ok(self.wte.index_select(&flat, 0)?.reshape((b, l, self.cfg.n_embd))?)
+        Ok(self
+            .wte
+            .index_select(&flat, 0)?
+            .reshape((b, l, self.cfg.n_embd))?)
     }
 
     /// `last_hidden_state` (B, L, E) for integer ids (B, L) and an attention mask (B, L) of 0/1.
-    pub fn forward(&self, input_ids: &Tensor, attention_mask: &Tensor, train: bool) -> Result<Tensor> {
+    pub fn forward(
+        &self,
+        input_ids: &Tensor,
+        attention_mask: &Tensor,
+        train: bool,
+    ) -> Result<Tensor> {
         self.forward_embeds(&self.embed(input_ids)?, attention_mask, train)
     }
 
     /// As [`Gpt2Model::forward`] from token embeddings (B, L, E) (HF `inputs_embeds`).
-    pub fn forward_embeds(&self, inputs_embeds: &Tensor, attention_mask: &Tensor, train: bool) -> Result<Tensor> {
+    pub fn forward_embeds(
+        &self,
+        inputs_embeds: &Tensor,
+        attention_mask: &Tensor,
+        train: bool,
+    ) -> Result<Tensor> {
         let (b, l, _) = inputs_embeds.dims3()?;
         if l > self.cfg.n_positions {
             return Err(Error::Other(format!(
@@ -336,7 +383,8 @@ impl Gpt2Model {
         let positions = self.wpe.narrow(0, 0, l)?;
         let h = inputs_embeds.broadcast_add(&positions)?;
         let mut h = dropout_shared(&h, self.cfg.embd_pdrop, train, &self.rng)?;
-        let mask_bias = mask_bias(attention_mask, b, l, inputs_embeds.device())?.to_dtype(h.dtype())?;
+        let mask_bias =
+            mask_bias(attention_mask, b, l, inputs_embeds.device())?.to_dtype(h.dtype())?;
         for block in &self.blocks {
             h = block.forward(&h, &mask_bias, train, &self.rng)?;
         }
@@ -370,7 +418,9 @@ pub fn lengths(attention_mask: &Tensor) -> Result<Vec<usize>> {
         .map(|(b, row)| {
             let n = row.iter().filter(|&&m| m != 0.0).count();
             if n == 0 {
-                return Err(Error::Other(format!("GPT-2 batch row {b} has no real token")));
+                return Err(Error::Other(format!(
+                    "GPT-2 batch row {b} has no real token"
+                )));
             }
             Ok(n)
         })
@@ -393,7 +443,12 @@ impl Gpt2Encoder {
     }
 
     /// (B, E) from ids (B, L) and mask (B, L), right-padded.
-    pub fn forward(&self, input_ids: &Tensor, attention_mask: &Tensor, train: bool) -> Result<Tensor> {
+    pub fn forward(
+        &self,
+        input_ids: &Tensor,
+        attention_mask: &Tensor,
+        train: bool,
+    ) -> Result<Tensor> {
         let hidden = self.model.forward(input_ids, attention_mask, train)?;
         self.pool(&hidden, attention_mask)
     }
@@ -451,7 +506,10 @@ pub fn load(dir: &Path, device: &Device, seed: u64) -> Result<LoadedGpt2> {
     let weights = dir.join("model.safetensors");
     let mut tensors = hub::read_safetensors(&weights, device, |name| {
         let name = name.strip_prefix("transformer.").unwrap_or(name);
-        if name == "lm_head.weight" || name.ends_with(".attn.bias") || name.ends_with(".attn.masked_bias") {
+        if name == "lm_head.weight"
+            || name.ends_with(".attn.bias")
+            || name.ends_with(".attn.masked_bias")
+        {
             None
         } else {
             Some(name.to_string())

@@ -245,16 +245,8 @@ pub fn group_norm_per_channel(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::testing::{grads_through, max_abs};
     use candle_core::{Device, Var};
-
-    fn max_abs(t: &Tensor) -> f32 {
-        t.abs()
-            .unwrap()
-            .max_all()
-            .unwrap()
-            .to_scalar::<f32>()
-            .unwrap()
-    }
 
     /// Values and gradients of x, γ and β against candle-nn's composed GroupNorm (+ gelu_erf), batch > 1, with
     /// and without GELU, T not a multiple of the task size.
@@ -297,18 +289,8 @@ mod tests {
             let case = format!("b{b} t{t} c{c} gelu {fused_gelu}");
             assert!(max_abs(&(&ours - &reference).unwrap()) < 1e-5, "{case}");
             let upstream = Tensor::randn(0f32, 1.0, ours.dims(), &dev).unwrap();
-            let g_ours = (&ours * &upstream)
-                .unwrap()
-                .sum_all()
-                .unwrap()
-                .backward()
-                .unwrap();
-            let g_ref = (&reference * &upstream)
-                .unwrap()
-                .sum_all()
-                .unwrap()
-                .backward()
-                .unwrap();
+            let g_ours = grads_through(&ours, &upstream);
+            let g_ref = grads_through(&reference, &upstream);
             for v in [x.as_tensor(), gamma.as_tensor(), beta.as_tensor()] {
                 let (a, r) = (g_ours.get(v).unwrap(), g_ref.get(v).unwrap());
                 assert_eq!(a.dims(), v.dims());
@@ -344,7 +326,7 @@ mod tests {
         };
         let x = Var::from_tensor(&Tensor::from_vec(xv.clone(), (b, t, c), &dev).unwrap()).unwrap();
         let y = group_norm_per_channel(x.as_tensor(), &gamma, &beta, 1e-5, true).unwrap();
-        let grads = (y * &w).unwrap().sum_all().unwrap().backward().unwrap();
+        let grads = grads_through(&y, &w);
         let analytic = grads
             .get(x.as_tensor())
             .unwrap()

@@ -157,6 +157,7 @@ pub fn conv2d(x: &Tensor, weight: &Tensor, stride: usize, padding: usize) -> Res
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::testing::grads_through;
     use candle_core::Var;
 
     #[test]
@@ -190,20 +191,10 @@ mod tests {
             assert!(max((&ours - &reference).unwrap()) < 1e-4);
             // gradients against candle's where candle's are right (same parity of H and W, or stride 1)
             let upstream = Tensor::randn(0f32, 1.0, ours.dims(), &dev).unwrap();
-            let g_ours = (&ours * &upstream)
-                .unwrap()
-                .sum_all()
-                .unwrap()
-                .backward()
-                .unwrap();
+            let g_ours = grads_through(&ours, &upstream);
             assert_eq!(g_ours.get(x.as_tensor()).unwrap().dims(), [2, 3, h, w]);
             if s == 1 || h % 2 == w % 2 {
-                let g_ref = (&reference * &upstream)
-                    .unwrap()
-                    .sum_all()
-                    .unwrap()
-                    .backward()
-                    .unwrap();
+                let g_ref = grads_through(&reference, &upstream);
                 for v in [x.as_tensor(), weight.as_tensor()] {
                     let a = g_ours.get(v).unwrap();
                     let b = g_ref.get(v).unwrap();

@@ -191,16 +191,8 @@ pub fn layer_norm(x: &Tensor, gamma: &Tensor, beta: &Tensor, eps: f64) -> Result
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::testing::{grads_through, max_abs};
     use candle_core::{Device, Var};
-
-    fn max_abs(t: &Tensor) -> f32 {
-        t.abs()
-            .unwrap()
-            .max_all()
-            .unwrap()
-            .to_scalar::<f32>()
-            .unwrap()
-    }
 
     /// Values and the gradients of x, γ, β against `ops::layer_norm_slow`, rank 3 and 2, rows not a multiple of
     /// the task size, inputs with an offset.
@@ -224,18 +216,8 @@ mod tests {
             .unwrap();
             assert!(max_abs(&(&ours - &reference).unwrap()) < 1e-5, "{dims:?}");
             let upstream = Tensor::randn(0f32, 1.0, ours.dims(), &dev).unwrap();
-            let g_ours = (&ours * &upstream)
-                .unwrap()
-                .sum_all()
-                .unwrap()
-                .backward()
-                .unwrap();
-            let g_ref = (&reference * &upstream)
-                .unwrap()
-                .sum_all()
-                .unwrap()
-                .backward()
-                .unwrap();
+            let g_ours = grads_through(&ours, &upstream);
+            let g_ref = grads_through(&reference, &upstream);
             for v in [x.as_tensor(), gamma.as_tensor(), beta.as_tensor()] {
                 let (a, r) = (g_ours.get(v).unwrap(), g_ref.get(v).unwrap());
                 assert_eq!(a.dims(), v.dims());

@@ -49,3 +49,5 @@ pub fn init_cpu_threads() {
         std::env::set_var("RAYON_NUM_THREADS", threads.to_string());
     }
 }
+#[cfg(test)]
+mod testing;

@@ -159,17 +159,9 @@ pub fn softmax_dropout(x: &Tensor, p: f64, train: bool, rng: &Mutex<ChaCha8Rng>)
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::testing::{grads_through, max_abs};
     use candle_core::{Device, Var};
     use rand::SeedableRng;
-
-    fn max_abs(t: &Tensor) -> f32 {
-        t.abs()
-            .unwrap()
-            .max_all()
-            .unwrap()
-            .to_scalar::<f32>()
-            .unwrap()
-    }
 
     /// Values and the input gradient against `ops::softmax` + `nn::dropout_shared` from the same seed, with and
     /// without dropout, batch > 1, rows not a multiple of the task size.
@@ -210,18 +202,8 @@ mod tests {
                 "{case}"
             );
             let upstream = Tensor::randn(0f32, 1.0, ours.dims(), &dev).unwrap();
-            let g_ours = (&ours * &upstream)
-                .unwrap()
-                .sum_all()
-                .unwrap()
-                .backward()
-                .unwrap();
-            let g_ref = (&reference * &upstream)
-                .unwrap()
-                .sum_all()
-                .unwrap()
-                .backward()
-                .unwrap();
+            let g_ours = grads_through(&ours, &upstream);
+            let g_ref = grads_through(&reference, &upstream);
             let (a, r) = (
                 g_ours.get(x.as_tensor()).unwrap(),
                 g_ref.get(x.as_tensor()).unwrap(),

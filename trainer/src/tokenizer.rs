@@ -119,7 +119,11 @@ impl Gpt2Tokenizer {
             pad_type_id: 0,
             pad_token: PAD_TOKEN.to_string(),
         }));
-        Ok(Gpt2Tokenizer { inner, plain, pad_id })
+        Ok(Gpt2Tokenizer {
+            inner,
+            plain,
+            pad_id,
+        })
     }
 
     /// Id of `[PAD]` (50257 with the real vocabulary): must equal the model's `vocab_size`.
@@ -144,7 +148,10 @@ impl Gpt2Tokenizer {
             .map_err(|e| Error::Other(format!("GPT-2 tokenizer: {e}")))?;
         Ok(TokenBatch {
             input_ids: encodings.iter().map(|e| e.get_ids().to_vec()).collect(),
-            attention_mask: encodings.iter().map(|e| e.get_attention_mask().to_vec()).collect(),
+            attention_mask: encodings
+                .iter()
+                .map(|e| e.get_attention_mask().to_vec())
+                .collect(),
         })
     }
 

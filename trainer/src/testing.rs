@@ -1,0 +1,20 @@
+//! Helpers of the unit tests that compare a custom op with the composed candle ops it replaces.
+
+use candle_core::backprop::GradStore;
+use candle_core::Tensor;
+
+/// The largest absolute value of `t`.
+pub fn max_abs(t: &Tensor) -> f32 {
+    t.abs()
+        .and_then(|a| a.max_all())
+        .and_then(|m| m.to_scalar::<f32>())
+        .expect("max_abs of an f32 tensor")
+}
+
+/// The gradients of `sum(y · upstream)`: back-propagates `upstream` as the gradient of `y`.
+pub fn grads_through(y: &Tensor, upstream: &Tensor) -> GradStore {
+    (y * upstream)
+        .and_then(|p| p.sum_all())
+        .and_then(|s| s.backward())
+        .expect("backward of sum(y · upstream)")
+}
