@@ -142,30 +142,6 @@ impl CustomOp3 for LayerNormOp {
     }
 }
 
-/// [`crate::nn::LayerNorm`]'s parameters and names, with the fused forward. (Until `nn::LayerNorm` itself calls
-/// [`layer_norm`]: then this type can go and its users take that one.)
-#[derive(Debug, Clone)]
-pub struct LayerNorm {
-    weight: Tensor,
-    bias: Tensor,
-    eps: f64,
-}
-
-impl LayerNorm {
-    /// `weight` (ones) and `bias` (zeros) of a checkpoint (HF models), with the checkpoint's own eps.
-    pub fn load(dim: usize, eps: f64, vb: candle_nn::VarBuilder) -> Result<Self> {
-        Ok(LayerNorm {
-            weight: vb.get_with_hints(dim, "weight", candle_nn::Init::Const(1.0))?,
-            bias: vb.get_with_hints(dim, "bias", candle_nn::Init::Const(0.0))?,
-            eps,
-        })
-    }
-
-    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        layer_norm(x, &self.weight, &self.bias, self.eps)
-    }
-}
-
 /// LayerNorm of x (…, D) with γ, β (D); the fused op for f32 on the CPU, `ops::layer_norm_slow` elsewhere.
 pub fn layer_norm(x: &Tensor, gamma: &Tensor, beta: &Tensor, eps: f64) -> Result<Tensor> {
     let d = x.dims().last().copied().unwrap_or(0);

@@ -280,13 +280,10 @@ impl LayerNorm {
         })
     }
 
+    /// The fused op of [`crate::layer_norm`] on the CPU (one graph node with its own backward),
+    /// `ops::layer_norm_slow` elsewhere.
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        Ok(candle_nn::ops::layer_norm_slow(
-            x,
-            &self.weight,
-            &self.bias,
-            self.eps as f32,
-        )?)
+        crate::layer_norm::layer_norm(x, &self.weight, &self.bias, self.eps)
     }
 }
 

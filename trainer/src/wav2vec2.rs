@@ -42,8 +42,7 @@ use crate::error::{Error, Result};
 use crate::gelu::gelu_erf;
 use crate::group_norm::group_norm_per_channel;
 use crate::hub;
-use crate::layer_norm::LayerNorm;
-use crate::nn::{dropout_shared, l2_normalize};
+use crate::nn::{dropout_shared, l2_normalize, LayerNorm};
 use crate::softmax_dropout::softmax_dropout;
 
 fn d_eps() -> f64 {
