@@ -26,8 +26,28 @@ fn faulty_kaggle_tree() -> &'static Tree {
     TREE.get_or_init(|| {
         let dir = tempfile::tempdir().expect("temp dir");
         let root = dir.path().join("MELD.Raw");
-        let output = run_ok(bin("meld-etl").args(["synth", "--dialogues", "4", "--seed", "11", "--layout", "kaggle", "--faults", "--durations", "1-2.5", "--out"]).arg(&root));
-        Tree { _dir: dir, root, stdout: String::from_utf8_lossy(&output.stdout).into_owned() }
+        let output = run_ok(
+            bin("meld-etl")
+                .args([
+                    "synth",
+                    "--dialogues",
+                    "4",
+                    "--seed",
+                    "11",
+                    "--layout",
+                    "kaggle",
+                    "--faults",
+                    "--durations",
+                    "1-2.5",
+                    "--out",
+                ])
+                .arg(&root),
+        );
+        Tree {
+            _dir: dir,
+            root,
+            stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
+        }
     })
 }
 
@@ -44,7 +64,11 @@ fn truth(root: &Path) -> HashMap<String, TruthRow> {
         .map(|r| {
             (
                 r[3].to_string(),
-                TruthRow { emotion: r[4].to_string(), seconds: r[9].parse().expect("seconds"), fault: r[10].to_string() },
+                TruthRow {
+                    emotion: r[4].to_string(),
+                    seconds: r[9].parse().expect("seconds"),
+                    fault: r[10].to_string(),
+                },
             )
         })
         .collect()
@@ -52,7 +76,11 @@ fn truth(root: &Path) -> HashMap<String, TruthRow> {
 
 fn faults(root: &Path) -> Vec<serde_json::Value> {
     let text = std::fs::read_to_string(root.join("synth-faults.json")).expect("synth-faults.json");
-    serde_json::from_str::<serde_json::Value>(&text).expect("json").as_array().expect("array").clone()
+    serde_json::from_str::<serde_json::Value>(&text)
+        .expect("json")
+        .as_array()
+        .expect("array")
+        .clone()
 }
 
 #[test]
@@ -63,7 +91,11 @@ fn csvs_have_the_real_header_planned_rows_and_labels() {
         let text = std::fs::read_to_string(&csv).expect("csv");
         assert_eq!(text.lines().next(), Some(MELD_HEADER), "{}", csv.display());
         // Times are quoted "hh:mm:ss,mmm", as in the real files.
-        assert!(text.contains(",\"00:"), "unquoted times in {}", csv.display());
+        assert!(
+            text.contains(",\"00:"),
+            "unquoted times in {}",
+            csv.display()
+        );
 
         let (_, records) = read_csv(&csv);
         let mut counts = [0usize; 7];
@@ -76,13 +108,23 @@ fn csvs_have_the_real_header_planned_rows_and_labels() {
             assert!(utterance < 20, "dialogues have at most 20 utterances");
         }
         assert_eq!(counts, planned_label_counts(records.len()), "{split}");
-        let dialogues: std::collections::BTreeSet<&str> = records.iter().map(|r| r.get(5).unwrap_or("")).collect();
-        assert!(dialogues.len() >= 2, "{split}: {} dialogues", dialogues.len());
+        let dialogues: std::collections::BTreeSet<&str> =
+            records.iter().map(|r| r.get(5).unwrap_or("")).collect();
+        assert!(
+            dialogues.len() >= 2,
+            "{split}: {} dialogues",
+            dialogues.len()
+        );
     }
-    let train = std::fs::read_to_string(Layout::Kaggle.csv_path(&tree.root, Split::Train)).expect("csv");
-    assert!(train.contains('\u{92}'), "the C1 apostrophe of the real release is missing");
+    let train =
+        std::fs::read_to_string(Layout::Kaggle.csv_path(&tree.root, Split::Train)).expect("csv");
+    assert!(
+        train.contains('\u{92}'),
+        "the C1 apostrophe of the real release is missing"
+    );
     let (_, records) = read_csv(&Layout::Kaggle.csv_path(&tree.root, Split::Train));
-    let neutral = records.iter().filter(|r| &r[3] == "neutral").count() as f64 / records.len() as f64;
+    let neutral =
+        records.iter().filter(|r| &r[3] == "neutral").count() as f64 / records.len() as f64;
     assert!((0.40..0.55).contains(&neutral), "neutral share {neutral}");
 }
 
@@ -101,11 +143,15 @@ fn healthy_clips_are_encoded_like_meld_and_last_as_annotated() {
                 continue;
             }
             let path = Layout::Kaggle.split_root(&tree.root, split).join(&file);
-            let probe = ffprobe(&path).unwrap_or_else(|| panic!("{} does not probe", path.display()));
+            let probe =
+                ffprobe(&path).unwrap_or_else(|| panic!("{} does not probe", path.display()));
             let video = stream(&probe, "video").expect("video stream");
             assert_eq!(video["codec_name"], "h264");
             assert_eq!(video["profile"], "High");
-            assert_eq!((video["width"].as_u64(), video["height"].as_u64()), (Some(1280), Some(720)));
+            assert_eq!(
+                (video["width"].as_u64(), video["height"].as_u64()),
+                (Some(1280), Some(720))
+            );
             assert_eq!(video["r_frame_rate"], "24000/1001");
             let audio = stream(&probe, "audio").expect("audio stream");
             assert_eq!(audio["codec_name"], "aac");
@@ -118,16 +164,28 @@ fn healthy_clips_are_encoded_like_meld_and_last_as_annotated() {
             assert!((annotated - row_truth.seconds).abs() < 1e-6);
             assert!((1.0..=2.5).contains(&annotated), "{annotated}");
             let video_seconds = number(&video["duration"]);
-            assert!((video_seconds - annotated).abs() <= FRAME_SECONDS, "{file}: video {video_seconds} vs CSV {annotated}");
+            assert!(
+                (video_seconds - annotated).abs() <= FRAME_SECONDS,
+                "{file}: video {video_seconds} vs CSV {annotated}"
+            );
             let audio_seconds = number(&audio["duration"]);
-            assert!((audio_seconds - annotated).abs() <= FRAME_SECONDS, "{file}: audio {audio_seconds} vs CSV {annotated}");
+            assert!(
+                (audio_seconds - annotated).abs() <= FRAME_SECONDS,
+                "{file}: audio {audio_seconds} vs CSV {annotated}"
+            );
             checked += 1;
         }
     }
     assert!(checked > 30, "only {checked} healthy clips");
     // One keyframe (the first frame), then P/B frames, like the real clips: checked on a few clips.
     for file in truth.keys().filter(|f| truth[*f].fault.is_empty()).take(5) {
-        let split = if file.starts_with("train") { Split::Train } else if file.starts_with("dev") { Split::Dev } else { Split::Test };
+        let split = if file.starts_with("train") {
+            Split::Train
+        } else if file.starts_with("dev") {
+            Split::Dev
+        } else {
+            Split::Test
+        };
         let path = Layout::Kaggle.split_root(&tree.root, split).join(file);
         assert_eq!(keyframe_count(&path), 1, "{}", path.display());
     }
@@ -143,23 +201,58 @@ fn parse_time(s: &str) -> f64 {
 fn every_fault_is_injected_and_listed() {
     let tree = faulty_kaggle_tree();
     let faults = faults(&tree.root);
-    let kinds: Vec<&str> = faults.iter().map(|f| f["fault"].as_str().unwrap_or("")).collect();
-    for kind in ["missing", "zero_byte", "truncated", "no_audio", "no_video", "unlabelled", "prefixed", "long"] {
-        assert_eq!(kinds.iter().filter(|k| **k == kind).count(), 1, "{kind} in {kinds:?}");
-        assert!(tree.stdout.contains(kind), "summary does not list {kind}:\n{}", tree.stdout);
+    let kinds: Vec<&str> = faults
+        .iter()
+        .map(|f| f["fault"].as_str().unwrap_or(""))
+        .collect();
+    for kind in [
+        "missing",
+        "zero_byte",
+        "truncated",
+        "no_audio",
+        "no_video",
+        "unlabelled",
+        "prefixed",
+        "long",
+    ] {
+        assert_eq!(
+            kinds.iter().filter(|k| **k == kind).count(),
+            1,
+            "{kind} in {kinds:?}"
+        );
+        assert!(
+            tree.stdout.contains(kind),
+            "summary does not list {kind}:\n{}",
+            tree.stdout
+        );
     }
     for fault in &faults {
-        let split: Split = fault["split"].as_str().expect("split").parse().expect("split name");
-        let path = Layout::Kaggle.split_root(&tree.root, split).join(fault["file"].as_str().expect("file"));
+        let split: Split = fault["split"]
+            .as_str()
+            .expect("split")
+            .parse()
+            .expect("split name");
+        let path = Layout::Kaggle
+            .split_root(&tree.root, split)
+            .join(fault["file"].as_str().expect("file"));
         let (_, rows) = read_csv(&Layout::Kaggle.csv_path(&tree.root, split));
-        let (d, u) = (fault["dialogue"].to_string(), fault["utterance"].to_string());
+        let (d, u) = (
+            fault["dialogue"].to_string(),
+            fault["utterance"].to_string(),
+        );
         let has_row = rows.iter().any(|r| r[5] == d && r[6] == u);
         match fault["fault"].as_str().expect("fault") {
             "missing" => assert!(!path.exists() && has_row),
             "zero_byte" => assert_eq!(std::fs::metadata(&path).expect("exists").len(), 0),
             "truncated" => {
                 assert!(std::fs::metadata(&path).expect("exists").len() > 0);
-                assert!(ffprobe(&path).and_then(|p| stream(&p, "video").cloned()).is_none(), "{} still probes", path.display());
+                assert!(
+                    ffprobe(&path)
+                        .and_then(|p| stream(&p, "video").cloned())
+                        .is_none(),
+                    "{} still probes",
+                    path.display()
+                );
             }
             "no_audio" => {
                 let p = ffprobe(&path).expect("probes");
@@ -171,7 +264,10 @@ fn every_fault_is_injected_and_listed() {
             }
             "unlabelled" => assert!(path.exists() && !has_row),
             "prefixed" => {
-                assert!(path.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with("final_videos_testdia")));
+                assert!(path
+                    .file_name()
+                    .and_then(|n| n.to_str())
+                    .is_some_and(|n| n.starts_with("final_videos_testdia")));
                 assert!(ffprobe(&path).is_some());
             }
             "long" => {
@@ -188,14 +284,32 @@ fn same_seed_same_csv_bytes_and_plain_layout() {
     let dir = tempfile::tempdir().expect("temp dir");
     let write = |name: &str, seed: &str| {
         let root = dir.path().join(name);
-        run_ok(bin("meld-etl").args(["synth", "--dialogues", "2", "--durations", "1-1.2", "--seed", seed, "--out"]).arg(&root));
+        run_ok(
+            bin("meld-etl")
+                .args([
+                    "synth",
+                    "--dialogues",
+                    "2",
+                    "--durations",
+                    "1-1.2",
+                    "--seed",
+                    seed,
+                    "--out",
+                ])
+                .arg(&root),
+        );
         root
     };
     let (a, b, c) = (write("a", "5"), write("b", "5"), write("c", "6"));
     for split in Split::ALL {
-        let csv = |root: &Path| std::fs::read(Layout::Plain.csv_path(root, split)).expect("plain-layout csv");
+        let csv = |root: &Path| {
+            std::fs::read(Layout::Plain.csv_path(root, split)).expect("plain-layout csv")
+        };
         assert_eq!(csv(&a), csv(&b), "{split}: same seed, different CSV");
         assert_ne!(csv(&a), csv(&c), "{split}: different seeds, same CSV");
-        assert!(Layout::Plain.clip_dir(&a, split).join("dia0_utt0.mp4").exists());
+        assert!(Layout::Plain
+            .clip_dir(&a, split)
+            .join("dia0_utt0.mp4")
+            .exists());
     }
 }

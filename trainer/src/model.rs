@@ -69,9 +69,11 @@ enum TextModule {
 }
 
 /// The audio encoder of a config.
+// One per model: the variants' sizes do not matter.
+#[allow(clippy::large_enum_variant)]
 enum AudioModule {
     Waveform(WaveformEncoder),
-    Wav2vec2(Box<Wav2Vec2Encoder>),
+    Wav2vec2(Wav2Vec2Encoder),
 }
 
 pub struct Model {
@@ -191,7 +193,7 @@ impl Model {
                 store.import("audio", &loaded.vars)?;
                 names.push("audio");
                 dims.push(loaded.encoder.out_features());
-                Some(AudioModule::Wav2vec2(Box::new(loaded.encoder)))
+                Some(AudioModule::Wav2vec2(loaded.encoder))
             }
         };
         let fusion = match config.modules_fusion {

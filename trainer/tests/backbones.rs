@@ -18,25 +18,56 @@ fn fixtures() -> PathBuf {
 }
 
 fn io(model: &str) -> HashMap<String, Tensor> {
-    candle_core::safetensors::load(fixtures().join(model).join("io.safetensors"), &Device::Cpu).unwrap()
+    candle_core::safetensors::load(fixtures().join(model).join("io.safetensors"), &Device::Cpu)
+        .unwrap()
 }
 
 /// ‖a − b‖₂ / ‖b‖₂ in f64.
 fn rel_err(a: &Tensor, b: &Tensor) -> f64 {
     assert_eq!(a.dims(), b.dims(), "shapes differ");
-    let a: Vec<f64> = a.to_dtype(DType::F64).unwrap().flatten_all().unwrap().to_vec1().unwrap();
-    let b: Vec<f64> = b.to_dtype(DType::F64).unwrap().flatten_all().unwrap().to_vec1().unwrap();
-    let diff: f64 = a.iter().zip(&b).map(|(x, y)| (x - y) * (x - y)).sum::<f64>().sqrt();
+    let a: Vec<f64> = a
+        .to_dtype(DType::F64)
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .to_vec1()
+        .unwrap();
+    let b: Vec<f64> = b
+        .to_dtype(DType::F64)
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .to_vec1()
+        .unwrap();
+    let diff: f64 = a
+        .iter()
+        .zip(&b)
+        .map(|(x, y)| (x - y) * (x - y))
+        .sum::<f64>()
+        .sqrt();
     let norm: f64 = b.iter().map(|y| y * y).sum::<f64>().sqrt();
     diff / norm
 }
 
 fn norm(a: &Tensor) -> f64 {
-    a.to_dtype(DType::F64).unwrap().sqr().unwrap().sum_all().unwrap().to_scalar::<f64>().unwrap().sqrt()
+    a.to_dtype(DType::F64)
+        .unwrap()
+        .sqr()
+        .unwrap()
+        .sum_all()
+        .unwrap()
+        .to_scalar::<f64>()
+        .unwrap()
+        .sqrt()
 }
 
 fn vars_of(map: &VarMap) -> BTreeMap<String, Var> {
-    map.data().lock().unwrap().iter().map(|(k, v)| (k.clone(), v.clone())).collect()
+    map.data()
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect()
 }
 
 /// Checks every (name, rust, reference) and prints a table; panics listing all failures.
@@ -76,8 +107,13 @@ fn load_gpt2() -> gpt2::LoadedGpt2 {
     for file in ["config.json", "model.safetensors"] {
         std::fs::copy(tiny.join(file), bare.path().join(file)).unwrap();
     }
-    let err = hub::resolve(hub::Backbone::Gpt2, bare.path().to_str().unwrap()).unwrap_err().to_string();
-    assert!(err.contains("tokenizer.json") && err.contains("huggingface-cli download gpt2"), "{err}");
+    let err = hub::resolve(hub::Backbone::Gpt2, bare.path().to_str().unwrap())
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("tokenizer.json") && err.contains("huggingface-cli download gpt2"),
+        "{err}"
+    );
     gpt2::load(&dir, &Device::Cpu, 7).unwrap()
 }
 
@@ -88,7 +124,11 @@ fn gpt2_matches_pytorch_outputs_and_gradients() {
     let vars = vars_of(&loaded.vars);
     // The [PAD] row as the fixture drew it, so padding positions match too.
     let wte = &vars["wte.weight"];
-    assert_eq!(wte.dims(), [513, 64], "the embedding must have grown by the [PAD] row");
+    assert_eq!(
+        wte.dims(),
+        [513, 64],
+        "the embedding must have grown by the [PAD] row"
+    );
     let pad_row = io["pad_row"].unsqueeze(0).unwrap();
     wte.set(&Tensor::cat(&[&wte.as_tensor().narrow(0, 0, 512).unwrap(), &pad_row], 0).unwrap())
         .unwrap();
@@ -101,9 +141,21 @@ fn gpt2_matches_pytorch_outputs_and_gradients() {
     let grads = loss.backward().unwrap();
 
     let mut rows = vec![
-        ("last_hidden_state".to_string(), hidden.clone(), io["last_hidden_state"].clone()),
-        ("encoder_output".to_string(), out.clone(), io["encoder_output"].clone()),
-        ("loss".to_string(), loss.reshape(1).unwrap(), io["loss"].clone()),
+        (
+            "last_hidden_state".to_string(),
+            hidden.clone(),
+            io["last_hidden_state"].clone(),
+        ),
+        (
+            "encoder_output".to_string(),
+            out.clone(),
+            io["encoder_output"].clone(),
+        ),
+        (
+            "loss".to_string(),
+            loss.reshape(1).unwrap(),
+            io["loss"].clone(),
+        ),
     ];
     let expected: BTreeSet<String> = io
         .keys()
@@ -112,17 +164,32 @@ fn gpt2_matches_pytorch_outputs_and_gradients() {
         .map(str::to_string)
         .collect();
     let ours: BTreeSet<String> = vars.keys().cloned().collect();
-    assert_eq!(ours, expected, "the model's weights must be exactly the checkpoint's");
+    assert_eq!(
+        ours, expected,
+        "the model's weights must be exactly the checkpoint's"
+    );
     for (name, var) in &vars {
-        let g = grads.get(var.as_tensor()).unwrap_or_else(|| panic!("no gradient for {name}"));
-        rows.push((format!("grad.{name}"), g.clone(), io[&format!("grad.{name}")].clone()));
+        let g = grads
+            .get(var.as_tensor())
+            .unwrap_or_else(|| panic!("no gradient for {name}"));
+        rows.push((
+            format!("grad.{name}"),
+            g.clone(),
+            io[&format!("grad.{name}")].clone(),
+        ));
     }
 
     // d loss / d inputs_embeds: the same model from token embeddings held as a variable.
     let embeds = Var::from_tensor(&encoder.model.embed(ids).unwrap()).unwrap();
     assert!(rel_err(embeds.as_tensor(), &io["inputs_embeds"]) < 1e-7);
-    let hidden_e = encoder.model.forward_embeds(embeds.as_tensor(), mask, false).unwrap();
-    let loss_e = (encoder.pool(&hidden_e, mask).unwrap() * r).unwrap().sum_all().unwrap();
+    let hidden_e = encoder
+        .model
+        .forward_embeds(embeds.as_tensor(), mask, false)
+        .unwrap();
+    let loss_e = (encoder.pool(&hidden_e, mask).unwrap() * r)
+        .unwrap()
+        .sum_all()
+        .unwrap();
     let grads_e = loss_e.backward().unwrap();
     rows.push((
         "grad.inputs_embeds".to_string(),
@@ -143,14 +210,23 @@ fn gpt2_training_mode_trains_every_weight_and_applies_dropout() {
     let train = encoder.forward(ids, mask, true).unwrap();
     let eval = encoder.forward(ids, mask, false).unwrap();
     let d = rel_err(&train, &eval);
-    assert!(d > 1e-3, "dropout must change the training-mode output (rel diff {d:.2e})");
+    assert!(
+        d > 1e-3,
+        "dropout must change the training-mode output (rel diff {d:.2e})"
+    );
     let again = encoder.forward(ids, mask, false).unwrap();
-    assert_eq!(rel_err(&again, &eval), 0.0, "eval mode must be deterministic");
+    assert_eq!(
+        rel_err(&again, &eval),
+        0.0,
+        "eval mode must be deterministic"
+    );
 
     let loss = (&train * r).unwrap().sum_all().unwrap();
     let grads = loss.backward().unwrap();
     for (name, var) in &vars {
-        let g = grads.get(var.as_tensor()).unwrap_or_else(|| panic!("no gradient for {name}"));
+        let g = grads
+            .get(var.as_tensor())
+            .unwrap_or_else(|| panic!("no gradient for {name}"));
         assert!(norm(g) > 0.0, "zero gradient for {name} in training mode");
     }
 }
@@ -175,19 +251,35 @@ fn gpt2_tokenizer_matches_transformers_gpt2tokenizer() {
     let text = std::fs::read_to_string(fixtures().join("gpt2_token_ids.json")).unwrap();
     let json: serde_json::Value = serde_json::from_str(&text).unwrap();
     let ids_of = |v: &serde_json::Value| -> Vec<u32> {
-        v.as_array().unwrap().iter().map(|x| x.as_u64().unwrap() as u32).collect()
+        v.as_array()
+            .unwrap()
+            .iter()
+            .map(|x| x.as_u64().unwrap() as u32)
+            .collect()
     };
-    let rows_of = |v: &serde_json::Value| -> Vec<Vec<u32>> { v.as_array().unwrap().iter().map(ids_of).collect() };
+    let rows_of = |v: &serde_json::Value| -> Vec<Vec<u32>> {
+        v.as_array().unwrap().iter().map(ids_of).collect()
+    };
 
     let prompts = json["prompts"].as_array().unwrap();
     assert_eq!(prompts.len(), 11);
-    let texts: Vec<String> = prompts.iter().map(|p| p["prompt"].as_str().unwrap().to_string()).collect();
+    let texts: Vec<String> = prompts
+        .iter()
+        .map(|p| p["prompt"].as_str().unwrap().to_string())
+        .collect();
     for (i, p) in prompts.iter().enumerate() {
         let ours = tok.encode(&texts[i]).unwrap();
         assert_eq!(ours, ids_of(&p["ids"]), "prompt {i} ({:?})", p["utterance"]);
-        assert_eq!(tok.decode(&ours).unwrap(), texts[i], "prompt {i} must decode back to its text");
+        assert_eq!(
+            tok.decode(&ours).unwrap(),
+            texts[i],
+            "prompt {i} must decode back to its text"
+        );
     }
-    assert!(tok.encode(&texts[10]).unwrap().len() > 1024, "the long prompt must exceed the limit");
+    assert!(
+        tok.encode(&texts[10]).unwrap().len() > 1024,
+        "the long prompt must exceed the limit"
+    );
 
     for key in ["batch_padded", "batch_truncated"] {
         let batch = &json[key];
@@ -198,8 +290,16 @@ fn gpt2_tokenizer_matches_transformers_gpt2tokenizer() {
             .map(|i| texts[i.as_u64().unwrap() as usize].as_str())
             .collect();
         let ours = tok.encode_batch(&picked).unwrap();
-        assert_eq!(ours.input_ids, rows_of(&batch["input_ids"]), "{key}: input_ids");
-        assert_eq!(ours.attention_mask, rows_of(&batch["attention_mask"]), "{key}: attention_mask");
+        assert_eq!(
+            ours.input_ids,
+            rows_of(&batch["input_ids"]),
+            "{key}: input_ids"
+        );
+        assert_eq!(
+            ours.attention_mask,
+            rows_of(&batch["attention_mask"]),
+            "{key}: attention_mask"
+        );
     }
 }
 
@@ -217,12 +317,20 @@ fn gpt2_tokenizer_from_tokenizer_json_gives_the_same_ids() {
     .build()
     .unwrap();
     let mut t = tokenizers::Tokenizer::new(model);
-    t.with_pre_tokenizer(Some(tokenizers::pre_tokenizers::byte_level::ByteLevel::new(false, true, true)))
-        .with_decoder(Some(tokenizers::decoders::byte_level::ByteLevel::default()));
+    t.with_pre_tokenizer(Some(
+        tokenizers::pre_tokenizers::byte_level::ByteLevel::new(false, true, true),
+    ))
+    .with_decoder(Some(tokenizers::decoders::byte_level::ByteLevel::default()));
     t.save(&json, false).unwrap();
     let from_json = tokenizer::Gpt2Tokenizer::from_dir(tmp.path()).unwrap();
-    let texts = ["The speaker \"Joey\" said:\n###\nHow you doin\u{2019}?\n###", "Oh my God\u{0085} \u{0092}s"];
-    assert_eq!(from_json.encode_batch(&texts).unwrap(), from_files.encode_batch(&texts).unwrap());
+    let texts = [
+        "The speaker \"Joey\" said:\n###\nHow you doin\u{2019}?\n###",
+        "Oh my God\u{0085} \u{0092}s",
+    ];
+    assert_eq!(
+        from_json.encode_batch(&texts).unwrap(),
+        from_files.encode_batch(&texts).unwrap()
+    );
     assert_eq!(from_json.pad_id(), 50257);
 }
 
@@ -230,7 +338,11 @@ fn gpt2_tokenizer_from_tokenizer_json_gives_the_same_ids() {
 // wav2vec 2.0
 
 fn load_wav2vec2() -> wav2vec2::LoadedWav2Vec2 {
-    let dir = hub::resolve(hub::Backbone::Wav2vec2, fixtures().join("wav2vec2-tiny").to_str().unwrap()).unwrap();
+    let dir = hub::resolve(
+        hub::Backbone::Wav2vec2,
+        fixtures().join("wav2vec2-tiny").to_str().unwrap(),
+    )
+    .unwrap();
     wav2vec2::load(&dir, Some(-1), false, &Device::Cpu, 7).unwrap()
 }
 
@@ -248,10 +360,22 @@ fn wav2vec2_matches_pytorch_outputs_and_gradients() {
     let grads = loss.backward().unwrap();
 
     let mut rows = vec![
-        ("extract_features".to_string(), out.extract_features.clone(), io["extract_features"].clone()),
-        ("last_hidden_state".to_string(), out.last_hidden_state.clone(), io["last_hidden_state"].clone()),
+        (
+            "extract_features".to_string(),
+            out.extract_features.clone(),
+            io["extract_features"].clone(),
+        ),
+        (
+            "last_hidden_state".to_string(),
+            out.last_hidden_state.clone(),
+            io["last_hidden_state"].clone(),
+        ),
         ("pooled".to_string(), pooled.clone(), io["pooled"].clone()),
-        ("loss".to_string(), loss.reshape(1).unwrap(), io["loss"].clone()),
+        (
+            "loss".to_string(),
+            loss.reshape(1).unwrap(),
+            io["loss"].clone(),
+        ),
         (
             "grad.input_values".to_string(),
             grads.get(input.as_tensor()).unwrap().clone(),
@@ -259,7 +383,11 @@ fn wav2vec2_matches_pytorch_outputs_and_gradients() {
         ),
     ];
     for (i, h) in out.hidden_states.iter().enumerate() {
-        rows.push((format!("debug.hidden_states.{i}"), h.clone(), io[&format!("debug.hidden_states.{i}")].clone()));
+        rows.push((
+            format!("debug.hidden_states.{i}"),
+            h.clone(),
+            io[&format!("debug.hidden_states.{i}")].clone(),
+        ));
     }
     let expected: BTreeSet<String> = io
         .keys()
@@ -267,14 +395,25 @@ fn wav2vec2_matches_pytorch_outputs_and_gradients() {
         .map(str::to_string)
         .collect();
     let mut ours: BTreeSet<String> = vars.keys().cloned().collect();
-    assert!(ours.remove("masked_spec_embed"), "masked_spec_embed must be loaded (the config masks)");
-    assert_eq!(ours, expected, "the model's weights must be exactly the checkpoint's encoder");
+    assert!(
+        ours.remove("masked_spec_embed"),
+        "masked_spec_embed must be loaded (the config masks)"
+    );
+    assert_eq!(
+        ours, expected,
+        "the model's weights must be exactly the checkpoint's encoder"
+    );
     for name in &ours {
-        let g = grads.get(vars[name].as_tensor()).unwrap_or_else(|| panic!("no gradient for {name}"));
+        let g = grads
+            .get(vars[name].as_tensor())
+            .unwrap_or_else(|| panic!("no gradient for {name}"));
         let key = format!("grad.wav2vec2.{name}");
         rows.push((key.clone(), g.clone(), io[&key].clone()));
     }
-    assert!(grads.get(vars["masked_spec_embed"].as_tensor()).is_none(), "no masking in eval mode");
+    assert!(
+        grads.get(vars["masked_spec_embed"].as_tensor()).is_none(),
+        "no masking in eval mode"
+    );
     let zero: BTreeSet<String> = (0..2)
         .map(|i| format!("grad.wav2vec2.encoder.layers.{i}.attention.k_proj.bias"))
         .collect();
@@ -299,16 +438,28 @@ fn wav2vec2_training_mode_trains_every_weight_and_applies_dropout_and_masking() 
     let eval = encoder.forward(x, false).unwrap();
     assert_eq!(train.dims(), [2, 16]);
     let d = rel_err(&train, &eval);
-    assert!(d > 1e-3, "dropout/masking must change the training-mode output (rel diff {d:.2e})");
-    let loss = (&train * Tensor::ones((2, 16), DType::F32, &Device::Cpu).unwrap().cumsum(1).unwrap())
-        .unwrap()
-        .sum_all()
-        .unwrap();
+    assert!(
+        d > 1e-3,
+        "dropout/masking must change the training-mode output (rel diff {d:.2e})"
+    );
+    let loss = (&train
+        * Tensor::ones((2, 16), DType::F32, &Device::Cpu)
+            .unwrap()
+            .cumsum(1)
+            .unwrap())
+    .unwrap()
+    .sum_all()
+    .unwrap();
     let grads = loss.backward().unwrap();
     let all = vars_of(&loaded.vars);
-    assert!(all.contains_key("projection.weight"), "the projection is a new variable");
+    assert!(
+        all.contains_key("projection.weight"),
+        "the projection is a new variable"
+    );
     for (name, var) in all {
-        let g = grads.get(var.as_tensor()).unwrap_or_else(|| panic!("no gradient for {name}"));
+        let g = grads
+            .get(var.as_tensor())
+            .unwrap_or_else(|| panic!("no gradient for {name}"));
         assert!(norm(g) > 0.0, "zero gradient for {name} in training mode");
     }
     assert!(vars.contains_key("masked_spec_embed"));
@@ -334,33 +485,54 @@ fn loading_errors_name_the_files_and_the_fix() {
     // Weights only as a PyTorch pickle: the conversion one-liner.
     let pickle_dir = tmp.path().join("w2v");
     std::fs::create_dir(&pickle_dir).unwrap();
-    std::fs::copy(fixtures().join("wav2vec2-tiny/config.json"), pickle_dir.join("config.json")).unwrap();
+    std::fs::copy(
+        fixtures().join("wav2vec2-tiny/config.json"),
+        pickle_dir.join("config.json"),
+    )
+    .unwrap();
     std::fs::write(pickle_dir.join("pytorch_model.bin"), b"not read").unwrap();
-    let err = hub::resolve(hub::Backbone::Wav2vec2, pickle_dir.to_str().unwrap()).unwrap_err().to_string();
-    assert!(err.contains("safetensors.torch") && err.contains("save_file") && err.contains("pytorch_model.bin"), "{err}");
+    let err = hub::resolve(hub::Backbone::Wav2vec2, pickle_dir.to_str().unwrap())
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("safetensors.torch")
+            && err.contains("save_file")
+            && err.contains("pytorch_model.bin"),
+        "{err}"
+    );
 
     // Neither local nor cached, no network: the files and the command.
     std::env::set_var("HF_HOME", tmp.path().join("hf-home"));
     std::env::set_var("HF_HUB_OFFLINE", "1");
-    let err = hub::resolve(hub::Backbone::Gpt2, "gpt2").unwrap_err().to_string();
+    let err = hub::resolve(hub::Backbone::Gpt2, "gpt2")
+        .unwrap_err()
+        .to_string();
     assert!(
         err.contains("huggingface-cli download gpt2 config.json model.safetensors tokenizer.json --local-dir models/gpt2"),
         "{err}"
     );
-    let err = hub::resolve(hub::Backbone::Wav2vec2, "facebook/wav2vec2-base").unwrap_err().to_string();
+    let err = hub::resolve(hub::Backbone::Wav2vec2, "facebook/wav2vec2-base")
+        .unwrap_err()
+        .to_string();
     assert!(
-        err.contains("huggingface-cli download facebook/wav2vec2-base config.json model.safetensors"),
+        err.contains(
+            "huggingface-cli download facebook/wav2vec2-base config.json model.safetensors"
+        ),
         "{err}"
     );
 
     // A path that does not exist: the command fetches the reference's model into it.
     let missing = tmp.path().join("models/wav2vec2-base");
-    let err = hub::resolve(hub::Backbone::Wav2vec2, missing.to_str().unwrap()).unwrap_err().to_string();
+    let err = hub::resolve(hub::Backbone::Wav2vec2, missing.to_str().unwrap())
+        .unwrap_err()
+        .to_string();
     let command = format!("huggingface-cli download facebook/wav2vec2-base config.json model.safetensors --local-dir {}", missing.display());
     assert!(err.contains(&command), "{err}");
 
     // A cached snapshot is found (hub cache layout: models--ORG--NAME/snapshots/REV/FILE + refs/main).
-    let repo = tmp.path().join("hf-home/hub/models--facebook--wav2vec2-base");
+    let repo = tmp
+        .path()
+        .join("hf-home/hub/models--facebook--wav2vec2-base");
     let snap = repo.join("snapshots/0123abc");
     std::fs::create_dir_all(&snap).unwrap();
     std::fs::create_dir_all(repo.join("refs")).unwrap();
@@ -375,11 +547,24 @@ fn loading_errors_name_the_files_and_the_fix() {
     // A checkpoint missing a weight names it.
     let broken = tmp.path().join("broken");
     std::fs::create_dir(&broken).unwrap();
-    std::fs::copy(fixtures().join("gpt2-tiny/config.json"), broken.join("config.json")).unwrap();
-    let mut tensors =
-        candle_core::safetensors::load(fixtures().join("gpt2-tiny/model.safetensors"), &Device::Cpu).unwrap();
+    std::fs::copy(
+        fixtures().join("gpt2-tiny/config.json"),
+        broken.join("config.json"),
+    )
+    .unwrap();
+    let mut tensors = candle_core::safetensors::load(
+        fixtures().join("gpt2-tiny/model.safetensors"),
+        &Device::Cpu,
+    )
+    .unwrap();
     tensors.remove("h.1.mlp.c_fc.bias");
     candle_core::safetensors::save(&tensors, broken.join("model.safetensors")).unwrap();
-    let err = gpt2::load(&broken, &Device::Cpu, 1).err().unwrap().to_string();
-    assert!(err.contains("h.1.mlp.c_fc.bias") && err.contains("missing"), "{err}");
+    let err = gpt2::load(&broken, &Device::Cpu, 1)
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(
+        err.contains("h.1.mlp.c_fc.bias") && err.contains("missing"),
+        "{err}"
+    );
 }

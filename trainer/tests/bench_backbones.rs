@@ -18,7 +18,10 @@ use erc_train::resnet::ResNet50;
 use erc_train::{gpt2, wav2vec2};
 
 fn params(vars: &VarMap) -> usize {
-    vars.all_vars().iter().map(|v| v.as_tensor().elem_count()).sum()
+    vars.all_vars()
+        .iter()
+        .map(|v| v.as_tensor().elem_count())
+        .sum()
 }
 
 /// Mean seconds of the forward and of the backward over `iterations` runs after one warm-up run.
@@ -46,7 +49,10 @@ fn time(iterations: usize, forward: impl Fn() -> Tensor) -> (f64, f64) {
 #[ignore = "benchmark: scripts/bench-backbones.sh"]
 fn bench_backbones() {
     let which = std::env::var("BENCH_BACKBONES").unwrap_or_else(|_| "all".into());
-    let iterations: usize = std::env::var("BENCH_ITERATIONS").ok().and_then(|s| s.parse().ok()).unwrap_or(3);
+    let iterations: usize = std::env::var("BENCH_ITERATIONS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(3);
     // As the trainer does (through its optimiser): freed activations and gradients are reused, not unmapped.
     erc_train::heap::keep_freed_memory();
     let device = Device::Cpu;
@@ -56,15 +62,27 @@ fn bench_backbones() {
     if which == "all" || which == "gpt2" {
         let cfg = gpt2::Config::gpt2_small();
         let vars = VarMap::new();
-        let model = gpt2::Gpt2Model::new(&cfg, VarBuilder::from_varmap(&vars, DType::F32, &device)).unwrap();
+        let model = gpt2::Gpt2Model::new(&cfg, VarBuilder::from_varmap(&vars, DType::F32, &device))
+            .unwrap();
         let encoder = gpt2::Gpt2Encoder::new(model, false);
         let (b, l) = (2usize, 256usize);
-        let ids = Tensor::rand(0f32, cfg.vocab_size as f32, (b, l), &device).unwrap().to_dtype(DType::U32).unwrap();
+        let ids = Tensor::rand(0f32, cfg.vocab_size as f32, (b, l), &device)
+            .unwrap()
+            .to_dtype(DType::U32)
+            .unwrap();
         // Row 1 right-padded after 200 tokens, as in a batch of prompts of different lengths.
-        let mask: Vec<u32> = (0..b * l).map(|i| u32::from(i < l || i % l < 200)).collect();
+        let mask: Vec<u32> = (0..b * l)
+            .map(|i| u32::from(i < l || i % l < 200))
+            .collect();
         let mask = Tensor::from_vec(mask, (b, l), &device).unwrap();
         let (f, bw) = time(iterations, || encoder.forward(&ids, &mask, true).unwrap());
-        rows.push(("gpt2 (124M)", format!("{b} x {l} tokens"), params(&vars), f, bw));
+        rows.push((
+            "gpt2 (124M)",
+            format!("{b} x {l} tokens"),
+            params(&vars),
+            f,
+            bw,
+        ));
     }
     if which == "all" || which == "wav2vec2" {
         let cfg = wav2vec2::Config::base();
@@ -75,7 +93,13 @@ fn bench_backbones() {
         let (b, n) = (2usize, 150_000usize);
         let x = (Tensor::randn(0f32, 1.0, (b, n), &device).unwrap() * 3000.0).unwrap();
         let (f, bw) = time(iterations, || encoder.forward(&x, true).unwrap());
-        rows.push(("wav2vec2-base (95M)", format!("{b} x {n} samples"), params(&vars), f, bw));
+        rows.push((
+            "wav2vec2-base (95M)",
+            format!("{b} x {n} samples"),
+            params(&vars),
+            f,
+            bw,
+        ));
     }
     if which == "all" || which == "resnet50" {
         let mut store = ParamStore::new(&device, 0);
@@ -83,7 +107,13 @@ fn bench_backbones() {
         let (b, h, w) = (2usize, 256usize, 721usize);
         let x = Tensor::randn(0f32, 1.0, (b, 3, h, w), &device).unwrap();
         let (f, bw) = time(iterations, || model.forward(&x, true).unwrap());
-        rows.push(("resnet50 (23.5M)", format!("{b} x 3 x {h} x {w}"), store.parameter_count(), f, bw));
+        rows.push((
+            "resnet50 (23.5M)",
+            format!("{b} x 3 x {h} x {w}"),
+            store.parameter_count(),
+            f,
+            bw,
+        ));
     }
 
     println!("forward+backward per training batch (mean of {iterations} after 1 warm-up), CPU, {threads} threads");
@@ -93,14 +123,21 @@ fn bench_backbones() {
     );
     let json = std::env::var("BENCH_JSON").ok();
     for (name, batch, n, f, b) in rows {
-        println!("{name:<20} {batch:<20} {n:>12} {f:>10.2} {b:>10.2} {:>10.2}", f + b);
+        println!(
+            "{name:<20} {batch:<20} {n:>12} {f:>10.2} {b:>10.2} {:>10.2}",
+            f + b
+        );
         if let Some(path) = &json {
             let key = name.split([' ', '-']).next().unwrap_or(name);
             let line = format!(
                 "{{\"backbone\": \"{key}\", \"batch\": \"{batch}\", \"forward_s\": {f}, \"backward_s\": {b}, \"threads\": {threads}}}\n"
             );
             use std::io::Write;
-            let mut file = std::fs::OpenOptions::new().create(true).append(true).open(path).unwrap();
+            let mut file = std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(path)
+                .unwrap();
             file.write_all(line.as_bytes()).unwrap();
         }
     }
