@@ -23,7 +23,7 @@
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
-use candle_core::{DType, Device, Tensor, D};
+use candle_core::{DType, Device, Tensor};
 use candle_nn::{VarBuilder, VarMap};
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
@@ -32,6 +32,7 @@ use serde::Deserialize;
 use crate::error::{Error, Result};
 use crate::hub;
 use crate::nn::{dropout_shared, l2_normalize, LayerNorm};
+use crate::softmax_dropout::softmax_dropout;
 
 fn default_pdrop() -> f64 {
     0.1
@@ -234,8 +235,7 @@ impl Attention {
         };
         let (q, k, v) = (heads(0)?, heads(1)?, heads(2)?);
         let scores = (q.matmul(&k.t()?.contiguous()?)? * self.scale)?.broadcast_add(mask_bias)?;
-        let weights = candle_nn::ops::softmax(&scores, D::Minus1)?;
-        let weights = dropout_shared(&weights, self.attn_pdrop, train, rng)?;
+        let weights = softmax_dropout(&scores, self.attn_pdrop, train, rng)?;
         let mixed = weights
             .matmul(&v)?
             .transpose(1, 2)?

@@ -221,8 +221,9 @@ impl Dropout {
     }
 }
 
-/// `len` inverted-dropout factors: 0 with probability `p`, 1/(1−p) otherwise.
-fn dropout_mask(len: usize, p: f64, rng: &mut ChaCha8Rng) -> Vec<f32> {
+/// `len` inverted-dropout factors: 0 with probability `p`, 1/(1−p) otherwise. Fused ops that apply dropout
+/// themselves draw their masks here, so that they and the composed ops draw the same masks.
+pub(crate) fn dropout_mask(len: usize, p: f64, rng: &mut ChaCha8Rng) -> Vec<f32> {
     let keep = 1.0 - p;
     let scale = (1.0 / keep) as f32;
     (0..len)

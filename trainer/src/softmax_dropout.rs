@@ -12,8 +12,8 @@
 
 use std::sync::Mutex;
 
+use crate::nn::dropout_mask;
 use candle_core::{CpuStorage, CustomOp1, Layout, Shape, Tensor, D};
-use rand::Rng;
 use rand_chacha::ChaCha8Rng;
 use rayon::prelude::*;
 
@@ -124,16 +124,6 @@ impl CustomOp1 for SoftmaxDropout {
     }
 }
 
-/// The draws of [`crate::nn::dropout`]'s mask: per element in order, kept (factor 1/(1−p)) when a uniform `f64` is
-/// below 1 − p. Must stay the same sequence as there, so that fused and composed runs draw the same masks.
-fn dropout_mask(len: usize, p: f64, rng: &mut ChaCha8Rng) -> Vec<f32> {
-    let keep = 1.0 - p;
-    let scale = (1.0 / keep) as f32;
-    (0..len)
-        .map(|_| if rng.gen::<f64>() < keep { scale } else { 0.0 })
-        .collect()
-}
-
 /// `dropout(softmax(x, D::Minus1), p)` (dropout in training only, p > 0), masks from `rng`.
 pub fn softmax_dropout(x: &Tensor, p: f64, train: bool, rng: &Mutex<ChaCha8Rng>) -> Result<Tensor> {
     let dropout = train && p > 0.0;
@@ -161,7 +151,7 @@ mod tests {
     use super::*;
     use crate::testing::{grads_through, max_abs};
     use candle_core::{Device, Var};
-    use rand::SeedableRng;
+    use rand::{Rng, SeedableRng};
 
     /// Values and the input gradient against `ops::softmax` + `nn::dropout_shared` from the same seed, with and
     /// without dropout, batch > 1, rows not a multiple of the task size.
