@@ -1,4 +1,5 @@
-//! GELU (the exact, erf form: `x·Φ(x)`) as one CPU op with its own backward.
+//! GELU as one CPU op with its own backward: the exact erf form `x·Φ(x)` (wav2vec2) and the tanh approximation
+//! (`gelu_new`, GPT-2).
 //!
 //! Why: candle's `gelu_erf` forward is one pass, but its backward is composed of ~8 full-size ops (square, negate,
 //! divide, exp, two products, erf, additions) — on wav2vec2's feature maps (2 × 14 999 × 512 after the first
@@ -50,6 +51,23 @@ pub(crate) fn gelu_grad(x: f32) -> f32 {
     cdf + x * e * FRAC_1_SQRT_2PI
 }
 
+/// √(2/π) and the cubic coefficient of the tanh approximation (`gelu_new`).
+const SQRT_2_OVER_PI: f32 = 0.797_884_6;
+const TANH_CUBIC: f32 = 0.044_715;
+
+/// `x/2·(1 + tanh(√(2/π)·(x + 0.044715·x³)))`
+#[inline]
+fn gelu_tanh_value(x: f32) -> f32 {
+    0.5 * x * (1.0 + (SQRT_2_OVER_PI * (x + TANH_CUBIC * x * x * x)).tanh())
+}
+
+/// Its derivative: `(1 + t)/2 + x/2·(1 − t²)·√(2/π)·(1 + 3·0.044715·x²)`, t the tanh above.
+#[inline]
+fn gelu_tanh_grad(x: f32) -> f32 {
+    let t = (SQRT_2_OVER_PI * (x + TANH_CUBIC * x * x * x)).tanh();
+    0.5 * (1.0 + t) + 0.5 * x * (1.0 - t * t) * SQRT_2_OVER_PI * (1.0 + 3.0 * TANH_CUBIC * x * x)
+}
+
 /// Runs `f` on a CPU f32 tensor's values (made contiguous first if needed).
 pub(crate) fn with_cpu_f32<R>(
     t: &Tensor,
@@ -67,11 +85,39 @@ pub(crate) fn with_cpu_f32<R>(
 /// Elements per parallel task: large enough that rayon's scheduling is noise.
 const CHUNK: usize = 16 * 1024;
 
-struct GeluErf;
+/// Which GELU.
+#[derive(Debug, Clone, Copy)]
+enum Form {
+    Erf,
+    Tanh,
+}
 
-impl CustomOp1 for GeluErf {
+impl Form {
+    #[inline]
+    fn value(self, x: f32) -> f32 {
+        match self {
+            Form::Erf => gelu(x),
+            Form::Tanh => gelu_tanh_value(x),
+        }
+    }
+
+    #[inline]
+    fn grad(self, x: f32) -> f32 {
+        match self {
+            Form::Erf => gelu_grad(x),
+            Form::Tanh => gelu_tanh_grad(x),
+        }
+    }
+}
+
+struct Gelu(Form);
+
+impl CustomOp1 for Gelu {
     fn name(&self) -> &'static str {
-        "gelu-erf"
+        match self.0 {
+            Form::Erf => "gelu-erf",
+            Form::Tanh => "gelu-tanh",
+        }
     }
 
     fn cpu_fwd(
@@ -79,13 +125,14 @@ impl CustomOp1 for GeluErf {
         storage: &CpuStorage,
         layout: &Layout,
     ) -> candle_core::Result<(CpuStorage, Shape)> {
-        let x = crate::nn::contiguous_f32(storage, layout, "gelu-erf")?;
+        let x = crate::nn::contiguous_f32(storage, layout, self.name())?;
+        let form = self.0;
         let mut y = vec![0f32; x.len()];
         y.par_chunks_mut(CHUNK)
             .zip(x.par_chunks(CHUNK))
             .for_each(|(y, x)| {
                 for (y, &x) in y.iter_mut().zip(x) {
-                    *y = gelu(x);
+                    *y = form.value(x);
                 }
             });
         Ok((CpuStorage::F32(y), layout.shape().clone()))
@@ -97,14 +144,15 @@ impl CustomOp1 for GeluErf {
         _res: &Tensor,
         grad_res: &Tensor,
     ) -> candle_core::Result<Option<Tensor>> {
-        let grad_x = with_cpu_f32(arg, "gelu-erf backward", |x| {
-            with_cpu_f32(grad_res, "gelu-erf backward", |g| {
+        let form = self.0;
+        let grad_x = with_cpu_f32(arg, "gelu backward", |x| {
+            with_cpu_f32(grad_res, "gelu backward", |g| {
                 let mut out = vec![0f32; x.len()];
                 out.par_chunks_mut(CHUNK)
                     .zip(x.par_chunks(CHUNK).zip(g.par_chunks(CHUNK)))
                     .for_each(|(out, (x, g))| {
                         for ((o, &x), &g) in out.iter_mut().zip(x).zip(g) {
-                            *o = g * gelu_grad(x);
+                            *o = g * form.grad(x);
                         }
                     });
                 out
@@ -117,16 +165,25 @@ impl CustomOp1 for GeluErf {
 /// `x·Φ(x)` of any shape; the fused op for f32 on the CPU, candle's `gelu_erf` elsewhere.
 pub fn gelu_erf(x: &Tensor) -> Result<Tensor> {
     if x.device().is_cpu() && x.dtype() == candle_core::DType::F32 {
-        Ok(x.contiguous()?.apply_op1(GeluErf)?)
+        Ok(x.contiguous()?.apply_op1(Gelu(Form::Erf))?)
     } else {
         Ok(x.gelu_erf()?)
+    }
+}
+
+/// The tanh approximation (`gelu_new`) of any shape; the fused op for f32 on the CPU, candle's `gelu` elsewhere.
+pub fn gelu_tanh(x: &Tensor) -> Result<Tensor> {
+    if x.device().is_cpu() && x.dtype() == candle_core::DType::F32 {
+        Ok(x.contiguous()?.apply_op1(Gelu(Form::Tanh))?)
+    } else {
+        Ok(x.gelu()?)
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::testing::grads_through;
+    use crate::testing::{grads_through, max_abs};
     use candle_core::{Device, Var};
 
     #[test]
@@ -163,6 +220,28 @@ mod tests {
             .to_scalar::<f32>()
             .unwrap();
         assert!(diff < 1e-5, "{diff}");
+    }
+
+    #[test]
+    fn tanh_form_matches_candle_values_and_gradient() {
+        let dev = Device::Cpu;
+        let x = Var::from_tensor(&(Tensor::randn(0f32, 2.0, (2, 3, 5003), &dev).unwrap())).unwrap();
+        let ours = gelu_tanh(x.as_tensor()).unwrap();
+        let reference = x.as_tensor().gelu().unwrap();
+        assert!(max_abs(&(&ours - &reference).unwrap()) < 1e-6);
+        let upstream = Tensor::randn(0f32, 1.0, ours.dims(), &dev).unwrap();
+        let (g_ours, g_ref) = (
+            grads_through(&ours, &upstream),
+            grads_through(&reference, &upstream),
+        );
+        let diff =
+            (g_ours.get(x.as_tensor()).unwrap() - g_ref.get(x.as_tensor()).unwrap()).unwrap();
+        assert!(max_abs(&diff) < 1e-5);
+        for x in [-4.0f32, -1.3, -0.2, 0.0, 0.7, 2.5] {
+            let h = 1e-3;
+            let numeric = (gelu_tanh_value(x + h) - gelu_tanh_value(x - h)) / (2.0 * h);
+            assert!((gelu_tanh_grad(x) - numeric).abs() < 1e-3, "x = {x}");
+        }
     }
 
     #[test]

@@ -144,8 +144,8 @@ impl Activation {
 
     fn forward(self, x: &Tensor) -> Result<Tensor> {
         Ok(match self {
-            Activation::GeluTanh => x.gelu()?,
-            Activation::GeluErf => x.gelu_erf()?,
+            Activation::GeluTanh => crate::gelu::gelu_tanh(x)?,
+            Activation::GeluErf => crate::gelu::gelu_erf(x)?,
             Activation::Relu => x.relu()?,
         })
     }
