@@ -30,9 +30,8 @@ fn repo() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
 }
 
-fn fixture(name: &str) -> PathBuf {
-    repo().join("trainer/tests/fixtures/backbones").join(name)
-}
+mod common;
+use common::backbone_fixture as fixture;
 
 fn checkpoint(name: &str) -> HashMap<String, Tensor> {
     candle_core::safetensors::load(fixture(name).join("model.safetensors"), &Device::Cpu).unwrap()

@@ -4,61 +4,18 @@
 //! tokenizer's ids against transformers' `GPT2Tokenizer`; training mode (every parameter trains, dropout is on);
 //! the loading errors.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 
 use candle_core::{DType, Device, Tensor, Var};
 use candle_nn::VarMap;
 use erc_train::{gpt2, hub, tokenizer, wav2vec2};
 
-const TOL: f64 = 1e-4;
+mod common;
+use common::{backbone_fixture, check_all, io, norm, rel_err};
 
 fn fixtures() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/backbones")
-}
-
-fn io(model: &str) -> HashMap<String, Tensor> {
-    candle_core::safetensors::load(fixtures().join(model).join("io.safetensors"), &Device::Cpu)
-        .unwrap()
-}
-
-/// ‖a − b‖₂ / ‖b‖₂ in f64.
-fn rel_err(a: &Tensor, b: &Tensor) -> f64 {
-    assert_eq!(a.dims(), b.dims(), "shapes differ");
-    let a: Vec<f64> = a
-        .to_dtype(DType::F64)
-        .unwrap()
-        .flatten_all()
-        .unwrap()
-        .to_vec1()
-        .unwrap();
-    let b: Vec<f64> = b
-        .to_dtype(DType::F64)
-        .unwrap()
-        .flatten_all()
-        .unwrap()
-        .to_vec1()
-        .unwrap();
-    let diff: f64 = a
-        .iter()
-        .zip(&b)
-        .map(|(x, y)| (x - y) * (x - y))
-        .sum::<f64>()
-        .sqrt();
-    let norm: f64 = b.iter().map(|y| y * y).sum::<f64>().sqrt();
-    diff / norm
-}
-
-fn norm(a: &Tensor) -> f64 {
-    a.to_dtype(DType::F64)
-        .unwrap()
-        .sqr()
-        .unwrap()
-        .sum_all()
-        .unwrap()
-        .to_scalar::<f64>()
-        .unwrap()
-        .sqrt()
+    backbone_fixture("")
 }
 
 fn vars_of(map: &VarMap) -> BTreeMap<String, Var> {
@@ -68,31 +25,6 @@ fn vars_of(map: &VarMap) -> BTreeMap<String, Var> {
         .iter()
         .map(|(k, v)| (k.clone(), v.clone()))
         .collect()
-}
-
-/// Checks every (name, rust, reference) and prints a table; panics listing all failures.
-fn check_all(title: &str, rows: Vec<(String, Tensor, Tensor)>, absolute: &BTreeSet<String>) {
-    let mut failures = Vec::new();
-    let mut worst: f64 = 0.0;
-    println!("{title}");
-    for (name, ours, reference) in rows {
-        if absolute.contains(&name) {
-            let n = norm(&ours);
-            println!("  {name:<70} |rust| {n:.2e} (analytically zero)");
-            if n > 1e-6 {
-                failures.push(format!("{name}: |rust| = {n:.3e} > 1e-6"));
-            }
-            continue;
-        }
-        let e = rel_err(&ours, &reference);
-        worst = worst.max(e);
-        println!("  {name:<70} rel err {e:.2e}");
-        if e.is_nan() || e > TOL {
-            failures.push(format!("{name}: relative error {e:.3e} > {TOL:e}"));
-        }
-    }
-    println!("  worst relative error {worst:.2e}");
-    assert!(failures.is_empty(), "{title}: {}", failures.join("\n"));
 }
 
 // ---------------------------------------------------------------------------------------------------------------

@@ -6,67 +6,19 @@
 //! errors for missing, extra and mis-shaped tensors.
 
 use std::collections::{BTreeSet, HashMap};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use candle_core::{DType, Device, Tensor, Var};
 use erc_train::params::ParamStore;
 use erc_train::resnet::{load_torchvision, Config, ResNet50};
 
-const TOL: f64 = 1e-4;
+mod common;
+use common::{backbone_fixture, check_all, io, rel_err};
+
 const PREFIX: &str = "visual";
 
 fn fixture() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/backbones/resnet50-tiny")
-}
-
-fn io() -> HashMap<String, Tensor> {
-    candle_core::safetensors::load(fixture().join("io.safetensors"), &Device::Cpu).unwrap()
-}
-
-/// ‖a − b‖₂ / ‖b‖₂ in f64.
-fn rel_err(a: &Tensor, b: &Tensor) -> f64 {
-    assert_eq!(a.dims(), b.dims(), "shapes differ");
-    let a: Vec<f64> = a
-        .to_dtype(DType::F64)
-        .unwrap()
-        .flatten_all()
-        .unwrap()
-        .to_vec1()
-        .unwrap();
-    let b: Vec<f64> = b
-        .to_dtype(DType::F64)
-        .unwrap()
-        .flatten_all()
-        .unwrap()
-        .to_vec1()
-        .unwrap();
-    let diff = a
-        .iter()
-        .zip(&b)
-        .map(|(x, y)| (x - y) * (x - y))
-        .sum::<f64>()
-        .sqrt();
-    let norm = b.iter().map(|y| y * y).sum::<f64>().sqrt();
-    assert!(norm > 0.0, "reference tensor is all zeros");
-    diff / norm
-}
-
-/// Checks every (name, rust, reference), prints one line each and the worst, panics listing all failures.
-fn check_all(title: &str, rows: Vec<(String, Tensor, Tensor)>) -> f64 {
-    let mut failures = Vec::new();
-    let mut worst: f64 = 0.0;
-    println!("{title}");
-    for (name, ours, reference) in rows {
-        let e = rel_err(&ours, &reference);
-        worst = worst.max(e);
-        println!("  {name:<50} rel err {e:.2e}");
-        if e.is_nan() || e > TOL {
-            failures.push(format!("{name}: relative error {e:.3e} > {TOL:e}"));
-        }
-    }
-    println!("  worst {worst:.2e}");
-    assert!(failures.is_empty(), "{title}:\n{}", failures.join("\n"));
-    worst
+    backbone_fixture("resnet50-tiny")
 }
 
 fn load() -> (ParamStore, ResNet50) {
@@ -89,7 +41,7 @@ fn load() -> (ParamStore, ResNet50) {
 
 #[test]
 fn resnet50_matches_torchvision_outputs_gradients_and_running_statistics() {
-    let io = io();
+    let io = io("resnet50-tiny");
     let (store, model) = load();
     let input = &io["input"];
 
@@ -99,6 +51,7 @@ fn resnet50_matches_torchvision_outputs_gradients_and_running_statistics() {
     check_all(
         "eval",
         vec![("output_eval".into(), eval, io["output_eval"].clone())],
+        &BTreeSet::new(),
     );
 
     // Training mode: batch statistics, one forward + backward.
@@ -138,7 +91,7 @@ fn resnet50_matches_torchvision_outputs_gradients_and_running_statistics() {
         let name = format!("debug.train.{stage}");
         rows.push((name.clone(), activation.clone(), io[&name].clone()));
     }
-    check_all("training forward", rows);
+    check_all("training forward", rows, &BTreeSet::new());
 
     // Gradients: the input's and every parameter's, and every parameter has one in the fixture.
     let mut rows = vec![(
@@ -173,7 +126,7 @@ fn resnet50_matches_torchvision_outputs_gradients_and_running_statistics() {
             io[&format!("grad.{name}")].clone(),
         ));
     }
-    let worst = check_all("gradients", rows);
+    let worst = check_all("gradients", rows, &BTreeSet::new());
     assert!(
         worst > 0.0,
         "gradients compare exactly equal: the test compares nothing"
@@ -191,7 +144,11 @@ fn resnet50_matches_torchvision_outputs_gradients_and_running_statistics() {
     }
     rows.sort_by(|a, b| a.0.cmp(&b.0));
     assert_eq!(rows.len(), 2 * 53);
-    check_all("running statistics after the training forward", rows);
+    check_all(
+        "running statistics after the training forward",
+        rows,
+        &BTreeSet::new(),
+    );
 }
 
 /// The default configuration is torchvision's real ResNet-50: its parameter count (without `fc`) and names.
