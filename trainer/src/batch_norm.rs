@@ -420,19 +420,8 @@ impl CustomOp3 for BatchNormOp {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::testing::grads_through;
+    use crate::testing::{grads_through, max_diff};
     use candle_core::Device;
-
-    fn max_abs(a: &Tensor, b: &Tensor) -> f32 {
-        (a - b)
-            .unwrap()
-            .abs()
-            .unwrap()
-            .max_all()
-            .unwrap()
-            .to_scalar::<f32>()
-            .unwrap()
-    }
 
     /// The fused kernel against candle's own layer (built from primitives, checked against PyTorch): values,
     /// gradients of x, γ and β, and the running statistics, in both modes; a mean far from zero and an odd
@@ -491,9 +480,9 @@ mod tests {
                 )
             };
             assert!(
-                max_abs(&y, &y_ref) < 1e-4,
+                max_diff(&y, &y_ref) < 1e-4,
                 "train {train} relu {relu}: {}",
-                max_abs(&y, &y_ref)
+                max_diff(&y, &y_ref)
             );
             let grads = grads_through(&y, &upstream);
             let grads_ref = grads_through(&y_ref, &upstream);
@@ -507,16 +496,16 @@ mod tests {
                     .to_scalar::<f32>()
                     .unwrap();
                 assert!(
-                    max_abs(g, g_ref) <= 1e-4 * scale.max(1.0),
+                    max_diff(g, g_ref) <= 1e-4 * scale.max(1.0),
                     "train {train} relu {relu}, grad {what}: {} (scale {scale})",
-                    max_abs(g, g_ref)
+                    max_diff(g, g_ref)
                 );
             }
             // running statistics moved (training) or stayed (evaluation) alike
-            assert!(max_abs(&mean, &ref_mean) < 1e-5);
-            assert!(max_abs(&var, &ref_var) < 1e-4);
+            assert!(max_diff(&mean, &ref_mean) < 1e-5);
+            assert!(max_diff(&var, &ref_var) < 1e-4);
         }
         // the training forwards did move them (batch means ≈ 30: by ≈ 0.1 · 30 each)
-        assert!(max_abs(&mean, &mean_before) > 1.0);
+        assert!(max_diff(&mean, &mean_before) > 1.0);
     }
 }

@@ -807,6 +807,7 @@ impl CustomOp1 for FocalOp {
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
+    use crate::testing::{max_abs, max_diff};
     use candle_core::{Device, Var};
     use rand::{Rng, SeedableRng};
 
@@ -816,20 +817,6 @@ pub(crate) mod tests {
         let n: usize = shape.iter().product();
         let values: Vec<f32> = (0..n).map(|_| rng.gen_range(-scale..scale)).collect();
         Tensor::from_vec(values, shape, &Device::Cpu).unwrap()
-    }
-
-    pub(crate) fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
-        assert_eq!(a.dims(), b.dims());
-        (a - b)
-            .unwrap()
-            .abs()
-            .unwrap()
-            .flatten_all()
-            .unwrap()
-            .max(0)
-            .unwrap()
-            .to_scalar::<f32>()
-            .unwrap()
     }
 
     /// Σ f(x)·r for a fixed random r: every output element gets a distinct upstream gradient.
@@ -863,15 +850,7 @@ pub(crate) mod tests {
             g_ref.get(x.as_tensor()).unwrap(),
         );
         // The zero row's gradient is g/1e-12: compare relative to the largest value.
-        let scale = g_ref
-            .abs()
-            .unwrap()
-            .flatten_all()
-            .unwrap()
-            .max(0)
-            .unwrap()
-            .to_scalar::<f32>()
-            .unwrap();
+        let scale = max_abs(g_ref);
         assert!(scale > 1e11, "the zero row passes g/1e-12");
         assert!(max_diff(g, g_ref) <= 1e-6 * scale);
         let rest = |t: &Tensor| t.narrow(0, 0, 2).unwrap();

@@ -81,7 +81,8 @@ impl Head {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::fused::tests::{max_diff, uniform};
+    use crate::fused::tests::uniform;
+    use crate::testing::max_diff;
     use candle_core::{Device, Var};
 
     /// The fused forward (and backward) equals the composed candle operations it replaced — Linear, ReLU,

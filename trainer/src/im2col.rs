@@ -157,7 +157,7 @@ pub fn conv2d(x: &Tensor, weight: &Tensor, stride: usize, padding: usize) -> Res
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::testing::grads_through;
+    use crate::testing::{grads_through, max_diff};
     use candle_core::Var;
 
     #[test]
@@ -180,15 +180,7 @@ mod tests {
                 .conv2d(weight.as_tensor(), p, s, 1, 1)
                 .unwrap();
             assert_eq!(ours.dims(), reference.dims());
-            let max = |t: Tensor| {
-                t.abs()
-                    .unwrap()
-                    .max_all()
-                    .unwrap()
-                    .to_scalar::<f32>()
-                    .unwrap()
-            };
-            assert!(max((&ours - &reference).unwrap()) < 1e-4);
+            assert!(max_diff(&ours, &reference) < 1e-4);
             // gradients against candle's where candle's are right (same parity of H and W, or stride 1)
             let upstream = Tensor::randn(0f32, 1.0, ours.dims(), &dev).unwrap();
             let g_ours = grads_through(&ours, &upstream);
@@ -198,7 +190,7 @@ mod tests {
                 for v in [x.as_tensor(), weight.as_tensor()] {
                     let a = g_ours.get(v).unwrap();
                     let b = g_ref.get(v).unwrap();
-                    assert!(max((a - b).unwrap()) < 1e-3, "k{k} s{s} {h}x{w}");
+                    assert!(max_diff(a, b) < 1e-3, "k{k} s{s} {h}x{w}");
                 }
             }
         }

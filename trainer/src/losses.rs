@@ -234,7 +234,8 @@ mod tests {
 #[cfg(test)]
 mod fused_tests {
     use super::*;
-    use crate::fused::tests::{max_diff, uniform};
+    use crate::fused::tests::uniform;
+    use crate::testing::{max_abs, max_diff};
     use candle_core::{Device, Var};
 
     fn one_hot(labels: &[usize], classes: usize) -> Tensor {
@@ -265,15 +266,7 @@ mod fused_tests {
             g.get(logits.as_tensor()).unwrap(),
             g_ref.get(logits.as_tensor()).unwrap(),
         );
-        let scale = g_ref
-            .abs()
-            .unwrap()
-            .flatten_all()
-            .unwrap()
-            .max(0)
-            .unwrap()
-            .to_scalar::<f32>()
-            .unwrap();
+        let scale = max_abs(g_ref);
         assert!(scale > 1e-4, "{name}: a non-trivial gradient");
         assert!(
             max_diff(g, g_ref) <= 1e-5 * scale,

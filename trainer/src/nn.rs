@@ -299,7 +299,7 @@ pub fn l2_normalize(x: &Tensor) -> Result<Tensor> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::testing::grads_through;
+    use crate::testing::{grads_through, max_diff};
     use candle_core::{Device, Var};
 
     /// The data-fed path (weight op, no input gradient) equals candle's own Linear in value and weight gradient.
@@ -315,14 +315,7 @@ mod tests {
 
         let y = ours.forward(&x).unwrap();
         let y_ref = reference.forward(&x).unwrap();
-        let diff = (&y - &y_ref)
-            .unwrap()
-            .abs()
-            .unwrap()
-            .max_all()
-            .unwrap()
-            .to_scalar::<f32>()
-            .unwrap();
+        let diff = max_diff(&y, &y_ref);
         assert!(diff < 1e-5, "forward differs by {diff}");
 
         let grads = grads_through(&y, &r);
@@ -330,14 +323,7 @@ mod tests {
         for var in [&w, &b] {
             let g = grads.get(var.as_tensor()).expect("gradient");
             let g_ref = grads_ref.get(var.as_tensor()).expect("reference gradient");
-            let diff = (g - g_ref)
-                .unwrap()
-                .abs()
-                .unwrap()
-                .max_all()
-                .unwrap()
-                .to_scalar::<f32>()
-                .unwrap();
+            let diff = max_diff(g, g_ref);
             assert!(diff < 1e-5, "gradient differs by {diff}");
         }
         // The input carried no gradient, and the data path built none for it.

@@ -421,6 +421,7 @@ impl ResNet50 {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::testing::max_diff;
     use candle_core::{Device, Var};
 
     #[test]
@@ -445,14 +446,7 @@ mod tests {
             let ours = conv.forward(x.as_tensor()).unwrap();
             let reference = x.as_tensor().conv2d(&weight, p, 2, 1, 1).unwrap();
             assert_eq!(ours.dims(), reference.dims());
-            let diff = (ours.clone() - reference)
-                .unwrap()
-                .abs()
-                .unwrap()
-                .max_all()
-                .unwrap()
-                .to_scalar::<f32>()
-                .unwrap();
+            let diff = max_diff(&ours, &reference);
             assert!(diff < 1e-4, "k{k} {h}x{w}: {diff}");
             let grads = ours.sum_all().unwrap().backward().unwrap();
             assert_eq!(grads.get(x.as_tensor()).unwrap().dims(), [2, 3, h, w]);

@@ -11,6 +11,12 @@ pub fn max_abs(t: &Tensor) -> f32 {
         .expect("max_abs of an f32 tensor")
 }
 
+/// The largest absolute difference of two tensors of the same shape.
+pub fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
+    assert_eq!(a.dims(), b.dims(), "shapes differ");
+    max_abs(&(a - b).expect("difference of two tensors"))
+}
+
 /// The gradients of `sum(y · upstream)`: back-propagates `upstream` as the gradient of `y`.
 pub fn grads_through(y: &Tensor, upstream: &Tensor) -> GradStore {
     (y * upstream)
