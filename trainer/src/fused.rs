@@ -95,6 +95,15 @@ pub fn l2_normalize(x: &Tensor) -> Result<Tensor> {
     Ok(x.contiguous()?.apply_op1(op)?)
 }
 
+/// [`l2_normalize`] of `x` when `on` (an encoder's `*_l2norm` switch), else `x` as it is.
+pub fn l2_normalize_if(x: Tensor, on: bool) -> Result<Tensor> {
+    if on {
+        l2_normalize(&x)
+    } else {
+        Ok(x)
+    }
+}
+
 /// l2-normalise the concatenation of (B, d_i) tensors along dimension 1, without materialising the concatenation
 /// first: the concat fusion (§3.6) as one node. Composed (`cat` then l2) off the CPU or beyond three parts.
 pub fn concat_l2_normalize(parts: &[Tensor]) -> Result<Tensor> {

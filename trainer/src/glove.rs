@@ -14,7 +14,7 @@ use std::path::Path;
 use candle_core::{Device, Tensor};
 
 use crate::error::{Error, Result};
-use crate::nn::l2_normalize;
+use crate::fused::l2_normalize_if;
 use crate::params::ParamStore;
 
 /// torchtext's `basic_english` tokenizer: lower-case, the same replacement table applied in the same order,
@@ -226,11 +226,7 @@ impl GloveEncoder {
         }
         let segments = Tensor::from_vec(segments, (b, total), device)?;
         let pooled = segments.matmul(&vectors)?;
-        if self.l2norm {
-            l2_normalize(&pooled)
-        } else {
-            Ok(pooled)
-        }
+        l2_normalize_if(pooled, self.l2norm)
     }
 }
 

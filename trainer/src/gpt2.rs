@@ -30,8 +30,9 @@ use rand_chacha::ChaCha8Rng;
 use serde::Deserialize;
 
 use crate::error::{Error, Result};
+use crate::fused::l2_normalize_if;
 use crate::hub;
-use crate::nn::{dropout_shared, l2_normalize, LayerNorm};
+use crate::nn::{dropout_shared, LayerNorm};
 use crate::softmax_dropout::softmax_dropout;
 
 fn default_pdrop() -> f64 {
@@ -463,11 +464,7 @@ impl Gpt2Encoder {
             .collect();
         let index = Tensor::from_vec(index, b, hidden.device())?;
         let out = hidden.reshape((b * l, e))?.index_select(&index, 0)?;
-        if self.l2 {
-            l2_normalize(&out)
-        } else {
-            Ok(out)
-        }
+        l2_normalize_if(out, self.l2)
     }
 }
 

@@ -65,9 +65,7 @@ impl Head {
             let mask = dropout.and_then(|d| d.mask(rows * linear.out_features, ctx));
             h = linear.forward_fused(&h, true, mask)?;
         }
-        if self.l2norm {
-            h = fused::l2_normalize(&h)?;
-        }
+        let h = fused::l2_normalize_if(h, self.l2norm)?;
         let logits = self.logits.forward_fused(&h, false, None)?;
         let probs = fused::softmax(&logits)?;
         Ok(HeadOutput {

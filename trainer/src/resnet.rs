@@ -22,7 +22,7 @@ use candle_core::{Device, Tensor, D};
 
 use crate::batch_norm::BatchNorm;
 use crate::error::{Error, Result};
-use crate::nn::l2_normalize;
+use crate::fused::l2_normalize_if;
 use crate::params::ParamStore;
 use crate::pool::max_pool_3x3_s2;
 
@@ -410,11 +410,7 @@ impl ResNet50 {
             .last()
             .ok_or_else(|| Error::Other("ResNet without stages".into()))?;
         let pooled = last.flatten_from(2)?.mean(D::Minus1)?;
-        if self.l2norm {
-            l2_normalize(&pooled)
-        } else {
-            Ok(pooled)
-        }
+        l2_normalize_if(pooled, self.l2norm)
     }
 }
 

@@ -39,10 +39,11 @@ use serde::Deserialize;
 
 use crate::conv1d::{conv1d, conv1d_maybe_gelu};
 use crate::error::{Error, Result};
+use crate::fused::l2_normalize_if;
 use crate::gelu::gelu_erf;
 use crate::group_norm::group_norm_per_channel;
 use crate::hub;
-use crate::nn::{dropout_shared, l2_normalize, LayerNorm};
+use crate::nn::{dropout_shared, LayerNorm};
 use crate::softmax_dropout::softmax_dropout;
 
 fn d_eps() -> f64 {
@@ -770,11 +771,7 @@ impl Wav2Vec2Encoder {
             Some(p) => p.forward(&pooled)?,
             None => pooled,
         };
-        if self.l2 {
-            l2_normalize(&out)
-        } else {
-            Ok(out)
-        }
+        l2_normalize_if(out, self.l2)
     }
 }
 

@@ -10,7 +10,8 @@ use candle_core::Tensor;
 use crate::attention::{heads_for_degree, MultiheadAttention};
 use crate::config::AttentionScope;
 use crate::error::Result;
-use crate::nn::{l2_normalize, Ctx, Dropout, LayerNorm, Linear};
+use crate::fused::l2_normalize_if;
+use crate::nn::{Ctx, Dropout, LayerNorm, Linear};
 use crate::params::ParamStore;
 
 #[derive(Debug, Clone)]
@@ -73,10 +74,6 @@ impl WaveformEncoder {
         if let Some((attention, norm)) = &self.attention {
             h = norm.forward(&(&h + attention.forward(&h)?)?)?;
         }
-        if self.l2norm {
-            l2_normalize(&h)
-        } else {
-            Ok(h)
-        }
+        l2_normalize_if(h, self.l2norm)
     }
 }
