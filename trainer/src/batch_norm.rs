@@ -18,7 +18,7 @@
 
 use std::sync::{Arc, Mutex};
 
-use candle_core::{CpuStorage, CustomOp3, Layout, ModuleT, Shape, Storage, Tensor, Var};
+use candle_core::{CpuStorage, CustomOp3, Layout, ModuleT, Shape, Tensor, Var};
 use rayon::prelude::*;
 
 use crate::error::{Error, Result};
@@ -266,17 +266,12 @@ fn cpu_f32<'a>(
     crate::nn::contiguous_f32(storage, layout, &format!("batch norm ({what})"))
 }
 
-/// Runs `f` on the values of a tensor on the CPU (made contiguous if it is not).
+/// [`crate::nn::with_cpu_f32`] for a fallible `f`.
 fn with_values<R>(
     t: &Tensor,
     f: impl FnOnce(&[f32]) -> candle_core::Result<R>,
 ) -> candle_core::Result<R> {
-    let t = t.contiguous()?;
-    let (storage, layout) = t.storage_and_layout();
-    match &*storage {
-        Storage::Cpu(cpu) => f(cpu_f32(cpu, layout, "backward")?),
-        _ => candle_core::bail!("batch norm: the fused kernel runs on the CPU only"),
-    }
+    crate::nn::with_cpu_f32(t, "batch norm backward", f)?
 }
 
 impl CustomOp3 for BatchNormOp {

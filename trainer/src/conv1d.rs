@@ -23,7 +23,8 @@ use candle_core::{CpuStorage, CustomOp2, Layout, Shape, Tensor};
 use rayon::prelude::*;
 
 use crate::error::{Error, Result};
-use crate::gelu::{gelu, gelu_grad, with_cpu_f32};
+use crate::gelu::{gelu, gelu_grad};
+use crate::nn::with_cpu_f32;
 
 /// Values per block of columns (16 MB): the patches are built, multiplied and dropped one block at a time.
 const BLOCK_VALUES: usize = 4 << 20;

@@ -21,18 +21,13 @@ pub fn applies(t: &Tensor) -> bool {
     t.device().is_cpu() && t.dtype() == DType::F32 && t.elem_count() > 0
 }
 
-/// Runs `f` on the values of a CPU f32 tensor (made contiguous first; a no-op when it already is).
+/// [`crate::nn::with_cpu_f32`] for a fallible `f`.
 fn with_values<R>(
     t: &Tensor,
     op: &str,
     f: impl FnOnce(&[f32]) -> candle_core::Result<R>,
 ) -> candle_core::Result<R> {
-    let t = t.contiguous()?;
-    let (storage, layout) = t.storage_and_layout();
-    let candle_core::Storage::Cpu(cpu) = &*storage else {
-        candle_core::bail!("{op} runs on the CPU only")
-    };
-    f(contiguous_f32(cpu, layout, op)?)
+    crate::nn::with_cpu_f32(t, op, f)?
 }
 
 /// The width of the last dimension and the number of rows before it.

@@ -10,10 +10,11 @@
 
 use std::f32::consts::FRAC_1_SQRT_2;
 
-use candle_core::{CpuStorage, CustomOp1, Layout, Shape, Storage, Tensor};
+use candle_core::{CpuStorage, CustomOp1, Layout, Shape, Tensor};
 use rayon::prelude::*;
 
 use crate::error::Result;
+use crate::nn::with_cpu_f32;
 
 /// 1/√(2π)
 const FRAC_1_SQRT_2PI: f32 = 0.398_942_3;
@@ -66,20 +67,6 @@ fn gelu_tanh_value(x: f32) -> f32 {
 fn gelu_tanh_grad(x: f32) -> f32 {
     let t = (SQRT_2_OVER_PI * (x + TANH_CUBIC * x * x * x)).tanh();
     0.5 * (1.0 + t) + 0.5 * x * (1.0 - t * t) * SQRT_2_OVER_PI * (1.0 + 3.0 * TANH_CUBIC * x * x)
-}
-
-/// Runs `f` on a CPU f32 tensor's values (made contiguous first if needed).
-pub(crate) fn with_cpu_f32<R>(
-    t: &Tensor,
-    op: &str,
-    f: impl FnOnce(&[f32]) -> R,
-) -> candle_core::Result<R> {
-    let t = t.contiguous()?;
-    let (storage, layout) = t.storage_and_layout();
-    match &*storage {
-        Storage::Cpu(cpu) => Ok(f(crate::nn::contiguous_f32(cpu, layout, op)?)),
-        _ => candle_core::bail!("{op} expects a CPU tensor"),
-    }
 }
 
 /// Elements per parallel task: large enough that rayon's scheduling is noise.

@@ -16,7 +16,8 @@ use candle_core::{CpuStorage, CustomOp3, Layout, Shape, Tensor};
 use rayon::prelude::*;
 
 use crate::error::{Error, Result};
-use crate::gelu::{gelu, gelu_grad, with_cpu_f32};
+use crate::gelu::{gelu, gelu_grad};
+use crate::nn::with_cpu_f32;
 
 /// Time steps per parallel task (each task reads whole channels-last rows, so reads stay sequential).
 const STEPS: usize = 256;

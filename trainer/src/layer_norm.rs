@@ -14,7 +14,7 @@ use candle_core::{CpuStorage, CustomOp3, Layout, Shape, Tensor};
 use rayon::prelude::*;
 
 use crate::error::{Error, Result};
-use crate::gelu::with_cpu_f32;
+use crate::nn::with_cpu_f32;
 
 /// Rows per parallel task.
 const ROWS: usize = 8;

@@ -138,6 +138,21 @@ pub fn contiguous_f32<'a>(
     }
 }
 
+/// Runs `f` on a CPU f32 tensor's values (made contiguous first; a no-op when it already is), borrowed from its
+/// storage; an error naming `op` for a tensor elsewhere or of another dtype.
+pub fn with_cpu_f32<R>(
+    t: &Tensor,
+    op: &str,
+    f: impl FnOnce(&[f32]) -> R,
+) -> candle_core::Result<R> {
+    let t = t.contiguous()?;
+    let (storage, layout) = t.storage_and_layout();
+    match &*storage {
+        candle_core::Storage::Cpu(cpu) => Ok(f(contiguous_f32(cpu, layout, op)?)),
+        _ => candle_core::bail!("{op} expects a CPU tensor"),
+    }
+}
+
 /// [`contiguous_f32`] for ops that write in place.
 pub fn contiguous_f32_mut<'a>(
     storage: &'a mut candle_core::CpuStorage,

@@ -220,19 +220,9 @@ impl AdamW {
 /// Elements per rayon task in the host update (large enough that scheduling costs nothing).
 const CHUNK: usize = 1 << 14;
 
-/// Runs `f` on the values of a contiguous f32 CPU tensor, borrowed from its storage (no copy).
+/// Runs `f` on the values of an f32 CPU tensor, borrowed from its storage (no copy: gradients are contiguous).
 fn with_f32_slice<R>(t: &Tensor, f: impl FnOnce(&[f32]) -> R) -> Result<R> {
-    let (storage, layout) = t.storage_and_layout();
-    let candle_core::Storage::Cpu(storage) = &*storage else {
-        return Err(crate::error::Error::Other(
-            "the optimiser's host path needs CPU tensors".into(),
-        ));
-    };
-    Ok(f(crate::nn::contiguous_f32(
-        storage,
-        layout,
-        "the optimiser's host path",
-    )?))
+    Ok(crate::nn::with_cpu_f32(t, "the optimiser's host path", f)?)
 }
 
 /// The AdamW update of one CPU parameter, applied in place to its storage: no copy of the parameter, the gradient

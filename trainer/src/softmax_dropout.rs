@@ -18,7 +18,7 @@ use rand_chacha::ChaCha8Rng;
 use rayon::prelude::*;
 
 use crate::error::{Error, Result};
-use crate::gelu::with_cpu_f32;
+use crate::nn::with_cpu_f32;
 
 struct SoftmaxDropout {
     /// Inverted-dropout factors (0 or 1/(1−p)), one per element; None: no dropout.
