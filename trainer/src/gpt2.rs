@@ -113,6 +113,28 @@ impl Config {
     }
 
     /// Id of the added `[PAD]` token: the first id past the checkpoint's vocabulary.
+    /// The tokenizer's `[PAD]` must be the embedding row the model appends (id = checkpoint vocab_size), or
+    /// padding would index a real token's embedding; `dir` is the model folder, for the message.
+    pub fn check_tokenizer(
+        &self,
+        tokenizer: &crate::tokenizer::Gpt2Tokenizer,
+        dir: &Path,
+    ) -> Result<()> {
+        let expected = self.pad_token_id();
+        if tokenizer.pad_id() != expected {
+            return Err(Error::data(
+                dir,
+                format!(
+                    "the tokenizer's [PAD] id is {} but the model's vocabulary has {} tokens (expected [PAD] = {})",
+                    tokenizer.pad_id(),
+                    self.vocab_size,
+                    expected
+                ),
+            ));
+        }
+        Ok(())
+    }
+
     pub fn pad_token_id(&self) -> u32 {
         self.vocab_size as u32
     }
@@ -473,26 +495,6 @@ pub struct LoadedGpt2 {
     pub model: Gpt2Model,
     pub vars: VarMap,
     pub dir: PathBuf,
-}
-
-impl LoadedGpt2 {
-    /// The tokenizer's `[PAD]` must be the embedding row the model appended (id = checkpoint vocab_size), or
-    /// padding would index a real token's embedding.
-    pub fn check_tokenizer(&self, tokenizer: &crate::tokenizer::Gpt2Tokenizer) -> Result<()> {
-        let expected = self.model.cfg.pad_token_id();
-        if tokenizer.pad_id() != expected {
-            return Err(Error::data(
-                &self.dir,
-                format!(
-                    "the tokenizer's [PAD] id is {} but the model's vocabulary has {} tokens (expected [PAD] = {})",
-                    tokenizer.pad_id(),
-                    self.model.cfg.vocab_size,
-                    expected
-                ),
-            ));
-        }
-        Ok(())
-    }
 }
 
 /// Loads `config.json` + `model.safetensors` from a model folder (see [`hub::resolve_gpt2`]) and appends the

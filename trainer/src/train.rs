@@ -125,18 +125,8 @@ pub fn prepare(
     }
     if let Some(dir) = &backbones.gpt2 {
         let tokenizer = Gpt2Tokenizer::from_dir(dir)?;
-        let model = crate::gpt2::Config::from_file(&dir.join("config.json"))?;
-        if tokenizer.pad_id() != model.pad_token_id() {
-            return Err(Error::data(
-                dir,
-                format!(
-                    "the tokenizer has {} tokens but config.json's vocab_size is {}: [PAD] would not be the \
-                     embedding row the model appends",
-                    tokenizer.pad_id(),
-                    model.vocab_size
-                ),
-            ));
-        }
+        crate::gpt2::Config::from_file(&dir.join("config.json"))?
+            .check_tokenizer(&tokenizer, dir)?;
         for split in &mut splits {
             split.encode_gpt2(&tokenizer, config.config.text_context)?;
         }

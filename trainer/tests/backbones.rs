@@ -500,3 +500,18 @@ fn loading_errors_name_the_files_and_the_fix() {
         "{err}"
     );
 }
+
+#[test]
+fn a_tokenizer_whose_pad_is_not_the_appended_row_is_refused() {
+    let tiny = fixtures().join("gpt2-tiny");
+    let cfg = gpt2::Config::from_file(&tiny.join("config.json")).unwrap();
+    let own = tokenizer::Gpt2Tokenizer::from_dir(&tiny).unwrap();
+    cfg.check_tokenizer(&own, &tiny).unwrap();
+    // the real vocabulary puts [PAD] at 50257, past the tiny model's 512 + 1 rows
+    let real = tokenizer::Gpt2Tokenizer::from_dir(&tokenizer_dir()).unwrap();
+    let err = cfg.check_tokenizer(&real, &tiny).unwrap_err().to_string();
+    assert!(
+        err.contains("gpt2-tiny") && err.contains("50257") && err.contains("expected [PAD] = 512"),
+        "{err}"
+    );
+}
