@@ -2,12 +2,12 @@
 """Training throughput of the reference (HLM12ERC) models in PyTorch on CPU: the other side of `make bench`'s
 trainer benchmark (`erc-train bench`), which runs the same models in candle on the same inputs shapes.
 
-The models are written as the reference builds them (behaviour spec §3): the GloVe encoder's whole 400 000 x 50
+The models are written as the reference builds them (docs/reference.md §3): the GloVe encoder's whole 400 000 x 50
 embedding is trainable (dense gradients, AdamW over all of it, as torchtext + nn.Embedding do there); the raw-waveform
 MLP; concat fusion with its l2; the feed-forward head with the final ReLU; softmax; Dice loss. One training step =
 forward, loss, backward, global-norm clipping at 1.0, AdamW (no decay on biases) and the linear warm-up schedule,
 exactly as the HF Trainer does. Inputs are random tensors of the real shapes: token-id sequences of 60-200 ids
-(dialogue prompts average ~130 GloVe tokens, spec §2.2), 150 000 audio samples, 2148 fused features.
+(dialogue prompts average ~130 GloVe tokens, docs/reference.md §2.2), 150 000 audio samples, 2148 fused features.
 
 Prints one JSON line per model: {"model", "batch_size", "steps", "samples_per_s", "threads", "torch"}.
 Usage: bench_train_torch.py [--models t-um-glove,a-um-waveform,baseline-head] [--steps 20] [--threads 2]
@@ -38,7 +38,7 @@ def dice(p: torch.Tensor, y: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
 
 
 class Head(nn.Module):
-    """Concat fusion (l2 of the concatenation) → FF 64 + ReLU + Dropout(0.2) → logits → softmax (spec §3.6, §3.8)."""
+    """Concat fusion (l2 of the concatenation) → FF 64 + ReLU + Dropout(0.2) → logits → softmax (docs/reference.md §3.6, docs/reference.md §3.8)."""
 
     def __init__(self, width: int):
         super().__init__()
@@ -50,7 +50,7 @@ class Head(nn.Module):
 
 
 class GloveModel(nn.Module):
-    """t-um-glove: trainable GloVe 6B-50d, mean over the padded length, l2, then the head (spec §3.1)."""
+    """t-um-glove: trainable GloVe 6B-50d, mean over the padded length, l2, then the head (docs/reference.md §3.1)."""
 
     def __init__(self):
         super().__init__()
@@ -63,7 +63,7 @@ class GloveModel(nn.Module):
 
 
 class WaveformModel(nn.Module):
-    """a-um-waveform: the raw-waveform MLP 150000 → 150 → 100 → 50 with ReLU + Dropout(0.1) after each (§3.4)."""
+    """a-um-waveform: the raw-waveform MLP 150000 → 150 → 100 → 50 with ReLU + Dropout(0.1) after each (docs/reference.md §3.4)."""
 
     def __init__(self, samples: int = 150_000, width: int = 50):
         super().__init__()

@@ -5,7 +5,7 @@
 //! `ROOT/train_splits/` …), the Kaggle copy (`MELD-RAW/MELD.Raw/{train,dev,test}/` with each CSV beside its
 //! folder), or the inner tarballs extracted somewhere else — so the files are found by name, not by a fixed path.
 //! A row's clip is looked up ONLY in its own split's folder: dialogue ids restart at 0 in every split, and the
-//! reference's tree-wide lookup (quirk Q1) silently gave rows another split's clip.
+//! reference's tree-wide lookup (docs/reference.md quirk Q1) silently gave rows another split's clip.
 
 use std::collections::BTreeMap;
 use std::fs;

@@ -334,8 +334,10 @@ fn check_describes_the_run_and_names_missing_models_and_media() {
             .arg(gpt2_tiny()),
     );
     let stdout = String::from_utf8_lossy(&output.stdout);
+    let pretrained = format!("gpt2     pretrained weights from {}", gpt2_tiny().display());
     assert!(
-        stdout.contains("gpt2     pretrained weights from") && stdout.contains("text"),
+        stdout.contains(&pretrained)
+            && stdout.contains("encoders text Gpt2, visual None, audio None"),
         "{stdout}"
     );
 

@@ -1,17 +1,17 @@
-//! Experiment configuration: the reference's YAML keys (behaviour spec §6), unchanged, plus a few keys of ours.
+//! Experiment configuration: the reference's YAML keys (docs/reference.md §6), unchanged, plus a few keys of ours.
 //!
 //! The reference's 30 experiment files load as they are. Keys of ours (all optional):
 //! * `epochs`, `batch_size`, `seed` — what the reference passed outside its YAML (Table 4: 10/15 epochs,
 //!   batch 64/16/11/8); the command line overrides them;
 //! * `text_glove_path` — the `glove.*.txt` file (`--glove` overrides; default `models/glove.6B.<dim>d.txt`);
-//! * `text_context: dialogue | utterance` — the reference's whole-dialogue prompt (quirk Q14) or the row's own
+//! * `text_context: dialogue | utterance` — the reference's whole-dialogue prompt (docs/reference.md quirk Q14) or the row's own
 //!   turn only;
-//! * `visual_crop: reference | full` — the reference's top-left 256x721 crop (quirk Q6) or the whole mosaic;
+//! * `visual_crop: reference | full` — the reference's top-left 256x721 crop (docs/reference.md quirk Q6) or the whole mosaic;
 //! * `visual_short_side` — the short side of the resized mosaic (256 in the reference; smaller for quick tests);
-//! * `attention_scope: batch | sample` — the reference's attention across the batch (quirk Q7) or per sample;
-//! * `audio_input: reference | normalized_mono` — interleaved int16-scale samples as written (Q12/Q13) or the
+//! * `attention_scope: batch | sample` — the reference's attention across the batch (docs/reference.md quirk Q7) or per sample;
+//! * `audio_input: reference | normalized_mono` — interleaved int16-scale samples as written (docs/reference.md Q12/Q13) or the
 //!   channel mean scaled to [-1, 1];
-//! * `classifier_loss_fn: ce` (and `ce+triplet`) — cross-entropy on logits, the correction of quirk Q8 (`cce`);
+//! * `classifier_loss_fn: ce` (and `ce+triplet`) — cross-entropy on logits, the correction of docs/reference.md quirk Q8 (`cce`);
 //! * `text_model`, `audio_model`, `visual_model` — where the pretrained GPT-2, wav2vec2 and ResNet-50 come from:
 //!   a local Hugging Face model folder, or a hub id found in the Hugging Face cache (defaults: the reference's
 //!   `gpt2`, `facebook/wav2vec2-base`, and `timm/resnet50.tv_in1k` = torchvision's ImageNet V1 weights); for
@@ -66,17 +66,17 @@ pub enum BestMetric {
     Loss,
 }
 
-/// How the mosaic becomes the image tensor (§2.3).
+/// How the mosaic becomes the image tensor (docs/reference.md §2.3).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum VisualCrop {
-    /// Top-left crop of height S and width L of the S-wide resized mosaic, zero padded (quirk Q6).
+    /// Top-left crop of height S and width L of the S-wide resized mosaic, zero padded (docs/reference.md quirk Q6).
     Reference,
     /// The whole resized mosaic.
     Full,
 }
 
-/// What attention layers attend over (quirk Q7).
+/// What attention layers attend over (docs/reference.md quirk Q7).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum AttentionScope {
@@ -86,7 +86,7 @@ pub enum AttentionScope {
     Sample,
 }
 
-/// What the text encoder reads (§2.2, quirk Q14).
+/// What the text encoder reads (docs/reference.md §2.2, quirk Q14).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum TextContext {
@@ -96,11 +96,11 @@ pub enum TextContext {
     Utterance,
 }
 
-/// How the WAV becomes the audio vector (§2.5).
+/// How the WAV becomes the audio vector (docs/reference.md §2.5).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum AudioInput {
-    /// All samples as written, channels interleaved, int16 scale (quirks Q12/Q13).
+    /// All samples as written, channels interleaved, int16 scale (docs/reference.md quirks Q12/Q13).
     Reference,
     /// Mean over channels, scaled to [-1, 1].
     NormalizedMono,
@@ -109,7 +109,7 @@ pub enum AudioInput {
 /// The classifier part of the loss.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ClassifierLoss {
-    /// Cross-entropy applied to the softmax probabilities (double softmax, quirk Q8) — the reference's `cce`.
+    /// Cross-entropy applied to the softmax probabilities (double softmax, docs/reference.md quirk Q8) — the reference's `cce`.
     Cce,
     /// Cross-entropy on the logits (the corrected option).
     Ce,
@@ -175,7 +175,7 @@ impl fmt::Display for LossFn {
     }
 }
 
-/// One layer of the feed-forward head (§3.8).
+/// One layer of the feed-forward head (docs/reference.md §3.8).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct FeedForwardLayer {
@@ -237,7 +237,7 @@ fn default_audio_input() -> AudioInput {
     AudioInput::Reference
 }
 
-/// An experiment (ERCConfig of the reference, §6, plus our keys).
+/// An experiment (ERCConfig of the reference, docs/reference.md §6, plus our keys).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Config {
@@ -559,14 +559,14 @@ impl Config {
     pub fn text_model(&self) -> &str {
         self.text_model
             .as_deref()
-            .unwrap_or(crate::hub::Backbone::Gpt2.default_repo())
+            .unwrap_or(crate::encoders::hub::Backbone::Gpt2.default_repo())
     }
 
     /// Where the pretrained wav2vec2 comes from (`audio_model`, default `facebook/wav2vec2-base`).
     pub fn audio_model(&self) -> &str {
         self.audio_model
             .as_deref()
-            .unwrap_or(crate::hub::Backbone::Wav2vec2.default_repo())
+            .unwrap_or(crate::encoders::hub::Backbone::Wav2vec2.default_repo())
     }
 
     /// Where the ResNet-50 weights come from (`visual_model`, default torchvision's ImageNet V1 weights);
@@ -575,7 +575,7 @@ impl Config {
         match self.visual_model.as_deref() {
             Some(RANDOM_WEIGHTS) => None,
             Some(spec) => Some(spec),
-            None => Some(crate::hub::Backbone::Resnet50.default_repo()),
+            None => Some(crate::encoders::hub::Backbone::Resnet50.default_repo()),
         }
     }
 
@@ -584,7 +584,7 @@ impl Config {
         self.visual_preprocess_faceonly == Some(true)
     }
 
-    /// Class names in the order of the class indices: alphabetical, as the reference encodes them (§2.6).
+    /// Class names in the order of the class indices: alphabetical, as the reference encodes them (docs/reference.md §2.6).
     pub fn classes(&self) -> Vec<String> {
         let mut classes = self.classifier_classes.clone();
         classes.sort();

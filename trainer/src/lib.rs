@@ -1,40 +1,24 @@
 //! `erc-train`: a multimodal emotion-recognition trainer (candle) for MELD, a faithful re-implementation of the
-//! HLM12ERC experiments (see `shared/reference/hlm12erc-behaviour.md` §2, §3, §5, §6).
+//! HLM12ERC experiments (`docs/reference.md` describes the original system, docs/reference.md §2, docs/reference.md §3, docs/reference.md §5, docs/reference.md §6, and its quirks).
 //!
-//! The way through the code: [`config`] → [`dataset`] → [`model`] (encoders [`glove`], [`resnet`],
-//! [`waveform`]; [`fusion`]; [`head`]) → [`losses`] → [`train`] (with [`optim`] and [`metrics`]) → [`report`].
+//! # Where things live
+//! The modules follow the data's way through a run. [`config`] reads an experiment's YAML. [`data`] loads a
+//! split of the `meld-etl` dataset, turns prompts into token ids and decodes batches ahead of the model.
+//! [`encoders`] are the per-modality networks (GloVe, GPT-2, ResNet-50, raw waveform, wav2vec2) and `hub`, where
+//! their pretrained weights come from; [`model`] assembles them with the fusion and the head into the
+//! classifier. [`train`] holds the losses, the optimiser, the loop, the metrics and the run folder's reports.
+//! Beneath them, [`nn`] has the layers (Linear, LayerNorm, BatchNorm, attention, the parameter store) and
+//! [`ops`] the numeric ops those layers run, each owning which implementation runs on which device (a CPU
+//! kernel, a CUDA kernel, or composed candle ops): no code outside `ops/` chooses a kernel.
 
-pub mod attention;
-pub mod batch_norm;
 pub mod config;
-pub mod conv1d;
-pub mod dataset;
+pub mod data;
+pub mod encoders;
 pub mod error;
-pub mod fused;
-pub mod fusion;
-pub mod gelu;
-pub mod glove;
-pub mod gpt2;
-pub mod group_norm;
-pub mod head;
-pub mod heap;
-pub mod hub;
-pub mod im2col;
-pub mod layer_norm;
-pub mod losses;
-pub mod metrics;
 pub mod model;
 pub mod nn;
-pub mod optim;
-pub mod params;
-pub mod pool;
-pub mod report;
-pub mod resnet;
-pub mod softmax_dropout;
-pub mod tokenizer;
+pub mod ops;
 pub mod train;
-pub mod wav2vec2;
-pub mod waveform;
 
 pub use config::{Config, LoadedConfig};
 pub use error::{Error, Result};
@@ -49,5 +33,6 @@ pub fn init_cpu_threads() {
         std::env::set_var("RAYON_NUM_THREADS", threads.to_string());
     }
 }
+
 #[cfg(test)]
 mod testing;

@@ -8,8 +8,8 @@ use anyhow::{bail, Context, Result};
 use candle_core::Device;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use erc_train::config::Config;
-use erc_train::losses::Loss;
-use erc_train::report::RunFolder;
+use erc_train::train::losses::Loss;
+use erc_train::train::report::RunFolder;
 use erc_train::train::{self, glove_path, planned_steps, prepare, TrainOptions, VocabSource};
 use meld_shared::Split;
 

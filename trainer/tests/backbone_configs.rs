@@ -16,13 +16,13 @@ use std::path::{Path, PathBuf};
 
 use candle_core::{Device, Tensor};
 use erc_train::config::{Config, TextEncoder};
-use erc_train::dataset::{Batch, MediaCounts};
-use erc_train::glove::GloveVocab;
-use erc_train::losses::Loss;
+use erc_train::data::GloveVocab;
+use erc_train::data::Gpt2Tokenizer;
+use erc_train::data::{Batch, MediaCounts};
 use erc_train::model::{Backbones, Model};
 use erc_train::nn::Ctx;
-use erc_train::optim::{AdamW, AdamWConfig};
-use erc_train::tokenizer::Gpt2Tokenizer;
+use erc_train::train::losses::Loss;
+use erc_train::train::optim::{AdamW, AdamWConfig};
 
 const BATCH: usize = 4;
 
@@ -102,7 +102,7 @@ fn batch(config: &Config, vocab: Option<&GloveVocab>) -> Batch {
             prompts
                 .iter()
                 .map(|p| {
-                    erc_train::glove::basic_english(p)
+                    erc_train::data::basic_english(p)
                         .iter()
                         .filter_map(|t| vocab.id(t))
                         .collect()
@@ -111,7 +111,7 @@ fn batch(config: &Config, vocab: Option<&GloveVocab>) -> Batch {
         }
         TextEncoder::None => Vec::new(),
     };
-    let prep = erc_train::dataset::Preprocess::new(config);
+    let prep = erc_train::data::Preprocess::new(config);
     Batch {
         indices: (0..BATCH).collect(),
         text_ids,

@@ -9,7 +9,8 @@ use std::path::{Path, PathBuf};
 
 use candle_core::{DType, Device, Tensor, Var};
 use candle_nn::VarMap;
-use erc_train::{gpt2, hub, tokenizer, wav2vec2};
+use erc_train::data::tokenizer;
+use erc_train::encoders::{gpt2, hub, wav2vec2};
 
 mod common;
 use common::{backbone_fixture, check_all, io, norm, rel_err};
@@ -433,17 +434,17 @@ fn loading_errors_name_the_files_and_the_fix() {
         "{err}"
     );
 
-    // Neither local nor cached, no network: the files and the command.
-    std::env::set_var("HF_HOME", tmp.path().join("hf-home"));
-    std::env::set_var("HF_HUB_OFFLINE", "1");
-    let err = hub::resolve(hub::Backbone::Gpt2, "gpt2")
+    // Neither local nor cached, no network: the files and the command. The cache and the offline switch are
+    // passed, not set in the environment (other tests of this binary run on other threads meanwhile).
+    let env = hub::HubEnv::new(tmp.path().join("hf-home/hub"), true);
+    let err = hub::resolve_in(&env, hub::Backbone::Gpt2, "gpt2")
         .unwrap_err()
         .to_string();
     assert!(
         err.contains("huggingface-cli download gpt2 config.json model.safetensors tokenizer.json --local-dir models/gpt2"),
         "{err}"
     );
-    let err = hub::resolve(hub::Backbone::Wav2vec2, "facebook/wav2vec2-base")
+    let err = hub::resolve_in(&env, hub::Backbone::Wav2vec2, "facebook/wav2vec2-base")
         .unwrap_err()
         .to_string();
     assert!(
@@ -472,7 +473,7 @@ fn loading_errors_name_the_files_and_the_fix() {
     for f in ["config.json", "model.safetensors"] {
         std::fs::copy(fixtures().join("wav2vec2-tiny").join(f), snap.join(f)).unwrap();
     }
-    let dir = hub::resolve(hub::Backbone::Wav2vec2, "facebook/wav2vec2-base").unwrap();
+    let dir = hub::resolve_in(&env, hub::Backbone::Wav2vec2, "facebook/wav2vec2-base").unwrap();
     assert_eq!(dir, snap);
     assert!(wav2vec2::load(&dir, None, false, &Device::Cpu, 1).is_ok());
 

@@ -1,7 +1,7 @@
 //! Benchmark, not a test (ignored by default): forward + backward time per training batch of the trainable
 //! backbones at their real sizes, random weights — GPT-2 small (124 M) on 2 × 256 tokens, wav2vec 2.0 base on
-//! 2 × 150 000 samples and ResNet-50 on 2 × 3 × 256 × 721 images (the reference's input sizes, §3.2, §3.3,
-//! §3.5; batch 2 rather than the reference's 8–16 so that one step takes seconds on a laptop CPU). Training mode
+//! 2 × 150 000 samples and ResNet-50 on 2 × 3 × 256 × 721 images (the reference's input sizes, docs/reference.md §3.2, docs/reference.md §3.3,
+//! docs/reference.md §3.5; batch 2 rather than the reference's 8–16 so that one step takes seconds on a laptop CPU). Training mode
 //! (dropout, LayerDrop, masking, batch statistics on), loss = sum of the encoder output. Prints one table, and
 //! with `BENCH_JSON=FILE` appends one JSON line per backbone for `scripts/bench-backbones.sh`, which runs the same
 //! models in PyTorch (`scripts/bench_backbones_torch.py`) and prints the ratios.
@@ -13,9 +13,9 @@ use std::time::Instant;
 
 use candle_core::{DType, Device, Tensor};
 use candle_nn::{VarBuilder, VarMap};
-use erc_train::params::ParamStore;
-use erc_train::resnet::ResNet50;
-use erc_train::{gpt2, wav2vec2};
+use erc_train::encoders::resnet::ResNet50;
+use erc_train::encoders::{gpt2, wav2vec2};
+use erc_train::nn::ParamStore;
 
 fn params(vars: &VarMap) -> usize {
     vars.all_vars()
@@ -54,7 +54,7 @@ fn bench_backbones() {
         .and_then(|s| s.parse().ok())
         .unwrap_or(3);
     // As the trainer does (through its optimiser): freed activations and gradients are reused, not unmapped.
-    erc_train::heap::keep_freed_memory();
+    erc_train::train::heap::keep_freed_memory();
     let device = Device::Cpu;
     let threads = candle_core::utils::get_num_threads();
     let mut rows = Vec::new();

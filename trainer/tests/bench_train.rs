@@ -10,7 +10,7 @@
 //!
 //! `BENCH_STEPS=20 [BENCH_MODELS=t-um-glove,...] cargo test --release --workspace --test bench_train -- --ignored --nocapture`
 //! — preferably through `scripts/bench-trainer.sh`, which also sets `MALLOC_ARENA_MAX=1` so that this (libtest)
-//! thread allocates as the trainer's main thread does (see the script and `erc_train::heap`).
+//! thread allocates as the trainer's main thread does (see the script and `erc_train::train::heap`).
 
 use std::io::Write;
 use std::path::PathBuf;
@@ -18,15 +18,15 @@ use std::time::Instant;
 
 use candle_core::{Device, Tensor};
 use erc_train::config::Config;
-use erc_train::dataset::{Batch, MediaCounts};
-use erc_train::fusion::Fusion;
-use erc_train::glove::GloveVocab;
-use erc_train::head::Head;
-use erc_train::losses::Loss;
+use erc_train::data::GloveVocab;
+use erc_train::data::{Batch, MediaCounts};
+use erc_train::model::fusion::Fusion;
+use erc_train::model::Head;
 use erc_train::model::Model;
 use erc_train::nn::Ctx;
-use erc_train::optim::{AdamW, AdamWConfig};
-use erc_train::params::ParamStore;
+use erc_train::nn::ParamStore;
+use erc_train::train::losses::Loss;
+use erc_train::train::optim::{AdamW, AdamWConfig};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 

@@ -7,12 +7,12 @@ use std::path::Path;
 
 use candle_core::{Device, Tensor};
 use erc_train::config::Config;
-use erc_train::dataset::{Batch, MediaCounts};
-use erc_train::glove::GloveVocab;
-use erc_train::losses::Loss;
+use erc_train::data::GloveVocab;
+use erc_train::data::{Batch, MediaCounts};
 use erc_train::model::Model;
 use erc_train::nn::Ctx;
-use erc_train::optim::{AdamW, AdamWConfig};
+use erc_train::train::losses::Loss;
+use erc_train::train::optim::{AdamW, AdamWConfig};
 
 const CLASSES: &str =
     "classifier_classes: [anger, disgust, fear, joy, neutral, sadness, surprise]\n";

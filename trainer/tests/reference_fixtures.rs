@@ -5,9 +5,9 @@
 use std::path::Path;
 
 use candle_core::{Device, Tensor, Var, D};
-use erc_train::losses;
-use erc_train::metrics::Metrics;
-use erc_train::optim::{AdamW, AdamWConfig};
+use erc_train::train::losses;
+use erc_train::train::metrics::Metrics;
+use erc_train::train::optim::{AdamW, AdamWConfig};
 use serde_json::Value;
 
 fn fixture(name: &str) -> Value {
@@ -90,6 +90,7 @@ fn metrics_match_sklearn() {
             ("f1", &m.f1),
         ] {
             let reference = floats(&case[key]);
+            assert_eq!(ours.len(), reference.len(), "{name} {key}: class count");
             for (a, b) in ours.iter().zip(&reference) {
                 close(*a, *b as f64, 1e-6, &format!("{name} {key}"));
             }
@@ -139,7 +140,12 @@ fn adamw_schedule_and_clipping_match_pytorch() {
         .unwrap();
         let info = opt.step(&loss.backward().unwrap()).unwrap();
         let norm = step["grad_norm_before_clip"].as_f64().unwrap();
-        close(info.grad_norm, norm, 1e-6, &format!("step {k} grad norm"));
+        close(
+            info.grad_norm.value().unwrap(),
+            norm,
+            1e-6,
+            &format!("step {k} grad norm"),
+        );
         close(
             info.lr,
             step["lr_used"].as_f64().unwrap(),
@@ -157,6 +163,7 @@ fn adamw_schedule_and_clipping_match_pytorch() {
                 .to_vec1::<f32>()
                 .unwrap();
             let reference = floats(&step["after"][name]);
+            assert_eq!(ours.len(), reference.len(), "step {k} {name}: value count");
             for (a, b) in ours.iter().zip(&reference) {
                 assert!((a - b).abs() < 2e-6, "step {k} {name}: {a} vs {b}");
             }
@@ -217,6 +224,7 @@ fn losses_and_their_gradients_match_pytorch() {
                 Some(g) => g.flatten_all().unwrap().to_vec1().unwrap(),
                 None => vec![0.0; reference.len()],
             };
+            assert_eq!(ours.len(), reference.len(), "{name} {key}: value count");
             let scale = reference.iter().fold(0f32, |m, v| m.max(v.abs())).max(1e-6);
             for (i, (a, b)) in ours.iter().zip(&reference).enumerate() {
                 assert!(

@@ -9,8 +9,8 @@ use std::collections::{BTreeSet, HashMap};
 use std::path::PathBuf;
 
 use candle_core::{DType, Device, Tensor, Var};
-use erc_train::params::ParamStore;
-use erc_train::resnet::{load_torchvision, Config, ResNet50};
+use erc_train::encoders::resnet::{load_torchvision, Config, ResNet50};
+use erc_train::nn::ParamStore;
 
 mod common;
 use common::{backbone_fixture, check_all, io, rel_err};
@@ -84,6 +84,7 @@ fn resnet50_matches_torchvision_outputs_gradients_and_running_statistics() {
             io["loss"].clone(),
         ),
     ];
+    assert_eq!(stages.len(), 5, "the stem's max-pool and four stages");
     for (stage, activation) in ["maxpool", "layer1", "layer2", "layer3", "layer4"]
         .iter()
         .zip(&stages)

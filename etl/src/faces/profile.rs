@@ -4,7 +4,7 @@
 //! * [`FaceProfile::Default`], what a user expects: run on each frame (tile) of the mosaic separately, keep scores
 //!   ≥ 0.5, NMS at IoU 0.4 with continuous areas, clip boxes to the frame. A pixel is kept when
 //!   `floor(x1) ≤ x < ceil(x2)` and `floor(y1) ≤ y < ceil(y2)` for some box.
-//! * [`FaceProfile::Hlm12erc`], the reference's face-only preprocessing exactly (quirk Q15): the whole mosaic as
+//! * [`FaceProfile::Hlm12erc`], the reference's face-only preprocessing exactly (docs/reference.md quirk Q15): the whole mosaic as
 //!   one image, scores > 0.02, the 10 best before NMS, NMS at IoU 0.4 with the `+1` areas, boxes truncated toward
 //!   zero to integers, boxes at least one fifth of the image tall dropped (after NMS), and the mask built with
 //!   numpy's slice semantics (ends clamped, a negative start counts from the end).

@@ -1,34 +1,30 @@
-//! The dataset at training time (§2): a split's rows read through `meld_shared::dataset`, turned into model
+//! The dataset at training time (docs/reference.md §2): a split's rows read through `meld_shared::dataset`, turned into model
 //! inputs, batched on worker threads ahead of the model.
 //!
-//! * text — the dialogue prompt (§2.2): every earlier turn of the same dialogue, then the row's own, each as
+//! * text — the dialogue prompt (docs/reference.md §2.2): every earlier turn of the same dialogue, then the row's own, each as
 //!   `The speaker "<speaker>" said:\n###\n<text>\n###`, joined by three newlines; tokenised for GloVe
 //!   (`basic_english`) or GPT-2 (byte-level BPE);
-//! * visual — the mosaic (or, with `visual_preprocess_faceonly`, the face-only mosaic of `meld-etl extract --faces`) resized so its short side is S (256), then the reference's crop (§2.3, quirk Q6):
+//! * visual — the mosaic (or, with `visual_preprocess_faceonly`, the face-only mosaic of `meld-etl extract --faces`) resized so its short side is S (256), then the reference's crop (docs/reference.md §2.3, quirk Q6):
 //!   top-left S × L (L = ⌊S·1200/426⌋ = 721) zero-padded, or with `visual_crop: full` the whole mosaic resized
 //!   to S × L; scaled to [0, 1] and normalised with the training mosaics' statistics → (3, S, L) / (3, L, S);
-//! * audio — the WAV's samples as written, channels interleaved, int16 scale (§2.5), cut or zero-padded to
+//! * audio — the WAV's samples as written, channels interleaved, int16 scale (docs/reference.md §2.5), cut or zero-padded to
 //!   `audio_in_features` (or, with `audio_input: normalized_mono`, the channel mean in [-1, 1]);
-//! * labels — class indices in alphabetical order of the config's classes (§2.6).
+//! * labels — class indices in alphabetical order of the config's classes (docs/reference.md §2.6).
 //!
 //! An empty media cell (the ETL could not produce that medium) becomes zeros and is counted; a cell naming a
 //! file that does not exist is an error found before training starts ([`SplitData::check_media`]).
 
 use std::path::{Path, PathBuf};
-use std::sync::mpsc::{sync_channel, Receiver};
-use std::sync::Arc;
-use std::thread::JoinHandle;
 
-use candle_core::{Device, Tensor};
 use meld_shared::{dataset::media_path, DatasetRow, Split};
 use rayon::prelude::*;
 
 use crate::config::{AudioInput, Config, TextContext, VisualCrop};
+use crate::data::glove_vocab::{basic_english, GloveVocab};
+use crate::data::tokenizer::Gpt2Tokenizer;
 use crate::error::{Error, Result};
-use crate::glove::{basic_english, GloveVocab};
-use crate::tokenizer::Gpt2Tokenizer;
 
-/// Per-channel statistics of the reference's training mosaics (§2.3).
+/// Per-channel statistics of the reference's training mosaics (docs/reference.md §2.3).
 pub const VISUAL_MEAN: [f32; 3] = [0.2706, 0.2010, 0.1914];
 pub const VISUAL_STD: [f32; 3] = [0.1857, 0.1608, 0.1667];
 
@@ -196,7 +192,7 @@ impl SplitData {
         self.rows.is_empty()
     }
 
-    /// The dialogue prompt of row `i` (§2.2).
+    /// The dialogue prompt of row `i` (docs/reference.md §2.2).
     pub fn prompt(&self, i: usize) -> String {
         (self.dialogue_start[i]..=i)
             .map(|j| render_turn(&self.rows[j].speaker, &self.rows[j].x_text))
@@ -393,158 +389,6 @@ pub fn load_audio(path: &Path, spec: AudioSpec) -> Result<Vec<f32>> {
         }
     }
     Ok(out)
-}
-
-/// Model inputs for a batch of rows.
-pub struct Batch {
-    pub indices: Vec<usize>,
-    pub text_ids: Vec<Vec<u32>>,
-    /// (B, 3, H, W)
-    pub visual: Option<Tensor>,
-    /// (B, N)
-    pub audio: Option<Tensor>,
-    pub labels: Vec<usize>,
-    pub missing: MediaCounts,
-}
-
-impl Batch {
-    pub fn len(&self) -> usize {
-        self.indices.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.indices.is_empty()
-    }
-
-    /// One-hot targets (B, classes).
-    pub fn one_hot(&self, classes: usize, device: &Device) -> Result<Tensor> {
-        let mut y = vec![0f32; self.labels.len() * classes];
-        for (i, l) in self.labels.iter().enumerate() {
-            y[i * classes + l] = 1.0;
-        }
-        Ok(Tensor::from_vec(y, (self.labels.len(), classes), device)?)
-    }
-}
-
-/// Decodes the items of one batch (in parallel) and stacks them.
-pub fn make_batch(data: &SplitData, prep: &Preprocess, indices: &[usize]) -> Result<Batch> {
-    let b = indices.len();
-    let mut missing = MediaCounts::default();
-    let visual = match prep.visual {
-        Some(spec) => {
-            let (c, h, w) = spec.shape();
-            let items: Vec<Option<Vec<f32>>> = indices
-                .par_iter()
-                .map(|i| match spec.cell(&data.rows[*i]) {
-                    Some(cell) => load_visual(&media_path(&data.csv, cell), spec).map(Some),
-                    None => Ok(None),
-                })
-                .collect::<Result<_>>()?;
-            let mut flat = Vec::with_capacity(b * c * h * w);
-            for item in items {
-                match item {
-                    Some(v) => flat.extend(v),
-                    None => {
-                        missing.missing_visual += 1;
-                        flat.extend(std::iter::repeat_n(0f32, c * h * w));
-                    }
-                }
-            }
-            Some(Tensor::from_vec(flat, (b, c, h, w), &Device::Cpu)?)
-        }
-        None => None,
-    };
-    let audio = match prep.audio {
-        Some(spec) => {
-            let items: Vec<Option<Vec<f32>>> = indices
-                .par_iter()
-                .map(|i| match &data.rows[*i].x_audio {
-                    Some(cell) => load_audio(&media_path(&data.csv, cell), spec).map(Some),
-                    None => Ok(None),
-                })
-                .collect::<Result<_>>()?;
-            let mut flat = Vec::with_capacity(b * spec.samples);
-            for item in items {
-                match item {
-                    Some(v) => flat.extend(v),
-                    None => {
-                        missing.missing_audio += 1;
-                        flat.extend(std::iter::repeat_n(0f32, spec.samples));
-                    }
-                }
-            }
-            Some(Tensor::from_vec(flat, (b, spec.samples), &Device::Cpu)?)
-        }
-        None => None,
-    };
-    let text_ids = if prep.text {
-        indices
-            .iter()
-            .map(|i| data.token_ids.get(*i).cloned().unwrap_or_default())
-            .collect()
-    } else {
-        Vec::new()
-    };
-    Ok(Batch {
-        indices: indices.to_vec(),
-        text_ids,
-        visual,
-        audio,
-        labels: indices.iter().map(|i| data.labels[*i]).collect(),
-        missing,
-    })
-}
-
-/// Batches decoded on a worker thread, a few ahead of the consumer, in the given order.
-pub struct Loader {
-    rx: Receiver<Result<Batch>>,
-    worker: Option<JoinHandle<()>>,
-}
-
-/// How many decoded batches may wait for the model.
-const PREFETCH: usize = 3;
-
-impl Loader {
-    pub fn spawn(
-        data: Arc<SplitData>,
-        prep: Arc<Preprocess>,
-        order: Vec<usize>,
-        batch_size: usize,
-    ) -> Self {
-        let (tx, rx) = sync_channel(PREFETCH);
-        let worker = std::thread::spawn(move || {
-            for chunk in order.chunks(batch_size.max(1)) {
-                let batch = make_batch(&data, &prep, chunk);
-                let failed = batch.is_err();
-                if tx.send(batch).is_err() || failed {
-                    break; // the consumer is gone, or it has been told of the error
-                }
-            }
-        });
-        Loader {
-            rx,
-            worker: Some(worker),
-        }
-    }
-}
-
-impl Iterator for Loader {
-    type Item = Result<Batch>;
-
-    fn next(&mut self) -> Option<Self::Item> {
-        self.rx.recv().ok()
-    }
-}
-
-impl Drop for Loader {
-    fn drop(&mut self) {
-        // Unblock the worker (its sends fail once the receiver is gone), then wait for it.
-        let (_, dead) = sync_channel(0);
-        self.rx = dead;
-        if let Some(worker) = self.worker.take() {
-            let _ = worker.join();
-        }
-    }
 }
 
 #[cfg(test)]

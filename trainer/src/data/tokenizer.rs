@@ -1,4 +1,4 @@
-//! GPT-2's byte-level BPE tokenizer as the reference sets it up (§3.2), through the `tokenizers` crate.
+//! GPT-2's byte-level BPE tokenizer as the reference sets it up (docs/reference.md §3.2), through the `tokenizers` crate.
 //!
 //! Built from a model folder's `tokenizer.json`, or from `vocab.json` + `merges.txt` (OpenAI's `encoder.json` +
 //! `vocab.bpe` are the same files) as `BPE` + `ByteLevel` pre-tokenizer (no prefix space, GPT-2's regex) +

@@ -1,4 +1,4 @@
-//! GPT-2 (HF `gpt2` layout), trainable, and the reference's GPT-2 text encoder (§3.2).
+//! GPT-2 (HF `gpt2` layout), trainable, and the reference's GPT-2 text encoder (docs/reference.md §3.2).
 //!
 //! ```text
 //! h₀ = wte[ids] + wpe[0..L)                       (B, L, E)
@@ -29,11 +29,11 @@ use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 use serde::Deserialize;
 
+use crate::encoders::hub;
 use crate::error::{Error, Result};
-use crate::fused::l2_normalize_if;
-use crate::hub;
 use crate::nn::{dropout_shared, LayerNorm};
-use crate::softmax_dropout::softmax_dropout;
+use crate::ops::l2_normalize_if;
+use crate::ops::softmax_dropout;
 
 fn default_pdrop() -> f64 {
     0.1
@@ -117,7 +117,7 @@ impl Config {
     /// padding would index a real token's embedding; `dir` is the model folder, for the message.
     pub fn check_tokenizer(
         &self,
-        tokenizer: &crate::tokenizer::Gpt2Tokenizer,
+        tokenizer: &crate::data::tokenizer::Gpt2Tokenizer,
         dir: &Path,
     ) -> Result<()> {
         let expected = self.pad_token_id();
@@ -167,8 +167,8 @@ impl Activation {
 
     fn forward(self, x: &Tensor) -> Result<Tensor> {
         Ok(match self {
-            Activation::GeluTanh => crate::gelu::gelu_tanh(x)?,
-            Activation::GeluErf => crate::gelu::gelu_erf(x)?,
+            Activation::GeluTanh => crate::ops::gelu_tanh(x)?,
+            Activation::GeluErf => crate::ops::gelu_erf(x)?,
             Activation::Relu => x.relu()?,
         })
     }

@@ -168,9 +168,39 @@ pub fn resnet50_weights(spec: &str) -> Result<PathBuf> {
     })
 }
 
+/// Where hub ids are looked up: the Hugging Face cache, and whether downloads are allowed.
+pub struct HubEnv {
+    pub cache: hf_hub::Cache,
+    pub offline: bool,
+}
+
+impl HubEnv {
+    /// A cache at `hub_dir` (the `hub` folder of an `HF_HOME`).
+    pub fn new(hub_dir: PathBuf, offline: bool) -> Self {
+        HubEnv {
+            cache: hf_hub::Cache::new(hub_dir),
+            offline,
+        }
+    }
+
+    /// The process's settings: `$HF_HOME` (else `~/.cache/huggingface`) and `HF_HUB_OFFLINE`.
+    pub fn from_env() -> Self {
+        HubEnv {
+            cache: hf_hub::Cache::from_env(),
+            offline: std::env::var("HF_HUB_OFFLINE")
+                .is_ok_and(|v| v == "1" || v.eq_ignore_ascii_case("true")),
+        }
+    }
+}
+
 /// Finds the folder holding `backbone`'s files: `spec` is a local folder, or a hub id found in the Hugging Face
 /// cache or downloaded into it. For ResNet-50, `spec` may also be a `.safetensors` file, returned as it is.
 pub fn resolve(backbone: Backbone, spec: &str) -> Result<PathBuf> {
+    resolve_in(&HubEnv::from_env(), backbone, spec)
+}
+
+/// [`resolve`] with the cache and the offline switch given rather than read from the environment.
+pub fn resolve_in(env: &HubEnv, backbone: Backbone, spec: &str) -> Result<PathBuf> {
     let path = Path::new(spec);
     if backbone == Backbone::Resnet50 && path.is_file() {
         return match path.extension().and_then(|e| e.to_str()) {
@@ -189,7 +219,7 @@ pub fn resolve(backbone: Backbone, spec: &str) -> Result<PathBuf> {
         return check_folder(path, backbone);
     }
     let files = backbone.files();
-    let cache = hf_hub::Cache::from_env();
+    let cache = &env.cache;
     let cached: Vec<Option<PathBuf>> = {
         let repo = cache.model(spec.to_string());
         files.iter().map(|f| repo.get(f)).collect()
@@ -213,12 +243,10 @@ pub fn resolve(backbone: Backbone, spec: &str) -> Result<PathBuf> {
             fetch_command(backbone.default_repo(), files, spec)
         )));
     }
-    let offline =
-        std::env::var("HF_HUB_OFFLINE").is_ok_and(|v| v == "1" || v.eq_ignore_ascii_case("true"));
-    let download_error = if offline {
+    let download_error = if env.offline {
         "HF_HUB_OFFLINE is set".to_string()
     } else {
-        match download(spec, files) {
+        match download(cache, spec, files) {
             Ok(dir) => return Ok(dir),
             Err(e) => e,
         }
@@ -249,8 +277,13 @@ fn same_snapshot(paths: &[Option<PathBuf>]) -> Option<PathBuf> {
         .flatten()
 }
 
-fn download(repo: &str, files: &[&str]) -> std::result::Result<PathBuf, String> {
+fn download(
+    cache: &hf_hub::Cache,
+    repo: &str,
+    files: &[&str],
+) -> std::result::Result<PathBuf, String> {
     let api = hf_hub::api::sync::ApiBuilder::from_env()
+        .with_cache_dir(cache.path().clone())
         .with_progress(true)
         .build()
         .map_err(|e| e.to_string())?;

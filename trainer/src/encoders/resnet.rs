@@ -1,4 +1,4 @@
-//! ResNet-50 visual encoder (§3.3): torchvision's ResNet-50 (v1.5: the stride sits on the 3×3 convolution of each
+//! ResNet-50 visual encoder (docs/reference.md §3.3): torchvision's ResNet-50 (v1.5: the stride sits on the 3×3 convolution of each
 //! bottleneck), classification layer removed, global average pooling → 2048 non-negative features, then l2 if
 //! `visual_l2norm`.
 //!
@@ -7,9 +7,9 @@
 //! (BatchNorm's `num_batches_tracked` aside). Random initialisation as torchvision's: kaiming-normal (fan_out,
 //! ReLU) convolutions, BatchNorm weight 1 and bias 0.
 //!
-//! BatchNorm ([`crate::batch_norm`]) uses batch statistics in training (updating the running statistics, momentum
+//! BatchNorm ([`crate::ops::batch_norm`]) uses batch statistics in training (updating the running statistics, momentum
 //! 0.1, unbiased variance) and the running statistics in evaluation. The stem's 3×3/stride-2 max-pool is
-//! [`crate::pool::max_pool_3x3_s2`], which has a backward pass.
+//! [`crate::ops::max_pool_3x3_s2`], which has a backward pass.
 //!
 //! Widths are a [`Config`]: [`Config::resnet50`] is the real network; [`Config::from_checkpoint`] reads them off a
 //! torchvision state dict (the test fixture is a narrow ResNet-50). [`load_torchvision`] copies a torchvision
@@ -20,11 +20,11 @@ use std::path::Path;
 
 use candle_core::{Device, Tensor, D};
 
-use crate::batch_norm::BatchNorm;
 use crate::error::{Error, Result};
-use crate::fused::l2_normalize_if;
-use crate::params::ParamStore;
-use crate::pool::max_pool_3x3_s2;
+use crate::nn::params::ParamStore;
+use crate::nn::BatchNorm;
+use crate::ops::l2_normalize_if;
+use crate::ops::{conv2d, max_pool_3x3_s2};
 
 /// Output width of the real encoder.
 pub const RESNET50_FEATURES: usize = 2048;
@@ -165,7 +165,7 @@ fn checkpoint_shapes(path: &Path) -> Result<HashMap<String, Vec<usize>>> {
 /// A torchvision state dict, without what the encoder does not use: the classifier `fc.*` (the encoder ends at the
 /// pooled features) and BatchNorm's `num_batches_tracked` counters (momentum is fixed at 0.1).
 fn read_checkpoint(path: &Path) -> Result<HashMap<String, Tensor>> {
-    crate::hub::read_safetensors(path, &Device::Cpu, |name| {
+    crate::encoders::hub::read_safetensors(path, &Device::Cpu, |name| {
         let unused = name.starts_with("fc.") || name.ends_with(".num_batches_tracked");
         (!unused).then(|| name.to_string())
     })
@@ -200,39 +200,17 @@ pub fn load_torchvision(store: &ParamStore, prefix: &str, path: &Path) -> Result
     Ok(())
 }
 
-/// A bias-free 2-D convolution: on the CPU im2col + GEMM ([`crate::im2col`], a much faster backward than
-/// candle's); elsewhere candle's convolution, strided ones through [`Conv::forward`]'s padding workaround:
-/// candle 0.11's conv2d backward derives the transposed convolution's output padding from the height alone and
-/// applies it to the width too, so an input whose height and width differ in parity (256×721 at the stem) gets a
-/// gradient of the wrong shape.
+/// A bias-free 2-D convolution (the [`crate::ops::conv2d`] op).
 #[derive(Debug, Clone)]
 struct Conv {
     weight: Tensor,
-    kernel: usize,
     stride: usize,
     padding: usize,
 }
 
 impl Conv {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        if x.device().is_cpu() {
-            return crate::im2col::conv2d(x, &self.weight, self.stride, self.padding);
-        }
-        if self.stride == 1 {
-            // stride 1 never needs an output padding: candle's backward is exact
-            return Ok(x.conv2d(&self.weight, self.padding, 1, 1, 1)?);
-        }
-        // Pad explicitly, plus one zero row/column where (n + 2p − k) is odd, so that every dimension needs no
-        // output padding in the backward pass; the extra output row/column this creates is cut off again.
-        let (_, _, h, w) = x.dims4()?;
-        let (p, k, s) = (self.padding, self.kernel, self.stride);
-        let out = |n: usize| (n + 2 * p - k) / s + 1;
-        let extra = |n: usize| (s - (n + 2 * p - k) % s) % s;
-        let padded = x
-            .pad_with_zeros(2, p, p + extra(h))?
-            .pad_with_zeros(3, p, p + extra(w))?;
-        let y = padded.conv2d(&self.weight, 0, s, 1, 1)?;
-        Ok(y.narrow(2, 0, out(h))?.narrow(3, 0, out(w))?)
+        conv2d(x, &self.weight, self.stride, self.padding)
     }
 }
 
@@ -249,7 +227,6 @@ fn conv(
     let weight = store.normal(&format!("{name}.weight"), &[cout, cin, k, k], std)?;
     Ok(Conv {
         weight,
-        kernel: k,
         stride,
         padding,
     })
@@ -411,41 +388,5 @@ impl ResNet50 {
             .ok_or_else(|| Error::Other("ResNet without stages".into()))?;
         let pooled = last.flatten_from(2)?.mean(D::Minus1)?;
         l2_normalize_if(pooled, self.l2norm)
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::testing::max_diff;
-    use candle_core::{Device, Var};
-
-    #[test]
-    fn strided_conv_matches_candle_and_back_propagates_for_mixed_parity() {
-        let dev = Device::Cpu;
-        for (k, p, h, w) in [
-            (3, 1, 8, 23),
-            (1, 0, 8, 23),
-            (7, 3, 16, 45),
-            (3, 1, 9, 9),
-            (1, 0, 10, 10),
-        ] {
-            let x =
-                Var::from_tensor(&Tensor::randn(0f32, 1.0, (2, 3, h, w), &dev).unwrap()).unwrap();
-            let weight = Tensor::randn(0f32, 1.0, (4, 3, k, k), &dev).unwrap();
-            let conv = Conv {
-                weight: weight.clone(),
-                kernel: k,
-                stride: 2,
-                padding: p,
-            };
-            let ours = conv.forward(x.as_tensor()).unwrap();
-            let reference = x.as_tensor().conv2d(&weight, p, 2, 1, 1).unwrap();
-            assert_eq!(ours.dims(), reference.dims());
-            let diff = max_diff(&ours, &reference);
-            assert!(diff < 1e-4, "k{k} {h}x{w}: {diff}");
-            let grads = ours.sum_all().unwrap().backward().unwrap();
-            assert_eq!(grads.get(x.as_tensor()).unwrap().dims(), [2, 3, h, w]);
-        }
     }
 }

@@ -1,5 +1,5 @@
 //! wav2vec 2.0 (HF `facebook/wav2vec2-base` layout: group-norm feature encoder, post-LN transformer), trainable,
-//! and the reference's wav2vec2 audio encoder (§3.5).
+//! and the reference's wav2vec2 audio encoder (docs/reference.md §3.5).
 //!
 //! ```text
 //! x (B, N) → conv0 → GroupNorm → GELU → conv1..6 → GELU        feature encoder, (B, C, T), T = 49 per 16 000
@@ -20,11 +20,10 @@
 //! and feature masking when `mask_feature_prob` > 0) apply, with the draws of HF's `_compute_mask_indices`, from the
 //! model's own seeded generator. No attention mask: the reference feeds zero-padded audio as signal.
 //!
-//! Gradient-safe throughout. The big tensors go through CPU custom ops with their own backward — convolutions
-//! ([`crate::conv1d`], channels-last, so no full-size transposes), the per-channel GroupNorm fused with GELU
-//! ([`crate::group_norm`]), GELU ([`crate::gelu`]), the attention's softmax + dropout
-//! ([`crate::softmax_dropout`]) and LayerNorm ([`crate::layer_norm`]) — each falling back to composed candle ops
-//! off the CPU.
+//! Gradient-safe throughout. The big tensors go through ops with their own backward — convolutions
+//! ([`crate::ops::conv1d`], channels-last, so no full-size transposes), the per-channel GroupNorm fused with GELU
+//! ([`crate::ops::group_norm`]), GELU ([`crate::ops::gelu`]), the attention's softmax + dropout
+//! ([`crate::ops::softmax_dropout`]) and LayerNorm ([`crate::ops::layer_norm`]).
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -37,14 +36,14 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use serde::Deserialize;
 
-use crate::conv1d::{conv1d, conv1d_maybe_gelu};
+use crate::encoders::hub;
 use crate::error::{Error, Result};
-use crate::fused::l2_normalize_if;
-use crate::gelu::gelu_erf;
-use crate::group_norm::group_norm_per_channel;
-use crate::hub;
 use crate::nn::{dropout_shared, LayerNorm};
-use crate::softmax_dropout::softmax_dropout;
+use crate::ops::conv1d;
+use crate::ops::gelu_erf;
+use crate::ops::group_norm_per_channel;
+use crate::ops::l2_normalize_if;
+use crate::ops::softmax_dropout;
 
 fn d_eps() -> f64 {
     1e-5
@@ -315,10 +314,10 @@ impl ConvLayer {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
         if self.bias.is_none() && self.norm.is_none() {
             if let Activation::GeluErf = self.activation {
-                return conv1d_maybe_gelu(x, &self.weight, self.stride, 0, 1, true);
+                return conv1d(x, &self.weight, self.stride, 0, 1, true);
             }
         }
-        let mut h = conv1d(x, &self.weight, self.stride, 0, 1)?;
+        let mut h = conv1d(x, &self.weight, self.stride, 0, 1, false)?;
         if let Some(b) = &self.bias {
             h = h.broadcast_add(b)?;
         }
@@ -346,7 +345,7 @@ impl FeatureEncoder {
         Ok(FeatureEncoder { layers })
     }
 
-    /// (B, N) → (B, T, C), channels-last throughout (see [`crate::conv1d`]).
+    /// (B, N) → (B, T, C), channels-last throughout (see [`crate::ops::conv1d`]).
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let mut h = x.unsqueeze(2)?;
         for layer in &self.layers {
@@ -428,7 +427,7 @@ impl PositionalConvEmbedding {
         let weight = self
             .weight_v
             .broadcast_mul(&self.weight_g.broadcast_div(&norm)?)?;
-        let h = conv1d(x, &weight, 1, self.kernel / 2, self.groups)?;
+        let h = conv1d(x, &weight, 1, self.kernel / 2, self.groups, false)?;
         let h = h.broadcast_add(&self.bias)?;
         let t = x.dim(1)?;
         // SamePad: an even kernel yields T + 1 frames; drop the last.

@@ -1,4 +1,4 @@
-//! Raw-waveform audio encoder (§3.4): an MLP on the (B, N) sample vector, A = `audio_out_features`:
+//! Raw-waveform audio encoder (docs/reference.md §3.4): an MLP on the (B, N) sample vector, A = `audio_out_features`:
 //! `Linear(N→3A) → ReLU → Dropout(0.1) → Linear(3A→2A) → ReLU → Dropout(0.1) → Linear(2A→A) → ReLU → Dropout(0.1)`
 //! (the embedding is non-negative), then optionally (`audio_waveform_attention_heads_degree`, row 23) a
 //! multi-head attention over the batch with a residual add and LayerNorm(A), then l2 if `audio_l2norm`.
@@ -7,12 +7,12 @@
 
 use candle_core::Tensor;
 
-use crate::attention::{heads_for_degree, MultiheadAttention};
 use crate::config::AttentionScope;
 use crate::error::Result;
-use crate::fused::l2_normalize_if;
+use crate::nn::attention::{heads_for_degree, MultiheadAttention};
+use crate::nn::params::ParamStore;
 use crate::nn::{Ctx, Dropout, LayerNorm, Linear};
-use crate::params::ParamStore;
+use crate::ops::l2_normalize_if;
 
 #[derive(Debug, Clone)]
 pub struct WaveformEncoder {

@@ -1,4 +1,4 @@
-//! The whole classifier (§3): encoders → fusion → feed-forward head → logits → softmax, built from a config.
+//! The whole classifier (docs/reference.md §3): encoders → fusion → feed-forward head → logits → softmax, built from a config.
 //! Top-level parameter prefixes: `text`, `visual`, `audio`, `fusion`, `head`; a pretrained backbone's weights
 //! keep their checkpoint names under its prefix (`text.h.0.attn.c_attn.weight`,
 //! `audio.encoder.layers.3.attention.q_proj.weight`, `visual.layer1.0.conv1.weight`).
@@ -7,20 +7,21 @@ use std::path::PathBuf;
 
 use candle_core::{Device, Tensor};
 
+use super::fusion::Fusion;
+use super::head::{Head, HeadOutput};
 use crate::config::{AudioEncoder, Config, Fusion as FusionKind, TextEncoder, VisualEncoder};
-use crate::dataset::Batch;
+use crate::data::tokenizer::MAX_TOKENS;
+use crate::data::Batch;
+use crate::data::GloveVocab;
+use crate::encoders::glove::GloveEncoder;
+use crate::encoders::gpt2::Gpt2Encoder;
+use crate::encoders::hub::{self, Backbone};
+use crate::encoders::resnet::ResNet50;
+use crate::encoders::wav2vec2::Wav2Vec2Encoder;
+use crate::encoders::waveform::WaveformEncoder;
 use crate::error::{Error, Result};
-use crate::fusion::Fusion;
-use crate::glove::{GloveEncoder, GloveVocab};
-use crate::gpt2::Gpt2Encoder;
-use crate::head::{Head, HeadOutput};
-use crate::hub::{self, Backbone};
+use crate::nn::params::ParamStore;
 use crate::nn::Ctx;
-use crate::params::ParamStore;
-use crate::resnet::ResNet50;
-use crate::tokenizer::MAX_TOKENS;
-use crate::wav2vec2::Wav2Vec2Encoder;
-use crate::waveform::WaveformEncoder;
 
 /// Where the pretrained backbones a config uses are: model folders (GPT-2, wav2vec2) and the ResNet-50
 /// safetensors file. `None` for an encoder the config does not use — and for ResNet-50, random weights.
@@ -131,7 +132,7 @@ impl Model {
                     .gpt2
                     .as_ref()
                     .ok_or_else(|| needs("GPT-2", "text_model"))?;
-                let loaded = crate::gpt2::load(dir, device, seed)?;
+                let loaded = crate::encoders::gpt2::load(dir, device, seed)?;
                 store.import("text", &loaded.vars)?;
                 let max_tokens = MAX_TOKENS.min(loaded.model.config().n_positions);
                 let encoder = Gpt2Encoder::new(loaded.model, config.text_l2norm);
@@ -188,8 +189,13 @@ impl Model {
                     .as_ref()
                     .ok_or_else(|| needs("wav2vec2", "audio_model"))?;
                 let out_features = config.audio_out_features.filter(|n| *n > 0);
-                let loaded =
-                    crate::wav2vec2::load(dir, out_features, config.audio_l2norm, device, seed)?;
+                let loaded = crate::encoders::wav2vec2::load(
+                    dir,
+                    out_features,
+                    config.audio_l2norm,
+                    device,
+                    seed,
+                )?;
                 store.import("audio", &loaded.vars)?;
                 names.push("audio");
                 dims.push(loaded.encoder.out_features());

@@ -1,19 +1,19 @@
-//! Fusion of the modality embeddings (§3.6), always in the order text, visual, audio (absent ones skipped).
+//! Fusion of the modality embeddings (docs/reference.md §3.6), always in the order text, visual, audio (absent ones skipped).
 //!
 //! * `concat`: concatenate, then l2-normalise the concatenation (always, whatever the per-encoder flags say).
 //! * `multi_headed_attn`: per-modality projections to p_m = ⌊F·d_m/Σd⌋ (the remainder goes to the largest p_m,
 //!   first on ties), concatenated to x (B, F); y = LayerNorm(x + MHA(x, x, x)) with the reference's attention
-//!   across the batch by default (quirk Q7; `attention_scope: sample` for per-sample attention). No l2.
+//!   across the batch by default (docs/reference.md quirk Q7; `attention_scope: sample` for per-sample attention). No l2.
 
 use candle_core::Tensor;
 
-use crate::attention::{heads_for_degree, MultiheadAttention};
 use crate::config::AttentionScope;
 use crate::error::Result;
+use crate::nn::attention::{heads_for_degree, MultiheadAttention};
+use crate::nn::params::ParamStore;
 use crate::nn::{LayerNorm, Linear};
-use crate::params::ParamStore;
 
-/// Projection widths of the modalities present (in order) for a fused width `f` (§3.6 steps 1–2).
+/// Projection widths of the modalities present (in order) for a fused width `f` (docs/reference.md §3.6 steps 1–2).
 pub fn projection_sizes(dims: &[usize], f: usize) -> Vec<usize> {
     let total: usize = dims.iter().sum();
     let mut sizes: Vec<usize> = dims
@@ -91,7 +91,7 @@ impl Fusion {
     /// Modality embeddings (in order text, visual, audio) → (B, out_features).
     pub fn forward(&self, embeddings: &[Tensor]) -> Result<Tensor> {
         match self {
-            Fusion::Concat { .. } => crate::fused::concat_l2_normalize(embeddings),
+            Fusion::Concat { .. } => crate::ops::concat_l2_normalize(embeddings),
             Fusion::Attention {
                 projections,
                 attention,

@@ -1,4 +1,4 @@
-//! Feed-forward head and classifier (§3.8): per configured layer `Linear → ReLU → Dropout(p)` (ReLU after the
+//! Feed-forward head and classifier (docs/reference.md §3.8): per configured layer `Linear → ReLU → Dropout(p)` (ReLU after the
 //! last layer too; a null width reuses the previous one; no layers → one `Linear(in→in) → ReLU`), optional l2 on
 //! the hidden state (`feedforward_l2norm`), then `Linear(hidden → classes)` logits and softmax probabilities.
 
@@ -6,9 +6,9 @@ use candle_core::{Tensor, D};
 
 use crate::config::FeedForwardLayer;
 use crate::error::Result;
-use crate::fused;
+use crate::nn::params::ParamStore;
 use crate::nn::{Ctx, Dropout, Linear};
-use crate::params::ParamStore;
+use crate::ops;
 
 #[derive(Debug, Clone)]
 pub struct Head {
@@ -63,11 +63,11 @@ impl Head {
         let mut h = x.clone();
         for (linear, dropout) in &self.layers {
             let mask = dropout.and_then(|d| d.mask(rows * linear.out_features, ctx));
-            h = linear.forward_fused(&h, true, mask)?;
+            h = linear.forward_act(&h, true, mask)?;
         }
-        let h = fused::l2_normalize_if(h, self.l2norm)?;
-        let logits = self.logits.forward_fused(&h, false, None)?;
-        let probs = fused::softmax(&logits)?;
+        let h = ops::l2_normalize_if(h, self.l2norm)?;
+        let logits = self.logits.forward_act(&h, false, None)?;
+        let probs = ops::softmax(&logits)?;
         Ok(HeadOutput {
             probs,
             logits,
@@ -79,8 +79,8 @@ impl Head {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::fused::tests::uniform;
     use crate::testing::max_diff;
+    use crate::testing::uniform;
     use candle_core::{Device, Var};
 
     /// The fused forward (and backward) equals the composed candle operations it replaced — Linear, ReLU,
@@ -112,7 +112,7 @@ mod tests {
                 h = dropout.forward(&h, &mut ctx).unwrap();
             }
         }
-        let hidden = crate::nn::l2_normalize(&h).unwrap();
+        let hidden = crate::ops::concat_l2::generic(&h).unwrap();
         let probs =
             candle_nn::ops::softmax(&head.logits.forward(&hidden).unwrap(), D::Minus1).unwrap();
 

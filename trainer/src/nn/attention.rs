@@ -1,8 +1,8 @@
 //! Multi-head self-attention as PyTorch's `nn.MultiheadAttention` computes it (packed `in_proj_weight` (3E, E),
-//! `in_proj_bias`, `out_proj`), dropout 0, no mask, plus the reference's "degree → heads" rule (§3.7).
+//! `in_proj_bias`, `out_proj`), dropout 0, no mask, plus the reference's "degree → heads" rule (docs/reference.md §3.7).
 //!
 //! The reference hands the layer a 2-D (B, E) tensor, which PyTorch reads as ONE unbatched sequence of length B:
-//! every sample attends to every other sample of its batch (quirk Q7). That is the default here
+//! every sample attends to every other sample of its batch (docs/reference.md quirk Q7). That is the default here
 //! ([`AttentionScope::Batch`]); [`AttentionScope::Sample`] treats each sample as its own sequence of length 1,
 //! where attention reduces to `out_proj(v_proj(x))`.
 //!
@@ -12,11 +12,11 @@ use candle_core::{Tensor, D};
 
 use crate::config::AttentionScope;
 use crate::error::Result;
+use crate::nn::params::ParamStore;
 use crate::nn::Linear;
-use crate::params::ParamStore;
 
 /// Heads for an embedding of `dim` and a `degree`: the `degree`-th smallest divisor of `dim` (1-based), or the
-/// largest divisor if there are fewer (§3.7: 512/1024/256 with degree 3 → 4; 768: 2→2, 3→3, 4→4, 5→6, 6→8).
+/// largest divisor if there are fewer (docs/reference.md §3.7: 512/1024/256 with degree 3 → 4; 768: 2→2, 3→3, 4→4, 5→6, 6→8).
 pub fn heads_for_degree(dim: usize, degree: usize) -> usize {
     let divisors: Vec<usize> = (1..=dim).filter(|d| dim.is_multiple_of(*d)).collect();
     let position = degree.max(1) - 1;

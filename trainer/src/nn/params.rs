@@ -200,7 +200,7 @@ impl ParamStore {
     }
 }
 
-/// Whether AdamW decays a parameter: not biases, not `nn.LayerNorm` weights (HF Trainer's rule, §5.1).
+/// Whether AdamW decays a parameter: not biases, not `nn.LayerNorm` weights (HF Trainer's rule, docs/reference.md §5.1).
 /// BatchNorm and GroupNorm weights and embeddings are decayed.
 ///
 /// LayerNorms are recognised by name: ours and wav2vec2's are called `layer_norm` / `final_layer_norm` —

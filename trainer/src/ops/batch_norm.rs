@@ -1,172 +1,135 @@
-//! 2-D batch normalisation as PyTorch's `nn.BatchNorm2d` (eps, momentum 0.1, affine), with a fused CPU kernel.
+//! 2-D batch normalisation as PyTorch's `nn.BatchNorm2d` (eps, momentum 0.1, affine) and an optional ReLU, with
+//! a fused CPU kernel. The layer holding the tensors is [`crate::nn::BatchNorm`].
 //!
 //! Per channel c of x (N, C, H, W), over its M = N·H·W values:
 //! `y = (x − μ_c) / √(σ²_c + eps) · γ_c + β_c`, where in **training** μ and σ² are the batch mean and the
 //! *biased* variance, and the running statistics move as `r ← (1 − m)·r + m·s` with the *unbiased* variance
 //! (σ²·M/(M−1)) for `running_var`; in **evaluation** μ and σ² are the running statistics.
 //!
-//! ```ignore
-//! let bn = BatchNorm::new(&mut store, "visual.bn1", 64)?;
-//! let y = bn.forward(&x, /* train */ true)?; // (B, 64, H, W) → (B, 64, H, W)
-//! ```
-//!
 //! Why not `candle_nn::BatchNorm`: its values and running statistics are right (checked against PyTorch), but it
 //! is built from ~10 separate tensor ops (a transposed copy, means, squares, broadcasts) whose backward passes
 //! add as many again; on the CPU a ResNet-50 step spent a large share of its time there. Here the whole forward is
 //! two passes over x and the backward two passes over (x, ∂L/∂y), as a candle custom op with its own gradient for
-//! x, γ and β. On other devices the layer falls back to `candle_nn::BatchNorm` (same variables).
+//! x, γ and β. Generic: `candle_nn::BatchNorm` over the same variables.
 
 use std::sync::{Arc, Mutex};
 
 use candle_core::{CpuStorage, CustomOp3, Layout, ModuleT, Shape, Tensor, Var};
 use rayon::prelude::*;
 
+use super::{contiguous_f32, with_cpu_f32, Kernel};
 use crate::error::{Error, Result};
-use crate::params::ParamStore;
 
 const EPS: f64 = 1e-5;
 const MOMENTUM: f64 = 0.1;
 
-#[derive(Debug, Clone)]
-pub struct BatchNorm {
-    weight: Tensor,
-    bias: Tensor,
-    running_mean: Var,
-    running_var: Var,
-    /// The same variables as a candle layer, for devices without the fused kernel.
-    fallback: candle_nn::BatchNorm,
-    channels: usize,
+/// The tensors of a BatchNorm2d: affine weight and bias (C), running statistics (C) as variables (training
+/// moves them in place, so that the store that owns them saves the new values).
+pub struct BatchNormTensors<'a> {
+    pub weight: &'a Tensor,
+    pub bias: &'a Tensor,
+    pub running_mean: &'a Var,
+    pub running_var: &'a Var,
 }
 
-impl BatchNorm {
-    /// Parameters `<name>.weight` (ones), `<name>.bias` (zeros) and buffers `<name>.running_mean` (zeros),
-    /// `<name>.running_var` (ones): torchvision's names and initial values.
-    pub fn new(store: &mut ParamStore, name: &str, channels: usize) -> Result<Self> {
-        let running_mean = store.buffer(&format!("{name}.running_mean"), &[channels], 0.0)?;
-        let running_var = store.buffer(&format!("{name}.running_var"), &[channels], 1.0)?;
-        let weight = store.constant(&format!("{name}.weight"), &[channels], 1.0)?;
-        let bias = store.constant(&format!("{name}.bias"), &[channels], 0.0)?;
-        Self::from_tensors(weight, bias, running_mean, running_var)
+/// BatchNorm2d of x (N, C, H, W) → (N, C, H, W), then ReLU when `relu` (the same pass: candle's ReLU costs a pass
+/// forward and four backward, and ResNet follows most of its BatchNorms with one); `train` uses batch statistics
+/// and moves the running ones.
+pub fn batch_norm(x: &Tensor, t: &BatchNormTensors<'_>, train: bool, relu: bool) -> Result<Tensor> {
+    let (_, c, _, _) = x.dims4()?;
+    let channels = t.weight.elem_count();
+    if c != channels {
+        return Err(Error::Other(format!(
+            "batch norm over {channels} channels got an input of shape {:?}",
+            x.dims()
+        )));
     }
+    match Kernel::select(x, false) {
+        Kernel::Generic => generic(x, t, train, relu),
+        _ => fused(x, t, train, relu),
+    }
+}
 
-    /// A layer over existing tensors; the running statistics must be variables (they are updated in place, so
-    /// that the store that owns them saves the new values).
-    pub fn from_tensors(
-        weight: Tensor,
-        bias: Tensor,
-        running_mean: Tensor,
-        running_var: Tensor,
-    ) -> Result<Self> {
-        let channels = weight.dim(0)?;
-        let fallback = candle_nn::BatchNorm::new_with_momentum(
-            channels,
-            running_mean.clone(),
-            running_var.clone(),
-            weight.clone(),
-            bias.clone(),
-            EPS,
-            MOMENTUM,
-        )?;
-        // `Var::from_tensor` of a variable shares it (no copy): updates reach the store's buffer.
-        Ok(BatchNorm {
-            running_mean: Var::from_tensor(&running_mean)?,
-            running_var: Var::from_tensor(&running_var)?,
-            weight,
-            bias,
-            fallback,
-            channels,
-        })
-    }
+/// candle's own layer over the same variables (values and running statistics checked against PyTorch).
+fn generic(x: &Tensor, t: &BatchNormTensors<'_>, train: bool, relu: bool) -> Result<Tensor> {
+    let layer = candle_nn::BatchNorm::new_with_momentum(
+        t.weight.elem_count(),
+        t.running_mean.as_tensor().clone(),
+        t.running_var.as_tensor().clone(),
+        t.weight.clone(),
+        t.bias.clone(),
+        EPS,
+        MOMENTUM,
+    )?;
+    let y = layer.forward_t(x, train)?;
+    Ok(if relu { y.relu()? } else { y })
+}
 
-    /// (N, C, H, W) → (N, C, H, W); `train` uses batch statistics and moves the running ones.
-    pub fn forward(&self, x: &Tensor, train: bool) -> Result<Tensor> {
-        self.forward_maybe_relu(x, train, false)
+fn fused(x: &Tensor, t: &BatchNormTensors<'_>, train: bool, relu: bool) -> Result<Tensor> {
+    let stats = if train {
+        None
+    } else {
+        let mean = t.running_mean.as_detached_tensor().to_vec1::<f32>()?;
+        let var = t.running_var.as_detached_tensor().to_vec1::<f32>()?;
+        Some(
+            mean.iter()
+                .zip(&var)
+                .map(|(&m, &v)| ChannelStats {
+                    mean: m,
+                    inv_std: (1.0 / (v as f64 + EPS).sqrt()) as f32,
+                    var: v as f64,
+                })
+                .collect(),
+        )
+    };
+    let op = BatchNormOp {
+        train,
+        relu,
+        stats: Arc::new(Mutex::new(stats)),
+    };
+    let stats = op.stats.clone();
+    let y = x
+        .contiguous()?
+        .apply_op3(&t.weight.contiguous()?, &t.bias.contiguous()?, op)?;
+    if train {
+        let stats = stats
+            .lock()
+            .map_err(|_| Error::Other("batch-norm statistics poisoned".into()))?;
+        let stats = stats.as_ref().ok_or_else(|| {
+            Error::Other("batch norm: the forward kernel kept no statistics".into())
+        })?;
+        let (n, _, h, w) = x.dims4()?;
+        update_running(t, stats, n * h * w)?;
     }
+    Ok(y)
+}
 
-    /// `relu(forward(x))` in the same pass: candle's ReLU costs a pass forward and four backward (a zero tensor,
-    /// a comparison, a conversion, a product), and ResNet follows most of its BatchNorms with one.
-    pub fn forward_relu(&self, x: &Tensor, train: bool) -> Result<Tensor> {
-        self.forward_maybe_relu(x, train, true)
-    }
-
-    fn forward_maybe_relu(&self, x: &Tensor, train: bool, relu: bool) -> Result<Tensor> {
-        if !x.device().is_cpu() {
-            let y = self.fallback.forward_t(x, train)?;
-            return Ok(if relu { y.relu()? } else { y });
-        }
-        let (_, c, _, _) = x.dims4()?;
-        if c != self.channels {
-            return Err(Error::Other(format!(
-                "batch norm over {} channels got an input of shape {:?}",
-                self.channels,
-                x.dims()
-            )));
-        }
-        let stats = if train {
-            None
-        } else {
-            let mean = self.running_mean.as_detached_tensor().to_vec1::<f32>()?;
-            let var = self.running_var.as_detached_tensor().to_vec1::<f32>()?;
-            Some(
-                mean.iter()
-                    .zip(&var)
-                    .map(|(&m, &v)| ChannelStats {
-                        mean: m,
-                        inv_std: (1.0 / (v as f64 + EPS).sqrt()) as f32,
-                        var: v as f64,
-                    })
-                    .collect(),
-            )
-        };
-        let op = BatchNormOp {
-            train,
-            relu,
-            stats: Arc::new(Mutex::new(stats)),
-        };
-        let stats = op.stats.clone();
-        let y =
-            x.contiguous()?
-                .apply_op3(&self.weight.contiguous()?, &self.bias.contiguous()?, op)?;
-        if train {
-            let stats = stats
-                .lock()
-                .map_err(|_| Error::Other("batch-norm statistics poisoned".into()))?;
-            let stats = stats.as_ref().ok_or_else(|| {
-                Error::Other("batch norm: the forward kernel kept no statistics".into())
-            })?;
-            let (n, _, h, w) = x.dims4()?;
-            self.update_running(stats, n * h * w)?;
-        }
-        Ok(y)
-    }
-
-    fn update_running(&self, stats: &[ChannelStats], count: usize) -> Result<()> {
-        // PyTorch's unbiased correction M/(M−1). With a single value per channel (PyTorch refuses to train on
-        // that) the running variance takes the biased one, 0, rather than ∞.
-        let unbias = if count > 1 {
-            count as f64 / (count - 1) as f64
-        } else {
-            1.0
-        };
-        let device = self.running_mean.device().clone();
-        let old_mean = self.running_mean.as_detached_tensor().to_vec1::<f32>()?;
-        let old_var = self.running_var.as_detached_tensor().to_vec1::<f32>()?;
-        let mean: Vec<f32> = old_mean
-            .iter()
-            .zip(stats)
-            .map(|(&r, s)| ((1.0 - MOMENTUM) * r as f64 + MOMENTUM * s.mean as f64) as f32)
-            .collect();
-        let var: Vec<f32> = old_var
-            .iter()
-            .zip(stats)
-            .map(|(&r, s)| ((1.0 - MOMENTUM) * r as f64 + MOMENTUM * s.var * unbias) as f32)
-            .collect();
-        self.running_mean
-            .set(&Tensor::from_vec(mean, self.channels, &device)?)?;
-        self.running_var
-            .set(&Tensor::from_vec(var, self.channels, &device)?)?;
-        Ok(())
-    }
+fn update_running(t: &BatchNormTensors<'_>, stats: &[ChannelStats], count: usize) -> Result<()> {
+    // PyTorch's unbiased correction M/(M−1). With a single value per channel (PyTorch refuses to train on
+    // that) the running variance takes the biased one, 0, rather than ∞.
+    let unbias = if count > 1 {
+        count as f64 / (count - 1) as f64
+    } else {
+        1.0
+    };
+    let device = t.running_mean.device().clone();
+    let old_mean = t.running_mean.as_detached_tensor().to_vec1::<f32>()?;
+    let old_var = t.running_var.as_detached_tensor().to_vec1::<f32>()?;
+    let mean: Vec<f32> = old_mean
+        .iter()
+        .zip(stats)
+        .map(|(&r, s)| ((1.0 - MOMENTUM) * r as f64 + MOMENTUM * s.mean as f64) as f32)
+        .collect();
+    let var: Vec<f32> = old_var
+        .iter()
+        .zip(stats)
+        .map(|(&r, s)| ((1.0 - MOMENTUM) * r as f64 + MOMENTUM * s.var * unbias) as f32)
+        .collect();
+    t.running_mean
+        .set(&Tensor::from_vec(mean, stats.len(), &device)?)?;
+    t.running_var
+        .set(&Tensor::from_vec(var, stats.len(), &device)?)?;
+    Ok(())
 }
 
 /// One channel's normalisation: its mean, 1/√(σ² + eps) and σ² (biased in training).
@@ -263,15 +226,15 @@ fn cpu_f32<'a>(
     layout: &Layout,
     what: &str,
 ) -> candle_core::Result<&'a [f32]> {
-    crate::nn::contiguous_f32(storage, layout, &format!("batch norm ({what})"))
+    contiguous_f32(storage, layout, &format!("batch norm ({what})"))
 }
 
-/// [`crate::nn::with_cpu_f32`] for a fallible `f`.
+/// [`with_cpu_f32`] for a fallible `f`.
 fn with_values<R>(
     t: &Tensor,
     f: impl FnOnce(&[f32]) -> candle_core::Result<R>,
 ) -> candle_core::Result<R> {
-    crate::nn::with_cpu_f32(t, "batch norm backward", f)?
+    with_cpu_f32(t, "batch norm backward", f)?
 }
 
 impl CustomOp3 for BatchNormOp {
@@ -438,8 +401,16 @@ mod tests {
             )
         };
         let (weight, bias, mean, var) = make();
-        let ours = BatchNorm::from_tensors(weight.clone(), bias.clone(), mean.clone(), var.clone())
-            .unwrap();
+        let (mean_var, var_var) = (
+            Var::from_tensor(&mean).unwrap(),
+            Var::from_tensor(&var).unwrap(),
+        );
+        let ours = BatchNormTensors {
+            weight: &weight,
+            bias: &bias,
+            running_mean: &mean_var,
+            running_var: &var_var,
+        };
         let copy = |t: &Tensor| {
             Var::from_tensor(&t.copy().unwrap())
                 .unwrap()
@@ -461,7 +432,7 @@ mod tests {
         for (train, relu) in [(false, false), (false, true), (true, false), (true, true)] {
             let (y, y_ref) = if relu {
                 (
-                    ours.forward_relu(x.as_tensor(), train).unwrap(),
+                    fused(x.as_tensor(), &ours, train, true).unwrap(),
                     reference
                         .forward_t(x.as_tensor(), train)
                         .unwrap()
@@ -470,7 +441,7 @@ mod tests {
                 )
             } else {
                 (
-                    ours.forward(x.as_tensor(), train).unwrap(),
+                    fused(x.as_tensor(), &ours, train, false).unwrap(),
                     reference.forward_t(x.as_tensor(), train).unwrap(),
                 )
             };

@@ -3,7 +3,7 @@
 //!
 //! Why not candle's `conv1d`: in candle 0.11 its forward is right but its gradients are wrong (the kernel gradient
 //! as soon as the batch or the input channels exceed 1, and the input gradient at stride 1 without padding), and a
-//! height-1 `conv2d` fails on shape in its backward. The composed version ([`conv1d_composed`]: zero-padding with
+//! height-1 `conv2d` fails on shape in its backward. The composed version ([`composed`]: zero-padding with
 //! `cat`, k `narrow`s and reshapes) is correct but slow on wav2vec2's big feature maps (k copies of the input
 //! forward, and the backward of every `narrow`/`cat` pads and sums full-size tensors). Here the whole convolution
 //! (and the GELU after it, when asked) is one custom op with its own backward: patches are extracted block by
@@ -22,9 +22,9 @@ use std::sync::Mutex;
 use candle_core::{CpuStorage, CustomOp2, Layout, Shape, Tensor};
 use rayon::prelude::*;
 
+use super::gelu::{gelu, gelu_grad};
+use super::{with_cpu_f32, Kernel};
 use crate::error::{Error, Result};
-use crate::gelu::{gelu, gelu_grad};
-use crate::nn::with_cpu_f32;
 
 /// Values per block of columns (16 MB): the patches are built, multiplied and dropped one block at a time.
 const BLOCK_VALUES: usize = 4 << 20;
@@ -133,8 +133,8 @@ impl CustomOp2 for Conv1dOp {
     ) -> candle_core::Result<(CpuStorage, Shape)> {
         let (b, l, c) = x_layout.shape().dims3()?;
         let (groups, o_g, row) = w_layout.shape().dims3()?;
-        let x = crate::nn::contiguous_f32(x_storage, x_layout, "conv1d")?;
-        let w = crate::nn::contiguous_f32(w_storage, w_layout, "conv1d weight")?;
+        let x = super::contiguous_f32(x_storage, x_layout, "conv1d")?;
+        let w = super::contiguous_f32(w_storage, w_layout, "conv1d weight")?;
         let c_out = groups * o_g;
         let t_out = self.t_out;
         let mut z = vec![0f32; b * t_out * c_out];
@@ -306,20 +306,8 @@ fn check(
 }
 
 /// Convolution of a channels-last x (B, L, C_in) with a bias-free weight (C_out, C_in/groups, k) → (B, T, C_out),
-/// `T = ⌊(L + 2p − k)/s⌋ + 1`.
+/// `T = ⌊(L + 2p − k)/s⌋ + 1`, followed by GELU (erf) when `gelu` (fused into the same node by the kernel).
 pub fn conv1d(
-    x: &Tensor,
-    w: &Tensor,
-    stride: usize,
-    padding: usize,
-    groups: usize,
-) -> Result<Tensor> {
-    conv1d_maybe_gelu(x, w, stride, padding, groups, false)
-}
-
-/// [`conv1d`] followed by GELU (erf) when `gelu`, fused into the same op on the CPU. The custom op for f32 on the
-/// CPU; elsewhere [`conv1d_composed`] between transposes (and `gelu_erf`).
-pub fn conv1d_maybe_gelu(
     x: &Tensor,
     w: &Tensor,
     stride: usize,
@@ -341,11 +329,36 @@ pub fn conv1d_maybe_gelu(
             w.dims()
         )));
     }
-    if !x.device().is_cpu() || x.dtype() != candle_core::DType::F32 {
-        let y =
-            conv1d_composed(&x.transpose(1, 2)?, w, stride, padding, groups)?.transpose(1, 2)?;
-        return Ok(if gelu { y.gelu_erf()? } else { y });
+    match Kernel::select(x, false) {
+        Kernel::Generic => generic(x, w, stride, padding, groups, gelu),
+        _ => fused(x, w, stride, padding, groups, gelu),
     }
+}
+
+/// [`composed`] between transposes (and `gelu_erf`).
+fn generic(
+    x: &Tensor,
+    w: &Tensor,
+    stride: usize,
+    padding: usize,
+    groups: usize,
+    gelu: bool,
+) -> Result<Tensor> {
+    let y = composed(&x.transpose(1, 2)?, w, stride, padding, groups)?.transpose(1, 2)?;
+    Ok(if gelu { y.gelu_erf()? } else { y })
+}
+
+/// The kernel (shapes checked by [`conv1d`]).
+fn fused(
+    x: &Tensor,
+    w: &Tensor,
+    stride: usize,
+    padding: usize,
+    groups: usize,
+    gelu: bool,
+) -> Result<Tensor> {
+    let (_, l, _) = x.dims3()?;
+    let (c_out, c_in_g, k) = w.dims3()?;
     let t = (l + 2 * padding - k) / stride + 1;
     // (C_out, C_g, k) → (groups, O_g, k·C_g) in the columns' (j, c) order; small next to the activations.
     let w = w
@@ -368,7 +381,7 @@ pub fn conv1d_maybe_gelu(
 /// The same convolution on a channels-first x (B, C_in, L) → (B, C_out, T), composed of ops whose backward candle
 /// gets right: zero-padding with `cat`, columns gathered with `narrow` and a reshape that picks every `stride`-th
 /// step, one matmul per group. The device-independent path (and the reference the custom op is tested against).
-pub fn conv1d_composed(
+fn composed(
     x: &Tensor,
     w: &Tensor,
     stride: usize,
@@ -464,23 +477,9 @@ mod tests {
                 Var::from_tensor(&Tensor::randn(0f32, 1.0, (c_out, c_in / g, k), &dev).unwrap())
                     .unwrap();
             // fused GELU on every other case
-            let fused = k % 2 == 0;
-            let ours = conv1d_maybe_gelu(x.as_tensor(), w.as_tensor(), s, p, g, fused).unwrap();
-            let reference = conv1d_composed(
-                &x.as_tensor().transpose(1, 2).unwrap(),
-                w.as_tensor(),
-                s,
-                p,
-                g,
-            )
-            .unwrap()
-            .transpose(1, 2)
-            .unwrap();
-            let reference = if fused {
-                reference.gelu_erf().unwrap()
-            } else {
-                reference
-            };
+            let with_gelu = k % 2 == 0;
+            let ours = fused(x.as_tensor(), w.as_tensor(), s, p, g, with_gelu).unwrap();
+            let reference = generic(x.as_tensor(), w.as_tensor(), s, p, g, with_gelu).unwrap();
             assert_eq!(ours.dims(), reference.dims());
             assert_eq!(ours.dim(1).unwrap(), (l + 2 * p - k) / s + 1);
             let case = format!("b{b} c{c_in}→{c_out} l{l} k{k} s{s} p{p} g{g}");
@@ -519,14 +518,12 @@ mod tests {
         let w = Var::from_tensor(&Tensor::from_vec(wv.clone(), (c_out, c_in, k), &dev).unwrap())
             .unwrap();
         let y = if composed {
-            conv1d_composed(&x.transpose(1, 2).unwrap(), w.as_tensor(), s, p, 1)
-                .unwrap()
-                .transpose(1, 2)
+            generic(&x, w.as_tensor(), s, p, 1, false)
                 .unwrap()
                 .contiguous()
                 .unwrap()
         } else {
-            conv1d(&x, w.as_tensor(), s, p, 1).unwrap()
+            fused(&x, w.as_tensor(), s, p, 1, false).unwrap()
         };
         let t = (l + 2 * p - k) / s + 1;
         let got = y.flatten_all().unwrap().to_vec1::<f32>().unwrap();

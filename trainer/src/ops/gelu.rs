@@ -5,16 +5,16 @@
 //! divide, exp, two products, erf, additions) — on wav2vec2's feature maps (2 × 14 999 × 512 after the first
 //! strided conv) that is hundreds of MB of temporaries per layer. Here the backward is one pass over (x, ∂L/∂y).
 //! erf is a polynomial approximation ([`erf_given_exp`], < 5e-7 absolute), 2.3x faster than libm's `erff` that
-//! candle uses: the forward agrees with `Tensor::gelu_erf` to < 1e-6. On other devices (or other dtypes) this
-//! falls back to `gelu_erf`.
+//! candle uses: the forward agrees with `Tensor::gelu_erf` to < 1e-6. Generic: candle's `gelu_erf` / `gelu`
+//! (one pass forward, a composed backward).
 
 use std::f32::consts::FRAC_1_SQRT_2;
 
 use candle_core::{CpuStorage, CustomOp1, Layout, Shape, Tensor};
 use rayon::prelude::*;
 
+use super::{with_cpu_f32, Kernel};
 use crate::error::Result;
-use crate::nn::with_cpu_f32;
 
 /// 1/√(2π)
 const FRAC_1_SQRT_2PI: f32 = 0.398_942_3;
@@ -112,7 +112,7 @@ impl CustomOp1 for Gelu {
         storage: &CpuStorage,
         layout: &Layout,
     ) -> candle_core::Result<(CpuStorage, Shape)> {
-        let x = crate::nn::contiguous_f32(storage, layout, self.name())?;
+        let x = super::contiguous_f32(storage, layout, self.name())?;
         let form = self.0;
         let mut y = vec![0f32; x.len()];
         y.par_chunks_mut(CHUNK)
@@ -149,22 +149,24 @@ impl CustomOp1 for Gelu {
     }
 }
 
-/// `x·Φ(x)` of any shape; the fused op for f32 on the CPU, candle's `gelu_erf` elsewhere.
+/// `x·Φ(x)` of any shape.
 pub fn gelu_erf(x: &Tensor) -> Result<Tensor> {
-    if x.device().is_cpu() && x.dtype() == candle_core::DType::F32 {
-        Ok(x.contiguous()?.apply_op1(Gelu(Form::Erf))?)
-    } else {
-        Ok(x.gelu_erf()?)
+    match Kernel::select(x, false) {
+        Kernel::Generic => Ok(x.gelu_erf()?),
+        _ => fused(x, Form::Erf),
     }
 }
 
-/// The tanh approximation (`gelu_new`) of any shape; the fused op for f32 on the CPU, candle's `gelu` elsewhere.
+/// The tanh approximation (`gelu_new`) of any shape.
 pub fn gelu_tanh(x: &Tensor) -> Result<Tensor> {
-    if x.device().is_cpu() && x.dtype() == candle_core::DType::F32 {
-        Ok(x.contiguous()?.apply_op1(Gelu(Form::Tanh))?)
-    } else {
-        Ok(x.gelu()?)
+    match Kernel::select(x, false) {
+        Kernel::Generic => Ok(x.gelu()?),
+        _ => fused(x, Form::Tanh),
     }
+}
+
+fn fused(x: &Tensor, form: Form) -> Result<Tensor> {
+    Ok(x.contiguous()?.apply_op1(Gelu(form))?)
 }
 
 #[cfg(test)]
@@ -178,7 +180,7 @@ mod tests {
         let dev = Device::Cpu;
         // batch > 1, a size that is not a multiple of the chunk, values across the curve (−6 … 6)
         let x = Var::from_tensor(&(Tensor::randn(0f32, 2.0, (3, 7, 5003), &dev).unwrap())).unwrap();
-        let ours = gelu_erf(x.as_tensor()).unwrap();
+        let ours = fused(x.as_tensor(), Form::Erf).unwrap();
         let reference = x.as_tensor().gelu_erf().unwrap();
         let diff = max_diff(&ours, &reference);
         // candle's forward uses libm's erff: the same values to f32 resolution
@@ -199,7 +201,7 @@ mod tests {
     fn tanh_form_matches_candle_values_and_gradient() {
         let dev = Device::Cpu;
         let x = Var::from_tensor(&(Tensor::randn(0f32, 2.0, (2, 3, 5003), &dev).unwrap())).unwrap();
-        let ours = gelu_tanh(x.as_tensor()).unwrap();
+        let ours = fused(x.as_tensor(), Form::Tanh).unwrap();
         let reference = x.as_tensor().gelu().unwrap();
         assert!(max_abs(&(&ours - &reference).unwrap()) < 1e-6);
         let upstream = Tensor::randn(0f32, 1.0, ours.dims(), &dev).unwrap();

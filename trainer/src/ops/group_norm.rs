@@ -7,17 +7,16 @@
 //! Why: wav2vec2's first conv layer normalises a (2, 29 999, 512) map (123 MB); candle-nn's `GroupNorm` composes
 //! ~10 full-size ops (means, centring, squares, broadcasts) whose backward adds as many again, and the GELU after
 //! it ~8 more backward. Here the forward is two passes over x and the backward two passes over (x, ∂L/∂y), with
-//! the gradients of x, γ and β. Elsewhere than on the CPU (or for other dtypes) it falls back to candle-nn's
-//! `GroupNorm` (and `gelu_erf`) between transposes.
+//! the gradients of x, γ and β. Generic: candle-nn's `GroupNorm` (and `gelu_erf`) between transposes.
 
 use std::sync::Mutex;
 
 use candle_core::{CpuStorage, CustomOp3, Layout, Shape, Tensor};
 use rayon::prelude::*;
 
+use super::gelu::{gelu, gelu_grad};
+use super::{contiguous_f32, with_cpu_f32, Kernel};
 use crate::error::{Error, Result};
-use crate::gelu::{gelu, gelu_grad};
-use crate::nn::with_cpu_f32;
 
 /// Time steps per parallel task (each task reads whole channels-last rows, so reads stay sequential).
 const STEPS: usize = 256;
@@ -74,9 +73,9 @@ impl CustomOp3 for GroupNormOp {
         beta_layout: &Layout,
     ) -> candle_core::Result<(CpuStorage, Shape)> {
         let (b, t, c) = x_layout.shape().dims3()?;
-        let x = crate::nn::contiguous_f32(x_storage, x_layout, "group norm")?;
-        let gamma = crate::nn::contiguous_f32(gamma_storage, gamma_layout, "group norm γ")?;
-        let beta = crate::nn::contiguous_f32(beta_storage, beta_layout, "group norm β")?;
+        let x = contiguous_f32(x_storage, x_layout, "group norm")?;
+        let gamma = contiguous_f32(gamma_storage, gamma_layout, "group norm γ")?;
+        let beta = contiguous_f32(beta_storage, beta_layout, "group norm β")?;
         // One pass for Σx and Σx² in f64 (exact enough for the variance at these sizes), then one for y.
         let (sum, sum_sq) = sum_rows(b * t, t, c, b, |r, s1, s2| {
             for ((s1, s2), &v) in s1.iter_mut().zip(s2.iter_mut()).zip(&x[r * c..(r + 1) * c]) {
@@ -228,12 +227,21 @@ pub fn group_norm_per_channel(
             beta.dims()
         )));
     }
-    if !x.device().is_cpu() || x.dtype() != candle_core::DType::F32 {
-        let norm = candle_nn::GroupNorm::new(gamma.clone(), beta.clone(), c, c, eps)?;
-        let y = candle_core::Module::forward(&norm, &x.transpose(1, 2)?.contiguous()?)?;
-        let y = if gelu { y.gelu_erf()? } else { y };
-        return Ok(y.transpose(1, 2)?);
+    match Kernel::select(x, false) {
+        Kernel::Generic => generic(x, gamma, beta, eps, gelu),
+        _ => fused(x, gamma, beta, eps, gelu),
     }
+}
+
+fn generic(x: &Tensor, gamma: &Tensor, beta: &Tensor, eps: f64, gelu: bool) -> Result<Tensor> {
+    let c = gamma.elem_count();
+    let norm = candle_nn::GroupNorm::new(gamma.clone(), beta.clone(), c, c, eps)?;
+    let y = candle_core::Module::forward(&norm, &x.transpose(1, 2)?.contiguous()?)?;
+    let y = if gelu { y.gelu_erf()? } else { y };
+    Ok(y.transpose(1, 2)?)
+}
+
+fn fused(x: &Tensor, gamma: &Tensor, beta: &Tensor, eps: f64, gelu: bool) -> Result<Tensor> {
     let op = GroupNormOp {
         eps,
         gelu,
@@ -260,33 +268,9 @@ mod tests {
             let x = Var::from_tensor(&(x + 1.5).unwrap()).unwrap();
             let gamma = Var::from_tensor(&Tensor::randn(1f32, 0.3, c, &dev).unwrap()).unwrap();
             let beta = Var::from_tensor(&Tensor::randn(0f32, 0.3, c, &dev).unwrap()).unwrap();
-            let ours = group_norm_per_channel(
-                x.as_tensor(),
-                gamma.as_tensor(),
-                beta.as_tensor(),
-                1e-5,
-                fused_gelu,
-            )
-            .unwrap();
-            let norm = candle_nn::GroupNorm::new(
-                gamma.as_tensor().clone(),
-                beta.as_tensor().clone(),
-                c,
-                c,
-                1e-5,
-            )
-            .unwrap();
-            let reference = candle_core::Module::forward(
-                &norm,
-                &x.as_tensor().transpose(1, 2).unwrap().contiguous().unwrap(),
-            )
-            .unwrap();
-            let reference = if fused_gelu {
-                reference.gelu_erf().unwrap()
-            } else {
-                reference
-            };
-            let reference = reference.transpose(1, 2).unwrap();
+            let (x_t, g_t, b_t) = (x.as_tensor(), gamma.as_tensor(), beta.as_tensor());
+            let ours = fused(x_t, g_t, b_t, 1e-5, fused_gelu).unwrap();
+            let reference = generic(x_t, g_t, b_t, 1e-5, fused_gelu).unwrap();
             let case = format!("b{b} t{t} c{c} gelu {fused_gelu}");
             assert!(max_abs(&(&ours - &reference).unwrap()) < 1e-5, "{case}");
             let upstream = Tensor::randn(0f32, 1.0, ours.dims(), &dev).unwrap();

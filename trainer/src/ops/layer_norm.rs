@@ -5,16 +5,15 @@
 //! `ops::layer_norm_slow` is composed of ~8 ops forward and about twice as many backward. wav2vec2 applies 25
 //! LayerNorms per step; on (2, 468, 768) one composed LayerNorm took ~0.09 s forward+backward on 2 loaded cores
 //! (most of it candle's elementwise barrier), more than a third of an attention block. Here the forward is one
-//! pass per row and the backward one pass over (x, ∂L/∂y). Off the CPU (or for other dtypes) it is
-//! `ops::layer_norm_slow`.
+//! pass per row and the backward one pass over (x, ∂L/∂y). Generic: `ops::layer_norm_slow` (composed).
 
 use std::sync::Mutex;
 
 use candle_core::{CpuStorage, CustomOp3, Layout, Shape, Tensor};
 use rayon::prelude::*;
 
+use super::{contiguous_f32, with_cpu_f32, Kernel};
 use crate::error::{Error, Result};
-use crate::nn::with_cpu_f32;
 
 /// Rows per parallel task.
 const ROWS: usize = 8;
@@ -39,9 +38,9 @@ impl CustomOp3 for LayerNormOp {
         beta_storage: &CpuStorage,
         beta_layout: &Layout,
     ) -> candle_core::Result<(CpuStorage, Shape)> {
-        let x = crate::nn::contiguous_f32(x_storage, x_layout, "layer norm")?;
-        let gamma = crate::nn::contiguous_f32(gamma_storage, gamma_layout, "layer norm γ")?;
-        let beta = crate::nn::contiguous_f32(beta_storage, beta_layout, "layer norm β")?;
+        let x = contiguous_f32(x_storage, x_layout, "layer norm")?;
+        let gamma = contiguous_f32(gamma_storage, gamma_layout, "layer norm γ")?;
+        let beta = contiguous_f32(beta_storage, beta_layout, "layer norm β")?;
         let d = gamma.len();
         let rows = x.len() / d;
         let mut y = vec![0f32; x.len()];
@@ -142,7 +141,7 @@ impl CustomOp3 for LayerNormOp {
     }
 }
 
-/// LayerNorm of x (…, D) with γ, β (D); the fused op for f32 on the CPU, `ops::layer_norm_slow` elsewhere.
+/// LayerNorm of x (…, D) with γ, β (D).
 pub fn layer_norm(x: &Tensor, gamma: &Tensor, beta: &Tensor, eps: f64) -> Result<Tensor> {
     let d = x.dims().last().copied().unwrap_or(0);
     if gamma.dims() != [d] || beta.dims() != [d] || d == 0 {
@@ -153,9 +152,18 @@ pub fn layer_norm(x: &Tensor, gamma: &Tensor, beta: &Tensor, eps: f64) -> Result
             beta.dims()
         )));
     }
-    if !x.device().is_cpu() || x.dtype() != candle_core::DType::F32 {
-        return Ok(candle_nn::ops::layer_norm_slow(x, gamma, beta, eps as f32)?);
+    match Kernel::select(x, false) {
+        Kernel::Generic => generic(x, gamma, beta, eps),
+        _ => fused(x, gamma, beta, eps),
     }
+}
+
+/// The composed version (candle's `layer_norm_slow`, whose backward is right).
+fn generic(x: &Tensor, gamma: &Tensor, beta: &Tensor, eps: f64) -> Result<Tensor> {
+    Ok(candle_nn::ops::layer_norm_slow(x, gamma, beta, eps as f32)?)
+}
+
+fn fused(x: &Tensor, gamma: &Tensor, beta: &Tensor, eps: f64) -> Result<Tensor> {
     let op = LayerNormOp {
         eps,
         stats: Mutex::new(Vec::new()),
@@ -181,15 +189,9 @@ mod tests {
                 .unwrap();
             let gamma = Var::from_tensor(&Tensor::randn(1f32, 0.3, d, &dev).unwrap()).unwrap();
             let beta = Var::from_tensor(&Tensor::randn(0f32, 0.3, d, &dev).unwrap()).unwrap();
-            let ours =
-                layer_norm(x.as_tensor(), gamma.as_tensor(), beta.as_tensor(), 1e-5).unwrap();
-            let reference = candle_nn::ops::layer_norm_slow(
-                x.as_tensor(),
-                gamma.as_tensor(),
-                beta.as_tensor(),
-                1e-5,
-            )
-            .unwrap();
+            let ours = fused(x.as_tensor(), gamma.as_tensor(), beta.as_tensor(), 1e-5).unwrap();
+            let reference =
+                generic(x.as_tensor(), gamma.as_tensor(), beta.as_tensor(), 1e-5).unwrap();
             assert!(max_abs(&(&ours - &reference).unwrap()) < 1e-5, "{dims:?}");
             let upstream = Tensor::randn(0f32, 1.0, ours.dims(), &dev).unwrap();
             let g_ours = grads_through(&ours, &upstream);

@@ -3,11 +3,13 @@
 //!
 //! Forward: out[b,c,i,j] = max over the 3×3 window at (2i−1, 2j−1) of the input (padding never wins), output size
 //! ⌊(H + 2 − 3)/2⌋ + 1. Backward: each output gradient goes to the window's maximum — the FIRST one in row-major
-//! order on ties, as PyTorch does. The op runs on the CPU; on another device the tensor makes a round trip
-//! through host memory (the op is tiny next to the convolutions around it).
+//! order on ties, as PyTorch does. CPU kernel: one pass per plane each way. Generic: the nine shifted windows
+//! stacked, the first maximum picked with a gather (whose backward is the matching scatter-add), all on the
+//! tensor's device — no round trip through host memory.
 
-use candle_core::{CpuStorage, CustomOp1, Device, Layout, Shape, Tensor};
+use candle_core::{CpuStorage, CustomOp1, DType, Layout, Shape, Tensor};
 
+use super::Kernel;
 use crate::error::Result;
 
 const KERNEL: usize = 3;
@@ -73,7 +75,7 @@ impl CustomOp1 for MaxPool3x3S2 {
         layout: &Layout,
     ) -> candle_core::Result<(CpuStorage, Shape)> {
         let (b, c, h, w) = layout.shape().dims4()?;
-        let data = crate::nn::contiguous_f32(storage, layout, "max-pool-3x3-s2")?;
+        let data = super::contiguous_f32(storage, layout, "max-pool-3x3-s2")?;
         let (oh, ow) = (out_size(h), out_size(w));
         let mut out = vec![0f32; b * c * oh * ow];
         let mut arg = vec![0usize; oh * ow];
@@ -99,14 +101,8 @@ impl CustomOp1 for MaxPool3x3S2 {
     ) -> candle_core::Result<Option<Tensor>> {
         let (b, c, h, w) = arg.dims4()?;
         let (oh, ow) = (out_size(h), out_size(w));
-        let input = arg
-            .to_device(&Device::Cpu)?
-            .flatten_all()?
-            .to_vec1::<f32>()?;
-        let grad = grad_res
-            .to_device(&Device::Cpu)?
-            .flatten_all()?
-            .to_vec1::<f32>()?;
+        let input = arg.flatten_all()?.to_vec1::<f32>()?;
+        let grad = grad_res.flatten_all()?.to_vec1::<f32>()?;
         let mut grad_in = vec![0f32; b * c * h * w];
         let mut out = vec![0f32; oh * ow];
         let mut where_max = vec![0usize; oh * ow];
@@ -132,20 +128,90 @@ impl CustomOp1 for MaxPool3x3S2 {
     }
 }
 
-/// Max-pool 3×3, stride 2, padding 1 over (B, C, H, W), differentiable.
+/// Max-pool 3×3, stride 2, padding 1 over (B, C, H, W) → (B, C, ⌊(H − 1)/2⌋ + 1, ⌊(W − 1)/2⌋ + 1),
+/// differentiable.
 pub fn max_pool_3x3_s2(x: &Tensor) -> Result<Tensor> {
-    let device = x.device().clone();
-    let x = x.to_device(&Device::Cpu)?.contiguous()?;
-    let y = x.apply_op1(MaxPool3x3S2)?;
-    Ok(y.to_device(&device)?)
+    x.dims4()?;
+    match Kernel::select(x, false) {
+        Kernel::Generic => generic(x),
+        _ => Ok(x.contiguous()?.apply_op1(MaxPool3x3S2)?),
+    }
+}
+
+/// The composed version: pad with the lowest finite value (padding never wins: every window holds a real
+/// pixel), take the 9 windows' values as strided views stacked on a last axis in row-major window order, and
+/// gather each window's first maximum. The gather's backward sends each output gradient to that one input.
+fn generic(x: &Tensor) -> Result<Tensor> {
+    let (b, c, h, w) = x.dims4()?;
+    let (oh, ow) = (out_size(h), out_size(w));
+    // Window (i, dy) starts at padded row 2i + dy: rows up to dy + 2·oh must exist for the stride-2 reshape.
+    let (ph, pw) = (KERNEL - 1 + STRIDE * oh, KERNEL - 1 + STRIDE * ow);
+    let low = |shape: (usize, usize, usize, usize)| -> Result<Tensor> {
+        Ok(Tensor::full(f32::MIN, shape, x.device())?.to_dtype(x.dtype())?)
+    };
+    let mut rows = vec![low((b, c, PAD, w))?, x.clone()];
+    if ph > PAD + h {
+        rows.push(low((b, c, ph - PAD - h, w))?);
+    }
+    let x = Tensor::cat(&rows, 2)?;
+    let mut cols = vec![low((b, c, ph, PAD))?, x];
+    if pw > PAD + w {
+        cols.push(low((b, c, ph, pw - PAD - w))?);
+    }
+    let x = Tensor::cat(&cols, 3)?;
+    let mut windows = Vec::with_capacity(KERNEL * KERNEL);
+    for dy in 0..KERNEL {
+        let rows = x
+            .narrow(2, dy, STRIDE * oh)?
+            .reshape((b, c, oh, STRIDE, pw))?
+            .narrow(3, 0, 1)?
+            .squeeze(3)?;
+        for dx in 0..KERNEL {
+            windows.push(
+                rows.narrow(3, dx, STRIDE * ow)?
+                    .reshape((b, c, oh, ow, STRIDE))?
+                    .narrow(4, 0, 1)?,
+            );
+        }
+    }
+    let windows = Tensor::cat(&windows, 4)?; // (B, C, oh, ow, 9)
+    let values = windows.detach();
+    let is_max = values
+        .broadcast_eq(&values.max_keepdim(4)?)?
+        .to_dtype(DType::F32)?;
+    // the first maximum: where the running count of maxima reaches 1 for the first time
+    let first = (&is_max * is_max.cumsum(4)?.eq(1f32)?.to_dtype(DType::F32)?)?;
+    let positions = Tensor::arange(0f32, (KERNEL * KERNEL) as f32, x.device())?;
+    let index = first
+        .broadcast_mul(&positions)?
+        .sum_keepdim(4)?
+        .to_dtype(DType::U32)?;
+    Ok(windows.gather(&index, 4)?.squeeze(4)?)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::testing::max_diff;
+    use candle_core::Device;
+
+    fn kernel(x: &Tensor) -> Result<Tensor> {
+        Ok(x.contiguous()?.apply_op1(MaxPool3x3S2)?)
+    }
+
+    type Pool = fn(&Tensor) -> Result<Tensor>;
+
+    /// Both bodies, by name.
+    const PATHS: [(&str, Pool); 2] = [("kernel", kernel), ("generic", generic)];
 
     #[test]
     fn forward_matches_a_direct_computation() {
+        for (name, pool) in PATHS {
+            forward_matches(name, pool);
+        }
+    }
+
+    fn forward_matches(name: &str, max_pool_3x3_s2: Pool) {
         let x = Tensor::arange(0f32, 30.0, &Device::Cpu)
             .unwrap()
             .reshape((1, 1, 5, 6))
@@ -161,7 +227,8 @@ mod tests {
                 .unwrap()
                 .to_vec2::<f32>()
                 .unwrap(),
-            expected
+            expected,
+            "{name}"
         );
         // ResNet stem shape: 128x361 → 64x181
         let x = Tensor::zeros((1, 2, 128, 361), candle_core::DType::F32, &Device::Cpu).unwrap();
@@ -170,6 +237,12 @@ mod tests {
 
     #[test]
     fn gradient_matches_finite_differences() {
+        for (name, pool) in PATHS {
+            gradient_matches(name, pool);
+        }
+    }
+
+    fn gradient_matches(name: &str, max_pool_3x3_s2: Pool) {
         let dev = Device::Cpu;
         // distinct values so the maximum of every window is unique and the function is locally linear
         let n = 2 * 3 * 7 * 8;
@@ -209,13 +282,52 @@ mod tests {
             let numeric = ((f(plus) - f(minus)) / (2.0 * eps as f64)) as f32;
             assert!(
                 (numeric - analytic[i]).abs() < 1e-3,
-                "input {i}: numeric {numeric} vs analytic {}",
+                "{name}, input {i}: numeric {numeric} vs analytic {}",
                 analytic[i]
             );
             if analytic[i] != 0.0 {
                 nonzero += 1;
             }
         }
-        assert!(nonzero > 20, "gradient reached {nonzero} inputs");
+        assert!(nonzero > 20, "{name}: gradient reached {nonzero} inputs");
+    }
+
+    /// Ties (ReLU zeros and repeated values, as after ResNet's stem): the generic path sends each gradient to the
+    /// window's FIRST maximum, as the kernel and PyTorch do; odd and even sizes.
+    #[test]
+    fn generic_matches_the_kernel_on_ties() {
+        let dev = Device::Cpu;
+        for (h, w) in [(7, 8), (6, 9), (1, 1)] {
+            let n = 2 * 3 * h * w;
+            let values: Vec<f32> = (0..n)
+                .map(|i| ((i * 7 % 5) as f32 - 2.0).max(0.0))
+                .collect();
+            let x = candle_core::Var::from_vec(values, (2, 3, h, w), &dev).unwrap();
+            let (a, b) = (
+                kernel(x.as_tensor()).unwrap(),
+                generic(x.as_tensor()).unwrap(),
+            );
+            assert_eq!(a.dims(), b.dims());
+            assert_eq!(max_diff(&a, &b), 0.0, "{h}x{w}");
+            let upstream = Tensor::rand(0.5f32, 1.5, a.dims(), &dev).unwrap();
+            let (ga, gb) = (
+                crate::testing::grads_through(&a, &upstream),
+                crate::testing::grads_through(&b, &upstream),
+            );
+            let (ga, gb) = (
+                ga.get(x.as_tensor()).unwrap(),
+                gb.get(x.as_tensor()).unwrap(),
+            );
+            // the same routing; where several windows send to one input the sums differ in order only
+            assert!(
+                max_diff(ga, gb) < 1e-5,
+                "{h}x{w}: gradients differ by {}",
+                max_diff(ga, gb)
+            );
+            // every output gradient went to exactly one input
+            let total = |g: &Tensor| g.sum_all().unwrap().to_scalar::<f32>().unwrap();
+            let sent = total(&upstream);
+            assert!((total(gb) - sent).abs() < 1e-3 * sent, "{h}x{w}");
+        }
     }
 }

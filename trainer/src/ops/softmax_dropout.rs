@@ -6,19 +6,18 @@
 //! matrix products in a CPU profile, much of it in candle's elementwise thread barrier. Here the forward is one
 //! pass per row and the backward one pass over (p, ∂L/∂y): `∂L/∂x = p ⊙ (g − Σ_row g ⊙ p)` with `g = ∂L/∂y ⊙ m`.
 //!
-//! The dropout mask is drawn exactly as [`crate::nn::dropout`] draws it (one `f64` per element, in order, from the
-//! same generator), so training runs are unchanged. Off the CPU (or for other dtypes) it is `ops::softmax` then
-//! [`crate::nn::dropout`].
+//! The dropout mask is drawn by [`super::dropout_mask`] as the composed path draws it (one `f64` per element, in
+//! order, from the same generator), so both paths give the same result. Generic: softmax, then dropout.
 
 use std::sync::Mutex;
 
-use crate::nn::dropout_mask;
-use candle_core::{CpuStorage, CustomOp1, Layout, Shape, Tensor, D};
+use candle_core::{CpuStorage, CustomOp1, Layout, Shape, Tensor};
 use rand_chacha::ChaCha8Rng;
 use rayon::prelude::*;
 
-use crate::error::{Error, Result};
-use crate::nn::with_cpu_f32;
+use super::dropout::{dropout_mask, dropout_shared, lock};
+use super::{contiguous_f32, with_cpu_f32, Kernel};
+use crate::error::Result;
 
 struct SoftmaxDropout {
     /// Inverted-dropout factors (0 or 1/(1−p)), one per element; None: no dropout.
@@ -40,7 +39,7 @@ impl CustomOp1 for SoftmaxDropout {
         storage: &CpuStorage,
         layout: &Layout,
     ) -> candle_core::Result<(CpuStorage, Shape)> {
-        let x = crate::nn::contiguous_f32(storage, layout, "softmax-dropout")?;
+        let x = contiguous_f32(storage, layout, "softmax-dropout")?;
         let n = layout.shape().dims().last().copied().unwrap_or(1).max(1);
         let mut probs = vec![0f32; x.len()];
         probs
@@ -124,18 +123,22 @@ impl CustomOp1 for SoftmaxDropout {
     }
 }
 
-/// `dropout(softmax(x, D::Minus1), p)` (dropout in training only, p > 0), masks from `rng`.
+/// `dropout(softmax(x, last dim), p)` for x of any rank ≥ 1 (dropout in training only, p > 0), masks from `rng`.
 pub fn softmax_dropout(x: &Tensor, p: f64, train: bool, rng: &Mutex<ChaCha8Rng>) -> Result<Tensor> {
-    let dropout = train && p > 0.0;
-    if !x.device().is_cpu() || x.dtype() != candle_core::DType::F32 || x.rank() == 0 {
-        let y = candle_nn::ops::softmax(x, D::Minus1)?;
-        return crate::nn::dropout_shared(&y, p, train, rng);
+    match Kernel::select(x, false) {
+        Kernel::Cpu if x.rank() > 0 => fused(x, p, train, rng),
+        _ => generic(x, p, train, rng),
     }
-    let mask = if dropout {
-        let mut rng = rng
-            .lock()
-            .map_err(|_| Error::Other("dropout generator poisoned".into()))?;
-        Some(dropout_mask(x.elem_count(), p, &mut rng))
+}
+
+fn generic(x: &Tensor, p: f64, train: bool, rng: &Mutex<ChaCha8Rng>) -> Result<Tensor> {
+    let y = super::softmax::generic(x)?;
+    dropout_shared(&y, p, train, rng)
+}
+
+fn fused(x: &Tensor, p: f64, train: bool, rng: &Mutex<ChaCha8Rng>) -> Result<Tensor> {
+    let mask = if train && p > 0.0 {
+        Some(dropout_mask(x.elem_count(), p, &mut *lock(rng)?))
     } else {
         None
     };
@@ -153,7 +156,7 @@ mod tests {
     use candle_core::{Device, Var};
     use rand::{Rng, SeedableRng};
 
-    /// Values and the input gradient against `ops::softmax` + `nn::dropout_shared` from the same seed, with and
+    /// Values and the input gradient against the composed softmax + dropout from the same seed, with and
     /// without dropout, batch > 1, rows not a multiple of the task size.
     #[test]
     fn matches_composed_softmax_and_dropout() {
@@ -166,14 +169,8 @@ mod tests {
             let x = Var::from_tensor(&(Tensor::randn(0f32, 3.0, shape, &dev).unwrap())).unwrap();
             let rng_a = Mutex::new(ChaCha8Rng::seed_from_u64(5));
             let rng_b = Mutex::new(ChaCha8Rng::seed_from_u64(5));
-            let ours = softmax_dropout(x.as_tensor(), p, train, &rng_a).unwrap();
-            let reference = crate::nn::dropout_shared(
-                &candle_nn::ops::softmax(x.as_tensor(), D::Minus1).unwrap(),
-                p,
-                train,
-                &rng_b,
-            )
-            .unwrap();
+            let ours = fused(x.as_tensor(), p, train, &rng_a).unwrap();
+            let reference = generic(x.as_tensor(), p, train, &rng_b).unwrap();
             let case = format!("{shape:?} p {p} train {train}");
             assert!(max_abs(&(&ours - &reference).unwrap()) < 1e-6, "{case}");
             if train && p > 0.0 {

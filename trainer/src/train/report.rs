@@ -20,8 +20,9 @@ use meld_shared::Split;
 use plotters::prelude::*;
 use serde::Serialize;
 
+use super::metrics::Metrics;
+use crate::config::Config;
 use crate::error::{Error, Result};
-use crate::train::{Evaluation, Prepared, TrainOptions};
 
 /// One line of `metrics.jsonl`.
 #[derive(Debug, Clone, Serialize)]
@@ -51,14 +52,14 @@ pub struct SplitSummary {
 }
 
 impl SplitSummary {
-    pub fn new(split: Split, eval: &Evaluation) -> Self {
-        let m = &eval.metrics;
+    /// A split's line of the summary, from its metrics and loss.
+    pub fn new(split: Split, m: &Metrics, loss: f64) -> Self {
         SplitSummary {
             split: split.dataset_name().to_string(),
             rows: m.support.iter().sum(),
             f1_weighted: m.f1_weighted,
             accuracy: m.accuracy,
-            loss: eval.loss,
+            loss,
             f1_per_class: m
                 .classes
                 .iter()
@@ -117,6 +118,20 @@ impl Summary {
         }
         out
     }
+}
+
+/// `run.json`: where a run came from (what `erc-train eval` needs to find its data again).
+#[derive(Debug, Clone, Serialize)]
+pub struct RunInfo {
+    pub config_file: String,
+    pub data: String,
+    pub device: String,
+    pub seed: u64,
+    pub epochs: usize,
+    pub batch_size: usize,
+    pub glove_file: Option<String>,
+    pub parameters: usize,
+    pub erc_train_version: &'static str,
 }
 
 pub struct RunFolder {
@@ -188,29 +203,10 @@ impl RunFolder {
         serde_json::from_str(&text).map_err(|e| Error::data(&path, e.to_string()))
     }
 
-    pub fn write_start(
-        &self,
-        prepared: &Prepared,
-        options: &TrainOptions,
-        parameters: usize,
-    ) -> Result<()> {
-        let config = &prepared.config.config;
+    /// `config.yml` (the config used) and `run.json`; starts an empty `metrics.jsonl`.
+    pub fn write_start(&self, config: &Config, info: &RunInfo) -> Result<()> {
         write(&self.config(), &config.to_yaml()?)?;
-        if let Some(vocab) = &prepared.vocab {
-            vocab.save_words(&self.vocab())?;
-        }
-        let info = serde_json::json!({
-            "config_file": prepared.config.path.display().to_string(),
-            "data": options.data.display().to_string(),
-            "device": options.device_name,
-            "seed": config.seed(),
-            "epochs": config.epochs(),
-            "batch_size": config.batch_size(),
-            "glove_file": prepared.glove_file.as_ref().map(|p| p.display().to_string()),
-            "parameters": parameters,
-            "erc_train_version": env!("CARGO_PKG_VERSION"),
-        });
-        write(&self.path.join("run.json"), &json(&info)?)?;
+        write(&self.path.join("run.json"), &json(info)?)?;
         write(&self.path.join("metrics.jsonl"), "")
     }
 
@@ -225,42 +221,22 @@ impl RunFolder {
         writeln!(file, "{line}").map_err(|e| Error::io(&path, e))
     }
 
-    pub fn manifest(&self, prepared: &Prepared) -> serde_json::Value {
-        let split = |data: &crate::dataset::SplitData, media: &crate::dataset::MediaCounts| {
-            serde_json::json!({
-                "csv": data.csv.display().to_string(),
-                "rows": data.len(),
-                "missing_visual": media.missing_visual,
-                "missing_audio": media.missing_audio,
-            })
-        };
-        serde_json::json!({
-            "train": split(&prepared.train, &prepared.media[0]),
-            "valid": split(&prepared.valid, &prepared.media[1]),
-            "test": split(&prepared.test, &prepared.media[2]),
-            "glove": prepared.vocab.as_ref().map(|v| serde_json::json!({
-                "file": prepared.glove_file.as_ref().map(|p| p.display().to_string()),
-                "vectors_in_file": v.file_words,
-                "vectors_used": v.len(),
-            })),
-        })
-    }
-
-    pub fn write_evaluation(&self, split: Split, eval: &Evaluation) -> Result<()> {
+    /// The classification report, the confusion matrix (CSV and PNG) of a split.
+    pub fn write_evaluation(&self, split: Split, metrics: &Metrics) -> Result<()> {
         let name = split.dataset_name();
         write(
             &self.path.join(format!("report-{name}.txt")),
-            &eval.metrics.report(),
+            &metrics.report(),
         )?;
         write(
             &self.path.join(format!("confusion-{name}.csv")),
-            &eval.metrics.confusion_csv(),
+            &metrics.confusion_csv(),
         )?;
         plot_confusion(
             &self.path.join(format!("confusion-{name}.png")),
             &format!("confusion matrix ({name})"),
-            &eval.metrics.classes,
-            &eval.metrics.confusion,
+            &metrics.classes,
+            &metrics.confusion,
         )
     }
 

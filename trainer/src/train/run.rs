@@ -1,7 +1,7 @@
-//! The training loop (§5): random order each epoch, AdamW with warm-up/decay and clipping, evaluation on `valid`
-//! after every epoch in eval mode (sequential order, training batch size), early stopping (patience, threshold
-//! 0.001) on `classifier_metric_for_best_model`, the best epoch's weights kept, and at the end the best model
-//! evaluated on `valid` and `test` and written to the run folder ([`crate::report`]).
+//! The training loop (docs/reference.md §5): random order each epoch, AdamW with warm-up/decay and clipping,
+//! evaluation on `valid` after every epoch in eval mode (sequential order, training batch size), early stopping
+//! (patience, threshold 0.001) on `classifier_metric_for_best_model`, the best epoch's weights kept, and at the end
+//! the best model evaluated on `valid` and `test` and written to the run folder ([`super::report`]).
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -14,17 +14,15 @@ use rand::seq::SliceRandom;
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 
+use super::losses::Loss;
+use super::metrics::Metrics;
+use super::optim::{AdamW, AdamWConfig};
+use super::report::{EpochRecord, RunFolder, RunInfo, SplitSummary, Summary};
 use crate::config::{BestMetric, Config, LoadedConfig, TextEncoder};
-use crate::dataset::{Loader, MediaCounts, Preprocess, SplitData};
+use crate::data::{GloveVocab, Gpt2Tokenizer, Loader, MediaCounts, Preprocess, SplitData};
 use crate::error::{Error, Result};
-use crate::glove::GloveVocab;
-use crate::losses::Loss;
-use crate::metrics::Metrics;
 use crate::model::{Backbones, Model};
 use crate::nn::Ctx;
-use crate::optim::{AdamW, AdamWConfig};
-use crate::report::{EpochRecord, RunFolder, SplitSummary, Summary};
-use crate::tokenizer::Gpt2Tokenizer;
 
 /// Evaluation-time improvement threshold of early stopping (HF `early_stopping_threshold`).
 pub const EARLY_STOPPING_THRESHOLD: f64 = 0.001;
@@ -125,7 +123,7 @@ pub fn prepare(
     }
     if let Some(dir) = &backbones.gpt2 {
         let tokenizer = Gpt2Tokenizer::from_dir(dir)?;
-        crate::gpt2::Config::from_file(&dir.join("config.json"))?
+        crate::encoders::gpt2::Config::from_file(&dir.join("config.json"))?
             .check_tokenizer(&tokenizer, dir)?;
         for split in &mut splits {
             split.encode_gpt2(&tokenizer, config.config.text_context)?;
@@ -178,7 +176,7 @@ fn class_members(labels: &[usize]) -> Vec<Vec<usize>> {
 }
 
 /// The training order of one epoch. Normally a random permutation. For `*+triplet` losses, the reference's
-/// class-balanced sampler (§5.5): until the epoch length is reached, shuffle the class order and emit k = max(2,
+/// class-balanced sampler (docs/reference.md §5.5): until the epoch length is reached, shuffle the class order and emit k = max(2,
 /// ⌈batch/classes⌉) consecutive members of each class from a per-class cursor that wraps around (the members
 /// themselves are not shuffled); batches are then cut from this stream.
 pub fn epoch_order(config: &Config, labels: &[usize], rng: &mut ChaCha8Rng) -> Vec<usize> {
@@ -311,7 +309,26 @@ pub fn train(prepared: Prepared, options: &TrainOptions) -> Result<(PathBuf, Sum
     );
     let model = prepared.build_model(&options.device, seed)?;
     let run = RunFolder::create(&options.out, &config.classifier_name)?;
-    run.write_start(&prepared, options, model.store.parameter_count())?;
+    run.write_start(
+        config,
+        &RunInfo {
+            config_file: prepared.config.path.display().to_string(),
+            data: options.data.display().to_string(),
+            device: options.device_name.clone(),
+            seed,
+            epochs,
+            batch_size,
+            glove_file: prepared
+                .glove_file
+                .as_ref()
+                .map(|p| p.display().to_string()),
+            parameters: model.store.parameter_count(),
+            erc_train_version: env!("CARGO_PKG_VERSION"),
+        },
+    )?;
+    if let Some(vocab) = &prepared.vocab {
+        vocab.save_words(&run.vocab())?;
+    }
     tracing::info!(
         run = %run.path.display(),
         parameters = model.store.parameter_count(),
@@ -448,8 +465,8 @@ pub fn train(prepared: Prepared, options: &TrainOptions) -> Result<(PathBuf, Sum
             &loss_fn,
             &prepared.classes,
         )?;
-        run.write_evaluation(split, &eval)?;
-        splits.push(SplitSummary::new(split, &eval));
+        run.write_evaluation(split, &eval.metrics)?;
+        splits.push(SplitSummary::new(split, &eval.metrics, eval.loss));
     }
     let summary = Summary {
         classifier_name: config.classifier_name.clone(),
@@ -467,10 +484,32 @@ pub fn train(prepared: Prepared, options: &TrainOptions) -> Result<(PathBuf, Sum
         train_samples_per_s: train_samples as f64 / train_seconds.max(1e-9),
         wall_seconds: wall.elapsed().as_secs_f64(),
         splits,
-        data_manifest: run.manifest(&prepared),
+        data_manifest: data_manifest(&prepared),
     };
     run.write_summary(&summary, &records)?;
     Ok((run.path.clone(), summary))
+}
+
+/// What the run read: each split's CSV, rows and missing media, and the GloVe vectors used.
+fn data_manifest(prepared: &Prepared) -> serde_json::Value {
+    let split = |data: &SplitData, media: &MediaCounts| {
+        serde_json::json!({
+            "csv": data.csv.display().to_string(),
+            "rows": data.len(),
+            "missing_visual": media.missing_visual,
+            "missing_audio": media.missing_audio,
+        })
+    };
+    serde_json::json!({
+        "train": split(&prepared.train, &prepared.media[0]),
+        "valid": split(&prepared.valid, &prepared.media[1]),
+        "test": split(&prepared.test, &prepared.media[2]),
+        "glove": prepared.vocab.as_ref().map(|v| serde_json::json!({
+            "file": prepared.glove_file.as_ref().map(|p| p.display().to_string()),
+            "vectors_in_file": v.file_words,
+            "vectors_used": v.len(),
+        })),
+    })
 }
 
 fn progress_bar(enabled: bool, len: u64, epoch: usize, epochs: usize) -> ProgressBar {
