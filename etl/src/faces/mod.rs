@@ -1,7 +1,7 @@
 //! Stage 4c (`extract --faces`): RetinaFace face detection on the mosaics, face-only images and the boxes.
 //!
-//! A [`FaceDetector`] holds a RetinaFace ONNX model (run by tract or onnxruntime, see [`model`]) and a
-//! [`FaceProfile`].
+//! A [`FaceDetector`] holds a RetinaFace ONNX model (see [`model`]; run by tract or onnxruntime behind
+//! [`net::FaceNet`]) and a [`FaceProfile`].
 //! [`FaceDetector::detect`] finds the faces of a mosaic (the network's raw outputs → [`priors`] → [`decode`] →
 //! the profile's thresholds and [`nms`], see [`profile`]) and returns them in mosaic pixels;
 //! [`FaceDetector::face_only`] blacks out every pixel outside them. The default profile runs the network on
@@ -21,6 +21,7 @@
 pub mod check;
 pub mod decode;
 pub mod model;
+pub mod net;
 pub mod nms;
 pub mod ort_net;
 pub mod priors;
@@ -31,7 +32,8 @@ use std::path::{Path, PathBuf};
 
 use image::RgbImage;
 
-pub use model::{FaceEngine, RetinaFace};
+pub use model::RetinaFace;
+pub use net::FaceEngine;
 pub use profile::FaceProfile;
 
 #[derive(Debug, thiserror::Error)]

@@ -1,23 +1,22 @@
-//! A RetinaFace ONNX export behind one of two engines: loading, checking, and the network's three outputs as
-//! [`RawOutputs`], whichever engine runs it.
+//! A RetinaFace ONNX export behind one of two engines: choosing and loading the engine, checking the model, the
+//! input tensor, and the network's three outputs as [`RawOutputs`], whichever engine runs it.
 //!
 //! Exports of biubug6's RetinaFace (MobileNet-0.25 or ResNet-50 backbone, the same heads) take one input
-//! `[batch, 3, H, W]`: the image in BGR order minus (104, 117, 123), not scaled. They give three outputs whose
-//! names and order vary between exports, so they are told apart by their last dimension: `[batch, N, 4]` box
-//! offsets, `[batch, N, 2]` class scores (background, face) and `[batch, N, 10]` landmark offsets (or `[N, k]`
-//! when an export drops a batch of one), with N the number of priors for H x W (see [`super::priors`]). Some
-//! exports end with a softmax over the scores and some do not: a probe run on a flat image at load time tells
-//! which (rows of probabilities are in [0, 1] and sum to 1; logits do not), and logits are softmaxed here.
+//! `[batch, 3, H, W]`: the image in BGR order minus (104, 117, 123), not scaled. Their three outputs are told apart
+//! by shape ([`identify_outputs`]) on a probe run on a flat image at load time, which also tells whether the model
+//! ends with a softmax; logits are softmaxed here.
 //!
-//! Engines ([`FaceEngine`]): tract ([`super::tract_net`], pure Rust, always there) or onnxruntime
-//! ([`super::ort_net`], `libonnxruntime.so` loaded at run time, ~2.7x faster). Both get the same input tensor, the
-//! same input-shape checks, output identification and errors; profiles, decoding and NMS never see which ran.
-//! [`RetinaFace::load`] checks the model on the shape a run needs, so a bad file, unexpected outputs or a size the
-//! model rejects stop a run before any clip is processed.
+//! Engines ([`FaceEngine`], chosen in [`open_net`] and nowhere else): tract ([`super::tract_net`], pure Rust,
+//! always there) or onnxruntime ([`super::ort_net`], `libonnxruntime.so` loaded at run time, ~2.7x faster), both
+//! behind [`FaceNet`]. Both get the same input tensor, the same input-shape checks, output identification and
+//! errors; profiles, decoding and NMS never see which ran. [`RetinaFace::load`] checks the model on the shape a
+//! run needs, so a bad file, unexpected outputs or a size the model rejects stop a run before any clip is
+//! processed.
 
 use std::path::{Path, PathBuf};
 
 use super::decode::{face_probability, RawOutputs};
+use super::net::{identify_outputs, FaceEngine, FaceNet, OutputLayout};
 use super::ort_net::{find_library, OrtNet, LIBRARY_ENV};
 use super::priors::prior_count;
 use super::tract_net::TractNet;
@@ -26,103 +25,12 @@ use super::FaceError;
 /// Per-channel means subtracted from the BGR pixels (biubug6's `cfg`, what the reference used).
 pub const MEAN_BGR: [f32; 3] = [104.0, 117.0, 123.0];
 
-/// Which engine runs the network (`--face-engine`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
-pub enum FaceEngine {
-    /// onnxruntime when its library is found (`ORT_DYLIB_PATH`, or `onnxruntime/libonnxruntime.so*` next to the
-    /// model, or `models/onnxruntime/`), tract otherwise.
-    #[default]
-    Auto,
-    /// tract (pure Rust, always available).
-    Tract,
-    /// onnxruntime; an error when its library is missing.
-    Onnxruntime,
-}
-
-impl FaceEngine {
-    pub fn name(self) -> &'static str {
-        match self {
-            FaceEngine::Auto => "auto",
-            FaceEngine::Tract => "tract",
-            FaceEngine::Onnxruntime => "onnxruntime",
-        }
-    }
-}
-
-/// One output of the network as an engine gives it: its shape and, when it is float32, its values.
-#[derive(Debug, Clone)]
-pub struct NetOutput {
-    pub shape: Vec<usize>,
-    pub values: Option<Vec<f32>>,
-}
-
-enum Net {
-    Tract(TractNet),
-    Onnxruntime(OrtNet),
-}
-
-impl Net {
-    fn run(&self, input: &[f32], shape: [usize; 4]) -> Result<Vec<NetOutput>, FaceError> {
-        match self {
-            Net::Tract(net) => net.run(input, shape),
-            Net::Onnxruntime(net) => net.run(input, shape),
-        }
-    }
-
-    fn prepare(&self, shape: [usize; 4]) -> Result<(), FaceError> {
-        match self {
-            Net::Tract(net) => net.prepare(shape).map(|_| ()),
-            Net::Onnxruntime(net) => net.prepare(shape),
-        }
-    }
-}
-
-/// Refuses `shape` when the model declares a fixed input that differs (`declared`: None when even the rank is
-/// open; a None dim is dynamic).
-pub fn check_declared_input(
-    path: &Path,
-    declared: Option<&[Option<i64>]>,
-    shape: [usize; 4],
-) -> Result<(), FaceError> {
-    let Some(dims) = declared else {
-        return Ok(());
-    };
-    let fits = dims.len() == 4
-        && dims
-            .iter()
-            .zip(shape)
-            .all(|(d, want)| d.is_none_or(|d| d == want as i64));
-    if fits {
-        return Ok(());
-    }
-    let text: Vec<String> = dims
-        .iter()
-        .map(|d| d.map_or("?".into(), |d| d.to_string()))
-        .collect();
-    Err(FaceError::InputSize {
-        path: path.to_path_buf(),
-        batch: shape[0],
-        height: shape[2] as u32,
-        width: shape[3] as u32,
-        message: format!("its input is declared as [{}]", text.join(", ")),
-    })
-}
-
-/// Which output is which, and whether the scores are probabilities.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct Outputs {
-    loc: usize,
-    conf: usize,
-    landmarks: usize,
-    softmaxed: bool,
-}
-
 /// A loaded RetinaFace model.
 pub struct RetinaFace {
     path: PathBuf,
     sha256: String,
-    outputs: Outputs,
-    net: Net,
+    outputs: OutputLayout,
+    net: Box<dyn FaceNet>,
 }
 
 impl std::fmt::Debug for RetinaFace {
@@ -159,32 +67,7 @@ impl RetinaFace {
             message: e.to_string(),
         })?;
         let sha256 = sha256_hex(&bytes);
-        let net = match (engine, find_library(path)) {
-            (FaceEngine::Tract, _) => Net::Tract(TractNet::load(path, &bytes)?),
-            (FaceEngine::Onnxruntime, Ok(library)) => {
-                Net::Onnxruntime(OrtNet::load(path, bytes, &library)?)
-            }
-            (FaceEngine::Onnxruntime, Err(tried)) => {
-                return Err(FaceError::NoLibrary {
-                    tried: join_paths(&tried),
-                })
-            }
-            (FaceEngine::Auto, Ok(library)) => match OrtNet::load(path, bytes.clone(), &library) {
-                Ok(net) => Net::Onnxruntime(net),
-                Err(e @ FaceError::Library { .. }) => {
-                    tracing::warn!("face engine: {e}; using tract instead");
-                    Net::Tract(TractNet::load(path, &bytes)?)
-                }
-                Err(e) => return Err(e),
-            },
-            (FaceEngine::Auto, Err(tried)) => {
-                tracing::info!(
-                    "face engine: tract (no onnxruntime library at {}; `make models` fetches one)",
-                    join_paths(&tried)
-                );
-                Net::Tract(TractNet::load(path, &bytes)?)
-            }
-        };
+        let net = open_net(path, bytes, engine)?;
         let shape = [batch, 3, height as usize, width as usize];
         net.prepare(shape)?;
         let probe = vec![0u8; height as usize * width as usize * 3];
@@ -217,30 +100,17 @@ impl RetinaFace {
 
     /// The engine running the network: `tract` or `onnxruntime`.
     pub fn engine(&self) -> FaceEngine {
-        match self.net {
-            Net::Tract(_) => FaceEngine::Tract,
-            Net::Onnxruntime(_) => FaceEngine::Onnxruntime,
-        }
+        self.net.engine()
     }
 
     /// The engine with its version and library, for logs and the manifest.
     pub fn engine_description(&self) -> String {
-        match &self.net {
-            Net::Tract(_) => "tract".to_string(),
-            Net::Onnxruntime(net) => format!(
-                "onnxruntime {} ({}, 1 thread per session)",
-                net.version(),
-                net.library().display()
-            ),
-        }
+        self.net.description()
     }
 
     /// The onnxruntime library file, when that engine runs.
     pub fn library(&self) -> Option<&Path> {
-        match &self.net {
-            Net::Tract(_) => None,
-            Net::Onnxruntime(net) => Some(net.library()),
-        }
+        self.net.library()
     }
 
     /// Whether the model's class scores are probabilities (it ends with a softmax) or logits.
@@ -354,65 +224,38 @@ fn input_tensor(images: &[&[u8]], height: u32, width: u32) -> Result<Vec<f32>, S
     Ok(data)
 }
 
-/// Tells the outputs apart by their last dimension and checks their shapes against the prior count.
-fn identify_outputs(
+/// The net for the model at `path` (its ONNX `bytes`) under `engine`: the one place an engine is chosen. `auto`
+/// takes onnxruntime when its library is found and loads, tract otherwise.
+pub fn open_net(
     path: &Path,
-    values: &[NetOutput],
-    batch: usize,
-    height: u32,
-    width: u32,
-) -> Result<Outputs, FaceError> {
-    let n = prior_count(height, width);
-    let shapes: Vec<Vec<usize>> = values.iter().map(|v| v.shape.clone()).collect();
-    let error = || FaceError::Outputs {
-        path: path.to_path_buf(),
-        found: shapes
-            .iter()
-            .map(|s| format!("{s:?}"))
-            .collect::<Vec<_>>()
-            .join(", "),
-        batch,
-        priors: n,
-        height,
-        width,
-    };
-    let find = |last: usize| -> Result<usize, FaceError> {
-        // [batch, N, k], or [N, k] from an export that squeezed a batch of one.
-        let matching: Vec<usize> = shapes
-            .iter()
-            .enumerate()
-            .filter(|(_, s)| s.last() == Some(&last) && (s.len() == 3 || s.len() == 2))
-            .map(|(i, _)| i)
-            .collect();
-        match matching[..] {
-            [i] if shapes[i][..] == [batch, n, last]
-                || shapes[i][..] == [n, last] && batch == 1 =>
-            {
-                Ok(i)
+    bytes: Vec<u8>,
+    engine: FaceEngine,
+) -> Result<Box<dyn FaceNet>, FaceError> {
+    let net: Box<dyn FaceNet> = match (engine, find_library(path)) {
+        (FaceEngine::Tract, _) => Box::new(TractNet::load(path, &bytes)?),
+        (FaceEngine::Onnxruntime, Ok(library)) => Box::new(OrtNet::load(path, bytes, &library)?),
+        (FaceEngine::Onnxruntime, Err(tried)) => {
+            return Err(FaceError::NoLibrary {
+                tried: join_paths(&tried),
+            })
+        }
+        (FaceEngine::Auto, Ok(library)) => match OrtNet::load(path, bytes.clone(), &library) {
+            Ok(net) => Box::new(net),
+            Err(e @ FaceError::Library { .. }) => {
+                tracing::warn!("face engine: {e}; using tract instead");
+                Box::new(TractNet::load(path, &bytes)?)
             }
-            _ => Err(error()),
+            Err(e) => return Err(e),
+        },
+        (FaceEngine::Auto, Err(tried)) => {
+            tracing::info!(
+                "face engine: tract (no onnxruntime library at {}; `make models` fetches one)",
+                join_paths(&tried)
+            );
+            Box::new(TractNet::load(path, &bytes)?)
         }
     };
-    if values.len() != 3 {
-        return Err(error());
-    }
-    let (loc, conf, landmarks) = (find(4)?, find(2)?, find(10)?);
-    if values.iter().any(|v| v.values.is_none()) {
-        return Err(error());
-    }
-    // Probabilities lie in [0, 1] and each row sums to 1 (onnxruntime's rows are within 9e-8 of it).
-    let scores = values[conf].values.as_deref().ok_or_else(error)?;
-    let softmaxed = scores.chunks_exact(2).all(|p| {
-        (0.0..=1.0).contains(&p[0])
-            && (0.0..=1.0).contains(&p[1])
-            && (p[0] + p[1] - 1.0).abs() < 1e-3
-    });
-    Ok(Outputs {
-        loc,
-        conf,
-        landmarks,
-        softmaxed,
-    })
+    Ok(net)
 }
 
 fn join_paths(paths: &[PathBuf]) -> String {

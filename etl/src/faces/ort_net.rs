@@ -1,6 +1,6 @@
-//! The onnxruntime engine: the same RetinaFace graph run by `libonnxruntime.so`, loaded at run time through the
-//! `ort` crate (`load-dynamic`, nothing is linked or downloaded at build time). About 2.7x faster than tract on
-//! MobileNet-0.25 at 240x426 on one thread.
+//! The onnxruntime engine ([`FaceNet`]): the same RetinaFace graph run by `libonnxruntime.so`, loaded at run time
+//! through the `ort` crate (`load-dynamic`, nothing is linked or downloaded at build time). About 2.7x faster than
+//! tract on MobileNet-0.25 at 240x426 on one thread.
 //!
 //! Where the library comes from ([`find_library`]): `ORT_DYLIB_PATH` when set, else
 //! `onnxruntime/libonnxruntime.so*` in the model file's folder (`models/onnxruntime/`, what `make models`
@@ -19,7 +19,7 @@ use ort::session::builder::GraphOptimizationLevel;
 use ort::session::Session;
 use ort::value::{TensorElementType, TensorRef, ValueType};
 
-use super::model::{check_declared_input, NetOutput};
+use super::net::{check_declared_input, FaceEngine, FaceNet, NetOutput};
 use super::FaceError;
 
 /// The library file names searched for in a folder, best first (the wheel ships `libonnxruntime.so.1.X.Y`).
@@ -170,16 +170,6 @@ impl OrtNet {
         Ok(net)
     }
 
-    /// The library file in use.
-    pub fn library(&self) -> &Path {
-        &self.library
-    }
-
-    /// onnxruntime's version, from the library's file name.
-    pub fn version(&self) -> &str {
-        &self.version
-    }
-
     /// A new session: one intra-op thread, no spinning, all graph optimisations.
     fn session(&self) -> Result<Session, FaceError> {
         let error = |message: String| FaceError::Load {
@@ -203,14 +193,15 @@ impl OrtNet {
             .commit_from_memory(&self.bytes)
             .map_err(|e| text(&e))
     }
+}
 
+impl FaceNet for OrtNet {
     /// Checks `shape` = [batch, 3, height, width] against the model's declared input.
-    pub fn prepare(&self, shape: [usize; 4]) -> Result<(), FaceError> {
+    fn prepare(&self, shape: [usize; 4]) -> Result<(), FaceError> {
         check_declared_input(&self.path, Some(&self.declared), shape)
     }
 
-    /// Runs the network on `input` (NCHW of `shape`).
-    pub fn run(&self, input: &[f32], shape: [usize; 4]) -> Result<Vec<NetOutput>, FaceError> {
+    fn run(&self, input: &[f32], shape: [usize; 4]) -> Result<Vec<NetOutput>, FaceError> {
         self.prepare(shape)?;
         let error = |message: String| FaceError::Run {
             path: self.path.clone(),
@@ -257,5 +248,21 @@ impl OrtNet {
             .unwrap_or_else(|p| p.into_inner())
             .push(session);
         outputs.map_err(error)
+    }
+
+    fn engine(&self) -> FaceEngine {
+        FaceEngine::Onnxruntime
+    }
+
+    fn description(&self) -> String {
+        format!(
+            "onnxruntime {} ({}, 1 thread per session)",
+            self.version,
+            self.library.display()
+        )
+    }
+
+    fn library(&self) -> Option<&Path> {
+        Some(&self.library)
     }
 }

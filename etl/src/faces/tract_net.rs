@@ -1,6 +1,6 @@
-//! The tract engine: a RetinaFace ONNX graph with one optimised plan per input shape (tract optimises a model for
-//! one concrete shape; a clip of another aspect ratio gets its own plan when first seen). Pure Rust, always
-//! available.
+//! The tract engine ([`FaceNet`]): a RetinaFace ONNX graph with one optimised plan per input shape (tract
+//! optimises a model for one concrete shape; a clip of another aspect ratio gets its own plan when first seen).
+//! Pure Rust, always available.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -9,7 +9,7 @@ use std::sync::{Arc, Mutex};
 use tract_onnx::prelude::*;
 use tract_onnx::tract_hir::infer::Factoid;
 
-use super::model::{check_declared_input, NetOutput};
+use super::net::{check_declared_input, FaceEngine, FaceNet, NetOutput};
 use super::FaceError;
 
 type Plan = Arc<TypedRunnableModel>;
@@ -54,7 +54,7 @@ impl TractNet {
 
     /// Builds (once) the plan for `shape` = [batch, 3, height, width], refusing a shape the model's declared
     /// input rules out.
-    pub fn prepare(&self, shape: [usize; 4]) -> Result<Plan, FaceError> {
+    fn plan(&self, shape: [usize; 4]) -> Result<Plan, FaceError> {
         let mut inner = self
             .inner
             .lock()
@@ -99,10 +99,15 @@ impl TractNet {
         inner.plans.insert(shape, plan.clone());
         Ok(plan)
     }
+}
 
-    /// Runs the network on `input` (NCHW of `shape`).
-    pub fn run(&self, input: &[f32], shape: [usize; 4]) -> Result<Vec<NetOutput>, FaceError> {
-        let plan = self.prepare(shape)?;
+impl FaceNet for TractNet {
+    fn prepare(&self, shape: [usize; 4]) -> Result<(), FaceError> {
+        self.plan(shape).map(|_| ())
+    }
+
+    fn run(&self, input: &[f32], shape: [usize; 4]) -> Result<Vec<NetOutput>, FaceError> {
+        let plan = self.plan(shape)?;
         let error = |message: String| FaceError::Run {
             path: self.path.clone(),
             height: shape[2] as u32,
@@ -125,5 +130,13 @@ impl TractNet {
                     .map(<[f32]>::to_vec),
             })
             .collect())
+    }
+
+    fn engine(&self) -> FaceEngine {
+        FaceEngine::Tract
+    }
+
+    fn description(&self) -> String {
+        "tract".to_string()
     }
 }
