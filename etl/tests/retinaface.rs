@@ -489,34 +489,66 @@ fn engine_selection_finds_the_library_or_says_where_it_looked() {
     }
 }
 
+/// The smallest IoU of a final box with a pasted face the detector may give on the fixture mosaic, per profile.
+/// The fixture's README measured 0.882, 0.882, 0.918, 0.884 (default) and 0.870, 0.833, 0.884, 0.887 (hlm12erc,
+/// integer boxes); the detector must give the fixture's own values (checked to 1e-3 below), so these bounds only
+/// state the claim with a margin: default ≥ 0.87 (the README's "IoU ≥ 0.87"), hlm12erc ≥ 0.82.
+const MIN_IOU_DEFAULT: f64 = 0.87;
+const MIN_IOU_HLM12ERC: f64 = 0.82;
+
 /// The whole detector (either engine + post-processing + mask) gives the fixture's results on the committed
-/// mosaics.
+/// mosaics, and under both profiles each pasted face is found with the fixture's IoU.
 #[test]
 fn the_detector_finds_the_pasted_faces_in_both_profiles() {
     let path = model_path();
     for name in ["mosaic_face", "mosaic_noface"] {
         let doc = json(&format!("{name}.json"));
         let mosaic = rgb(doc["image"].as_str().unwrap());
-        let mut found = Vec::new();
         for engine in engines() {
-            found.clear();
+            let mut found = Vec::new();
             for profile in [FaceProfile::Default, FaceProfile::Hlm12erc] {
                 let detector =
                     FaceDetector::new(&path, profile, engine, 5, 240, 426).expect("detector");
                 found.push(detector.detect(&mosaic, 5).expect("detect"));
             }
             check_mosaic_faces(&doc, name, &found[0], &found[1]);
-        }
-        for g in doc["ground_truth"].as_array().unwrap() {
-            let tile = g["tile"].as_u64().unwrap() as usize;
-            let truth = arr::<4>(&g["box"]);
-            let best = found[0]
-                .iter()
-                .filter(|f| f.tile == tile)
-                .map(|f| iou(&f.bbox, &truth))
-                .fold(0.0, f64::max);
-            assert!(best >= 0.5, "{name} tile {tile}: best IoU {best:.3}");
-            eprintln!("{name} tile {tile}: IoU {best:.3} with the pasted face");
+            let truths = doc["ground_truth"].as_array().unwrap();
+            if name == "mosaic_face" {
+                assert_eq!(
+                    truths.len(),
+                    4,
+                    "{name}: the faces pasted in tiles 0, 1, 2, 4"
+                );
+            }
+            for g in truths {
+                let tile = g["tile"].as_u64().unwrap() as usize;
+                let truth = arr::<4>(&g["box"]);
+                for (faces, profile, key, min) in [
+                    (&found[0], "default", "best_iou_default", MIN_IOU_DEFAULT),
+                    (&found[1], "hlm12erc", "best_iou_hlm12erc", MIN_IOU_HLM12ERC),
+                ] {
+                    let best = faces
+                        .iter()
+                        .filter(|f| f.tile == tile)
+                        .map(|f| iou(&f.bbox, &truth))
+                        .fold(0.0, f64::max);
+                    let expected = g[key].as_f64().unwrap();
+                    assert!(
+                        (best - expected).abs() <= 1e-3,
+                        "{name} {} {profile} tile {tile}: best IoU {best:.4}, the fixture's {expected:.4}",
+                        engine.name()
+                    );
+                    assert!(
+                        best >= min,
+                        "{name} {} {profile} tile {tile}: best IoU {best:.3} < {min}",
+                        engine.name()
+                    );
+                    eprintln!(
+                        "{name} {} {profile} tile {tile}: IoU {best:.3} with the pasted face",
+                        engine.name()
+                    );
+                }
+            }
         }
     }
 }
