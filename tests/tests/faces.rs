@@ -19,6 +19,17 @@ const LIMIT: &str = "10";
 const TILE_W: usize = 426;
 const TILE_H: usize = 240;
 const TILES: usize = 5;
+/// README: "the real detector finds a real face pasted into synthetic clips in every frame (IoU ≥ 0.87)"; the
+/// worst measured was 0.876 (onnxruntime 1.31.1, default profile). The bound keeps a small margin under the claim
+/// for ffmpeg/JPEG differences between machines, nothing like the 0.5 of a detection that merely overlaps.
+const MIN_IOU_DEFAULT: f64 = 0.85;
+/// hlm12erc boxes are truncated to integers on the whole mosaic, which costs IoU: the fixtures' README measured
+/// 0.833 to 0.887 for the same face on its mosaic; on the synth clips the worst was 0.831.
+const MIN_IOU_HLM12ERC: f64 = 0.80;
+/// The pasted face is a clear frontal face: the fixtures measured scores 0.9917 to 0.9973 for it under both
+/// profiles, on the synth clips the lowest was 0.9893. A bound well above both profiles' own thresholds
+/// (0.5, 0.02), so a barely-kept box fails.
+const MIN_FACE_SCORE: f64 = 0.95;
 
 struct Setup {
     _dir: tempfile::TempDir,
@@ -156,7 +167,7 @@ fn faces_are_found_where_they_were_pasted_in_every_frame() {
         with_face.len() >= 4,
         "too few rows with a face: {with_face:?}"
     );
-    let mut worst = f64::MAX;
+    let (mut worst, mut lowest_score) = (f64::MAX, f64::MAX);
     for key in &with_face {
         let faces = found.get(key).map(Vec::as_slice).unwrap_or_default();
         for tile in 0..TILES {
@@ -169,7 +180,7 @@ fn faces_are_found_where_they_were_pasted_in_every_frame() {
                 .map(|f| iou(&f.1, &expected))
                 .fold(0.0, f64::max);
             assert!(
-                best >= 0.5,
+                best >= MIN_IOU_DEFAULT,
                 "{key:?} tile {tile}: best IoU {best:.3} with the pasted face; found {faces:?}"
             );
             worst = worst.min(best);
@@ -177,7 +188,11 @@ fn faces_are_found_where_they_were_pasted_in_every_frame() {
         // Exactly the pasted face: one box per frame, each inside its frame.
         assert_eq!(faces.len(), TILES, "{key:?}: {faces:?}");
         for (tile, b, score) in faces {
-            assert!(*score >= 0.5);
+            assert!(
+                *score >= MIN_FACE_SCORE,
+                "{key:?} tile {tile}: score {score} for the pasted face"
+            );
+            lowest_score = lowest_score.min(*score);
             let (top, bottom) = ((tile * TILE_H) as f64, ((tile + 1) * TILE_H) as f64);
             assert!(
                 b[1] >= top && b[3] <= bottom,
@@ -186,7 +201,7 @@ fn faces_are_found_where_they_were_pasted_in_every_frame() {
         }
     }
     eprintln!(
-        "{} rows with a face: worst IoU with the pasted box {worst:.3}",
+        "{} rows with a face: worst IoU with the pasted box {worst:.3}, lowest score {lowest_score:.4}",
         with_face.len()
     );
     let manifest: serde_json::Value =
@@ -415,27 +430,65 @@ fn a_rerun_with_faces_keeps_the_mosaics_and_adds_only_the_face_images() {
         (Some(0), Some(10))
     );
     assert_eq!(media[0], modified_times(&out.join("train"), ".jpg"));
-    // Whole-mosaic boxes, truncated to integers like the reference; still on the pasted faces.
+    // Whole-mosaic boxes, truncated to integers like the reference; still on the pasted faces: every row with a
+    // face has it found in each of its frames, and no box elsewhere.
     let truth = pasted(&s.raw);
-    for (key, faces) in detected(&out) {
+    let found = detected(&out);
+    let with_face: Vec<(u32, u32)> = rows(&out.join("train.csv"))
+        .iter()
+        .map(|r| {
+            (
+                r["dialogue"].parse().unwrap(),
+                r["sequence"].parse().unwrap(),
+            )
+        })
+        .filter(|k| truth.contains_key(k))
+        .collect();
+    assert!(
+        with_face.len() >= 4,
+        "too few rows with a face: {with_face:?}"
+    );
+    for key in found.keys() {
         assert!(
-            truth.contains_key(&key),
-            "{key:?}: a face where none was pasted: {faces:?}"
+            with_face.contains(key),
+            "{key:?}: a face where none was pasted: {:?}",
+            found[key]
         );
-        for (tile, b, score) in &faces {
+    }
+    let (mut worst, mut lowest_score) = (f64::MAX, f64::MAX);
+    for key in &with_face {
+        let faces = found.get(key).map(Vec::as_slice).unwrap_or_default();
+        let mut tiles: Vec<usize> = faces.iter().map(|f| f.0).collect();
+        tiles.sort();
+        assert_eq!(
+            tiles,
+            (0..TILES).collect::<Vec<_>>(),
+            "{key:?}: not one face per frame: {faces:?}"
+        );
+        for (tile, b, score) in faces {
             assert!(
                 b.iter().all(|v| v.fract() == 0.0),
                 "{key:?}: {b:?} is not an integer box"
             );
-            assert!(*score > 0.02 && b[3] - b[1] < 240.0);
-            let t = truth[&key];
-            let dy = (tile * TILE_H) as f64;
             assert!(
-                iou(b, &[t[0], t[1] + dy, t[2], t[3] + dy]) >= 0.5,
-                "{key:?}: {b:?} in tile {tile}"
+                *score >= MIN_FACE_SCORE,
+                "{key:?} tile {tile}: score {score} for the pasted face"
             );
+            let t = truth[key];
+            let dy = (tile * TILE_H) as f64;
+            let overlap = iou(b, &[t[0], t[1] + dy, t[2], t[3] + dy]);
+            assert!(
+                overlap >= MIN_IOU_HLM12ERC,
+                "{key:?}: {b:?} in tile {tile}: IoU {overlap:.3} with the pasted face"
+            );
+            worst = worst.min(overlap);
+            lowest_score = lowest_score.min(*score);
         }
     }
+    eprintln!(
+        "hlm12erc, {} rows with a face: worst IoU with the pasted box {worst:.3}, lowest score {lowest_score:.4}",
+        with_face.len()
+    );
 
     // Without --faces again: a dataset without face images, and no faces.csv left to mislead.
     extract(&s.raw, &out, &[]);
@@ -646,6 +699,88 @@ fn bad_models_stop_extract_before_any_clip_naming_the_file() {
     assert_eq!(manifest(&out)["faces"]["engine"], "tract");
 }
 
+/// The face lines `meld-etl faces` prints: (tile, score, box), in the order printed.
+fn printed_faces(stdout: &str) -> Vec<(usize, f64, [f64; 4])> {
+    stdout
+        .lines()
+        .skip_while(|l| !l.starts_with("tile  score"))
+        .skip(1)
+        .map(|l| {
+            let v: Vec<&str> = l.split_whitespace().collect();
+            let num = |i: usize| -> f64 {
+                v[i].parse()
+                    .unwrap_or_else(|e| panic!("`{l}` field {i}: {e}"))
+            };
+            (
+                v[0].parse().unwrap(),
+                num(1),
+                [num(2), num(3), num(4), num(5)],
+            )
+        })
+        .collect()
+}
+
+/// The fixtures' (numpy + onnxruntime) detections on `mosaic_face.png` for `profile`, as (tile, score, box):
+/// default boxes in float, hlm12erc boxes as the integers the reference uses (its tile: the one holding the box's
+/// vertical centre).
+fn fixture_faces(profile: &str) -> Vec<(usize, f64, [f64; 4])> {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../etl/tests/fixtures/retinaface/mosaic_face.json");
+    let doc: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+    let key = if profile == "default" {
+        "box"
+    } else {
+        "box_int"
+    };
+    doc[profile]["detections"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| {
+            let b: Vec<f64> = d[key]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|v| v.as_f64().unwrap())
+                .collect();
+            let tile = d["tile"].as_u64().map_or_else(
+                || (((b[1] + b[3]) / 2.0) / TILE_H as f64).floor() as usize,
+                |t| t as usize,
+            );
+            (tile, d["score"].as_f64().unwrap(), [b[0], b[1], b[2], b[3]])
+        })
+        .collect()
+}
+
+/// Printed faces against the fixture's: the same number, in the same order, same tiles; boxes within `box_tol` px
+/// and scores within 1e-4 (printed to 0.1 px and 4 decimals: half a printed unit, plus float rounding).
+fn assert_printed_like_fixture(
+    got: &[(usize, f64, [f64; 4])],
+    expected: &[(usize, f64, [f64; 4])],
+    box_tol: f64,
+    what: &str,
+) {
+    assert_eq!(
+        got.len(),
+        expected.len(),
+        "{what}: printed {got:?}, the fixture has {expected:?}"
+    );
+    for ((tile, score, b), (e_tile, e_score, e_b)) in got.iter().zip(expected) {
+        assert_eq!(tile, e_tile, "{what}: {got:?} vs {expected:?}");
+        assert!(
+            (score - e_score).abs() <= 1e-4,
+            "{what} tile {tile}: score {score} vs the fixture's {e_score}"
+        );
+        for (g, e) in b.iter().zip(e_b) {
+            assert!(
+                (g - e).abs() <= box_tol,
+                "{what} tile {tile}: box {b:?} vs the fixture's {e_b:?} (tolerance {box_tol} px)"
+            );
+        }
+    }
+}
+
 #[test]
 fn the_faces_command_runs_the_detector_on_one_image() {
     let s = setup();
@@ -673,11 +808,43 @@ fn the_faces_command_runs_the_detector_on_one_image() {
         .map(|l| l.split_whitespace().next().unwrap())
         .collect();
     assert_eq!(tiles, ["0", "1", "2", "4"], "{stdout}");
+    // Every printed box is one of the fixture's (numpy + onnxruntime), and there are as many.
+    assert_printed_like_fixture(
+        &printed_faces(&stdout),
+        &fixture_faces("default"),
+        0.06,
+        "faces --profile default",
+    );
     let pixels = image_rgb24(&out);
     assert_eq!(pixels.len(), TILE_W * TILE_H * TILES * 3);
     assert!(
         pixels.iter().any(|v| *v > 50)
             && pixels.iter().filter(|v| **v <= 2).count() > pixels.len() * 9 / 10
+    );
+
+    // The reference's profile: the fixture's integer boxes, exactly, in its (score) order.
+    let output = run_ok(
+        bin("meld-etl")
+            .args([
+                "faces",
+                "--tiles",
+                "5",
+                "--profile",
+                "hlm12erc",
+                "--model",
+                &model(),
+            ])
+            .arg("--image")
+            .arg(&fixture)
+            .arg("--out")
+            .arg(s.dir.join("checked-hlm12erc.faces.png")),
+    );
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert_printed_like_fixture(
+        &printed_faces(&stdout),
+        &fixture_faces("hlm12erc"),
+        0.0,
+        "faces --profile hlm12erc",
     );
 
     let output = bin("meld-etl")
