@@ -406,8 +406,13 @@ impl Gpt2Model {
         let positions = self.wpe.narrow(0, 0, l)?;
         let h = inputs_embeds.broadcast_add(&positions)?;
         let mut h = dropout_shared(&h, self.cfg.embd_pdrop, train, &self.rng)?;
-        let mask_bias =
-            mask_bias(attention_mask, b, l, inputs_embeds.device())?.to_dtype(h.dtype())?;
+        if attention_mask.dims() != [b, l] {
+            return Err(Error::Other(format!(
+                "GPT-2 attention mask {:?} for inputs of {b} x {l} tokens",
+                attention_mask.dims()
+            )));
+        }
+        let mask_bias = mask_bias(&attention_mask.to_dtype(DType::U32)?, l)?.to_dtype(h.dtype())?;
         for block in &self.blocks {
             h = block.forward(&h, &mask_bias, train, &self.rng)?;
         }
@@ -415,39 +420,26 @@ impl Gpt2Model {
     }
 }
 
-/// Additive attention bias (B, 1, L, L): a query at position i sees keys j ≤ i that are real tokens.
-fn mask_bias(attention_mask: &Tensor, b: usize, l: usize, device: &Device) -> Result<Tensor> {
+/// Additive attention bias (B, 1, L, L): a query at position i sees keys j ≤ i that are real tokens. Built on the
+/// mask's device from comparisons (no host round trip per batch).
+fn mask_bias(attention_mask: &Tensor, l: usize) -> Result<Tensor> {
     // Large and finite rather than -inf: exp() of it is exactly 0 in fp32, and no inf − inf can appear.
-    const MASKED: f32 = -1e9;
-    let keys = attention_mask.to_dtype(DType::F32)?.to_vec2::<f32>()?;
-    let mut bias = vec![0f32; b * l * l];
-    for (bi, row) in keys.iter().enumerate() {
-        for i in 0..l {
-            for j in 0..l {
-                if j > i || row[j] == 0.0 {
-                    bias[(bi * l + i) * l + j] = MASKED;
-                }
-            }
-        }
-    }
-    Ok(Tensor::from_vec(bias, (b, 1, l, l), device)?)
-}
-
-/// Number of real tokens per row of a right-padded 0/1 mask (B, L).
-pub fn lengths(attention_mask: &Tensor) -> Result<Vec<usize>> {
-    let rows = attention_mask.to_dtype(DType::F32)?.to_vec2::<f32>()?;
-    rows.iter()
-        .enumerate()
-        .map(|(b, row)| {
-            let n = row.iter().filter(|&&m| m != 0.0).count();
-            if n == 0 {
-                return Err(Error::Other(format!(
-                    "GPT-2 batch row {b} has no real token"
-                )));
-            }
-            Ok(n)
-        })
-        .collect()
+    const MASKED: f64 = -1e9;
+    let device = attention_mask.device();
+    let (b, _) = attention_mask.dims2()?;
+    let positions = Tensor::arange(0u32, l as u32, device)?;
+    // causal[i, j] = j ≤ i
+    let causal = positions
+        .unsqueeze(0)?
+        .broadcast_le(&positions.unsqueeze(1)?)?
+        .to_dtype(DType::F32)?;
+    let keys = attention_mask
+        .ne(0u32)?
+        .to_dtype(DType::F32)?
+        .reshape((b, 1, 1, l))?;
+    let allowed = keys.broadcast_mul(&causal.reshape((1, 1, l, l))?)?;
+    // allowed 1 → 0, allowed 0 → MASKED (1e9 is exact in f32, so 1e9 − 1e9 is exactly 0)
+    Ok(allowed.affine(-MASKED, MASKED)?)
 }
 
 /// The reference's text encoder: GPT-2's final-LayerNorm hidden state at each row's last real token, l2 optional.
@@ -476,15 +468,18 @@ impl Gpt2Encoder {
         self.pool(&hidden, attention_mask)
     }
 
-    /// `hidden[b, len_b − 1]` (then l2 if asked) of a `last_hidden_state` (B, L, E).
+    /// `hidden[b, len_b − 1]` (then l2 if asked) of a `last_hidden_state` (B, L, E), `len_b` the real tokens of
+    /// row b of the right-padded mask (every row has one: [`crate::model::pad_right`] checks). The index is
+    /// computed on the device.
     pub fn pool(&self, hidden: &Tensor, attention_mask: &Tensor) -> Result<Tensor> {
         let (b, l, e) = hidden.dims3()?;
-        let index: Vec<u32> = lengths(attention_mask)?
-            .iter()
-            .enumerate()
-            .map(|(row, n)| (row * l + n - 1) as u32)
-            .collect();
-        let index = Tensor::from_vec(index, b, hidden.device())?;
+        let lengths = attention_mask
+            .to_dtype(DType::F32)?
+            .ne(0f32)?
+            .to_dtype(DType::F32)?
+            .sum(1)?;
+        let starts = Tensor::arange(0f32, b as f32, hidden.device())?.affine(l as f64, -1.0)?;
+        let index = (starts + lengths)?.to_dtype(DType::U32)?;
         let out = hidden.reshape((b * l, e))?.index_select(&index, 0)?;
         l2_normalize_if(out, self.l2)
     }

@@ -319,12 +319,29 @@ pub fn pad_right(
         ids[r * width..r * width + n].copy_from_slice(&row[..n]);
         mask[r * width..r * width + n].fill(1);
     }
+    let keep = match last_tokens {
+        Some(n) if n < width => n,
+        _ => width,
+    };
+    // GPT-2 pools each row at its last real token: a row must keep one (a short row of a batch cut to its last
+    // columns keeps none).
+    for (r, row) in rows.iter().enumerate() {
+        if mask[r * width + width - keep..(r + 1) * width]
+            .iter()
+            .all(|m| *m == 0)
+        {
+            return Err(Error::Other(format!(
+                "GPT-2 batch row {r} ({} tokens) has no real token in the {keep} columns kept",
+                row.len()
+            )));
+        }
+    }
     let ids = Tensor::from_vec(ids, (b, width), device)?;
     let mask = Tensor::from_vec(mask, (b, width), device)?;
-    match last_tokens {
-        Some(n) if n < width => Ok((ids.narrow(1, width - n, n)?, mask.narrow(1, width - n, n)?)),
-        _ => Ok((ids, mask)),
-    }
+    Ok((
+        ids.narrow(1, width - keep, keep)?,
+        mask.narrow(1, width - keep, keep)?,
+    ))
 }
 
 #[cfg(test)]
@@ -343,7 +360,14 @@ mod tests {
             mask.to_vec2::<u32>().unwrap(),
             [[1, 1, 1, 0], [1, 0, 0, 0], [1, 1, 1, 1]]
         );
-        let (ids, _) = pad_right(&rows, 99, 1024, Some(2), &Device::Cpu).unwrap();
-        assert_eq!(ids.to_vec2::<u32>().unwrap(), [[99, 99], [99, 99], [5, 6]]);
+        // the last 2 columns: rows 0 and 1 keep no real token, which GPT-2's pooling cannot take
+        let err = pad_right(&rows, 99, 1024, Some(2), &Device::Cpu)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("row 0") && err.contains("2 columns"), "{err}");
+        let full = vec![vec![1, 2, 3], vec![4, 5, 6]];
+        let (ids, mask) = pad_right(&full, 99, 1024, Some(2), &Device::Cpu).unwrap();
+        assert_eq!(ids.to_vec2::<u32>().unwrap(), [[2, 3], [5, 6]]);
+        assert_eq!(mask.to_vec2::<u32>().unwrap(), [[1, 1], [1, 1]]);
     }
 }

@@ -62,7 +62,11 @@ impl Head {
         let rows = x.elem_count() / x.dim(D::Minus1)?.max(1);
         let mut h = x.clone();
         for (linear, dropout) in &self.layers {
-            let mask = dropout.and_then(|d| d.mask(rows * linear.out_features, ctx));
+            let shape = candle_core::Shape::from((rows, linear.out_features));
+            let mask = match dropout {
+                Some(d) => d.mask(&shape, x.device(), ctx)?,
+                None => None,
+            };
             h = linear.forward_act(&h, true, mask)?;
         }
         let h = ops::l2_normalize_if(h, self.l2norm)?;

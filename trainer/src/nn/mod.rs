@@ -98,7 +98,7 @@ impl Linear {
         &self,
         x: &Tensor,
         relu: bool,
-        dropout_mask: Option<Vec<f32>>,
+        dropout_mask: Option<ops::Mask>,
     ) -> Result<Tensor> {
         ops::linear(x, self.weight(), self.bias(), relu, dropout_mask)
     }
@@ -135,10 +135,24 @@ impl Dropout {
         ops::dropout(x, self.p as f64, &mut ctx.rng)
     }
 
-    /// The mask [`Dropout::forward`] would multiply `len` values by (same draws from the same generator), or None
-    /// where it would be the identity (evaluation, p ≤ 0): for layers that apply it themselves.
-    pub fn mask(&self, len: usize, ctx: &mut Ctx) -> Option<Vec<f32>> {
-        (ctx.train && self.p > 0.0).then(|| ops::dropout_mask(len, self.p as f64, &mut ctx.rng))
+    /// The mask [`Dropout::forward`] would multiply a tensor of `shape` on `device` by (same draws from the same
+    /// generator), or None where it would be the identity (evaluation, p ≤ 0): for layers that apply it
+    /// themselves.
+    pub fn mask(
+        &self,
+        shape: &candle_core::Shape,
+        device: &candle_core::Device,
+        ctx: &mut Ctx,
+    ) -> Result<Option<ops::Mask>> {
+        if !ctx.train || self.p <= 0.0 {
+            return Ok(None);
+        }
+        Ok(Some(ops::Mask::draw(
+            shape,
+            self.p as f64,
+            device,
+            &mut ctx.rng,
+        )?))
     }
 }
 

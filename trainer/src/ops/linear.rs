@@ -2,7 +2,7 @@
 //! head's `Linear → ReLU → Dropout`) as one node.
 //!
 //! Shapes: x (…, in), W (out, in), b (out) → (…, out); `mask` holds one inverted-dropout factor (0 or 1/(1−p),
-//! drawn by [`super::dropout_mask`]) per output value, data without a gradient. CPU kernel (2-D x): one GEMM and
+//! a [`Mask`]) per output value, data without a gradient. CPU kernel (2-D x): one GEMM and
 //! one pass forward; backward one GEMM for ∂W, one for ∂x only when x carries a gradient (for inputs straight
 //! from data — the raw-waveform MLP's 150 000 samples — it would be a wasted full-size product and a 38 MB
 //! accumulation per step) and a column sum for ∂b. Generic: candle's Linear, `relu`, a product with the mask.
@@ -10,6 +10,7 @@
 use candle_core::backend::BackendStorage;
 use candle_core::{CpuStorage, CustomOp3, Layout, Shape, Tensor};
 
+use super::dropout::Mask;
 use super::{contiguous_f32, with_values, Kernel};
 use crate::error::{Error, Result};
 
@@ -19,7 +20,7 @@ pub fn linear(
     weight: &Tensor,
     bias: &Tensor,
     relu: bool,
-    mask: Option<Vec<f32>>,
+    mask: Option<Mask>,
 ) -> Result<Tensor> {
     if let Some(mask) = &mask {
         let outputs = x.elem_count() / x.dims().last().copied().unwrap_or(1).max(1)
@@ -34,9 +35,13 @@ pub fn linear(
         }
     }
     match Kernel::select(x, false) {
-        Kernel::Cpu if x.rank() == 2 && Kernel::select(weight, false) == Kernel::Cpu => {
-            fused(x, weight, bias, relu, mask)
-        }
+        Kernel::Cpu if x.rank() == 2 && Kernel::select(weight, false) == Kernel::Cpu => fused(
+            x,
+            weight,
+            bias,
+            relu,
+            mask.map(Mask::into_host).transpose()?,
+        ),
         _ => generic(x, weight, bias, relu, mask),
     }
 }
@@ -59,7 +64,7 @@ fn generic(
     weight: &Tensor,
     bias: &Tensor,
     relu: bool,
-    mask: Option<Vec<f32>>,
+    mask: Option<Mask>,
 ) -> Result<Tensor> {
     let mut y = candle_core::Module::forward(
         &candle_nn::Linear::new(weight.clone(), Some(bias.clone())),
@@ -69,8 +74,7 @@ fn generic(
         y = y.relu()?;
     }
     if let Some(mask) = mask {
-        let mask = Tensor::from_vec(mask, y.shape(), y.device())?.to_dtype(y.dtype())?;
-        y = (y * mask)?;
+        y = (&y * mask.into_tensor(y.shape(), y.device(), y.dtype())?)?;
     }
     Ok(y)
 }
@@ -218,7 +222,8 @@ mod tests {
         });
 
         let ours = fused(&x, w.as_tensor(), b.as_tensor(), relu, mask.clone()).unwrap();
-        let reference = generic(&x, w.as_tensor(), b.as_tensor(), relu, mask).unwrap();
+        let reference =
+            generic(&x, w.as_tensor(), b.as_tensor(), relu, mask.map(Mask::Host)).unwrap();
         assert!(max_diff(&ours, &reference) < 1e-5);
         if relu {
             let zeros = ours

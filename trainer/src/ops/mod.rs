@@ -53,7 +53,7 @@ pub use batch_norm::batch_norm;
 pub use concat_l2::{concat_l2_normalize, l2_normalize, l2_normalize_if};
 pub use conv1d::conv1d;
 pub use conv2d::conv2d;
-pub use dropout::{dropout, dropout_mask};
+pub use dropout::{dropout, Mask};
 pub use gelu::{gelu_erf, gelu_tanh};
 pub use group_norm::group_norm_per_channel;
 pub use layer_norm::layer_norm;

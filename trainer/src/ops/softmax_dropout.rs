@@ -6,7 +6,7 @@
 //! matrix products in a CPU profile, much of it in candle's elementwise thread barrier. Here the forward is one
 //! pass per row and the backward one pass over (p, ∂L/∂y): `∂L/∂x = p ⊙ (g − Σ_row g ⊙ p)` with `g = ∂L/∂y ⊙ m`.
 //!
-//! The dropout mask is drawn by [`super::dropout_mask`] as the composed path draws it (one `f64` per element, in
+//! The dropout mask is drawn by [`Mask::draw`] as the composed path draws it (one `f64` per element, in
 //! order, from the same generator), so both paths give the same result. Generic: softmax, then dropout.
 
 use std::sync::Mutex;
@@ -15,7 +15,7 @@ use candle_core::{CpuStorage, CustomOp1, Layout, Shape, Tensor};
 use rand_chacha::ChaCha8Rng;
 use rayon::prelude::*;
 
-use super::dropout::{dropout_mask, dropout_shared, lock};
+use super::dropout::{dropout_shared, lock, Mask};
 use super::{contiguous_f32, with_cpu_f32, Kernel};
 use crate::error::Result;
 
@@ -138,7 +138,7 @@ fn generic(x: &Tensor, p: f64, train: bool, rng: &Mutex<ChaCha8Rng>) -> Result<T
 
 fn fused(x: &Tensor, p: f64, train: bool, rng: &Mutex<ChaCha8Rng>) -> Result<Tensor> {
     let mask = if train && p > 0.0 {
-        Some(dropout_mask(x.elem_count(), p, &mut *lock(rng)?))
+        Some(Mask::draw(x.shape(), p, x.device(), &mut *lock(rng)?)?.into_host()?)
     } else {
         None
     };

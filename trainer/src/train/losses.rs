@@ -79,6 +79,8 @@ pub struct Loss {
     pub kind: LossFn,
     eps: f64,
     alpha: Option<Vec<f32>>,
+    /// `alpha` as a tensor on the device of the first batch (built once, not copied to the device every step).
+    alpha_tensor: std::sync::OnceLock<Tensor>,
     gamma: f64,
     mean: bool,
 }
@@ -92,6 +94,7 @@ impl Loss {
                 .losses_focal_alpha
                 .as_ref()
                 .map(|a| a.iter().map(|v| *v as f32).collect()),
+            alpha_tensor: std::sync::OnceLock::new(),
             gamma: config.focal_gamma(),
             mean: config.focal_mean(),
         }
@@ -104,8 +107,15 @@ impl Loss {
             ClassifierLoss::Ce => cross_entropy(logits, y),
             ClassifierLoss::Dice => dice(probs, y, self.eps),
             ClassifierLoss::Focal => {
-                let values = self.alpha.clone().unwrap_or_default();
-                let alpha = Tensor::from_vec(values.clone(), values.len(), probs.device())?;
+                let alpha = match self.alpha_tensor.get() {
+                    Some(t) if t.device().same_device(probs.device()) => t.clone(),
+                    _ => {
+                        let values = self.alpha.clone().unwrap_or_default();
+                        let t = Tensor::from_vec(values.clone(), values.len(), probs.device())?;
+                        let _ = self.alpha_tensor.set(t.clone());
+                        t
+                    }
+                };
                 focal(probs, y, &alpha, self.gamma, self.eps, self.mean)
             }
         }
