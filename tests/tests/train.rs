@@ -230,7 +230,7 @@ fn same_seed_gives_the_same_numbers() {
 fn waveform_model_learns_the_tone_pitch() {
     let run = train(
         "waveform",
-        "modules_audio_encoder: waveform\naudio_in_features: 16000\naudio_out_features: 50\nclassifier_loss_fn: dice\nclassifier_learning_rate: 0.0005\nclassifier_warmup_steps: 10\nclassifier_metric_for_best_model: f1_weighted\nclassifier_early_stopping_patience: 5\nfeedforward_layers:\n  - out_features: 64\n    dropout: 0.2\nbatch_size: 16\nepochs: 12\n",
+        "modules_audio_encoder: waveform\naudio_input: normalized_mono\naudio_in_features: 16000\naudio_out_features: 50\nclassifier_loss_fn: dice\nclassifier_learning_rate: 0.0005\nclassifier_warmup_steps: 10\nclassifier_metric_for_best_model: f1_weighted\nclassifier_early_stopping_patience: 5\nfeedforward_layers:\n  - out_features: 64\n    dropout: 0.2\nbatch_size: 16\nepochs: 12\n",
         &[],
     );
     let f1 = split_f1(&summary(&run), "valid");
@@ -335,6 +335,28 @@ fn check_describes_the_run_and_names_missing_models_and_media() {
     );
     let stdout = String::from_utf8_lossy(&output.stdout);
     let pretrained = format!("gpt2     pretrained weights from {}", gpt2_tiny().display());
+    // The reference's audio input on the default 16 kHz mono WAVs: refused, with the extraction that fits.
+    let reference_audio = ds.dir.path().join("reference-audio.yml");
+    std::fs::write(
+        &reference_audio,
+        format!("{CLASSES}modules_audio_encoder: waveform\naudio_in_features: 150000\naudio_out_features: 50\n"),
+    )
+    .unwrap();
+    let output = Command::new(meld_erc_tests::bin_dir().join("erc-train"))
+        .args(["--config"])
+        .arg(&reference_audio)
+        .arg("--data")
+        .arg(&ds.data)
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("16000 Hz with 1 channel")
+            && stderr.contains("--profile hlm12erc")
+            && stderr.contains("audio_input: normalized_mono"),
+        "{stderr}"
+    );
     assert!(
         stdout.contains(&pretrained)
             && stdout.contains("encoders text Gpt2, visual None, audio None"),

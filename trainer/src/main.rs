@@ -2,15 +2,18 @@
 //! Argument parsing only; the work is in the `erc_train` library.
 
 use std::io::IsTerminal;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
 use candle_core::Device;
 use clap::{Args, Parser, Subcommand, ValueEnum};
-use erc_train::config::Config;
+use erc_train::config::{Config, Precision};
+use erc_train::train::device::DeviceSpec;
 use erc_train::train::losses::Loss;
 use erc_train::train::report::RunFolder;
-use erc_train::train::{self, glove_path, planned_steps, prepare, TrainOptions, VocabSource};
+use erc_train::train::{
+    self, glove_path, planned_steps, prepare, Progress, TrainOptions, VocabSource,
+};
 use meld_shared::Split;
 
 /// Multimodal emotion-recognition trainer for MELD (HLM12ERC experiments, candle).
@@ -50,11 +53,17 @@ struct TrainArgs {
     // Options only so that a subcommand can go without them (`subcommand_negates_reqs`); clap requires them
     // for training.
     /// Experiment config (YAML, the reference's keys).
-    #[arg(long, required = true)]
+    #[arg(long, required_unless_present = "resume")]
     config: Option<PathBuf>,
     /// Dataset folder written by `meld-etl extract` (train.csv, valid.csv, test.csv and media).
-    #[arg(long, required = true)]
+    #[arg(long, required_unless_present = "resume")]
     data: Option<PathBuf>,
+    /// Continue an interrupted run folder from its last complete epoch (its own config, data and seed).
+    #[arg(long, value_name = "RUN")]
+    resume: Option<PathBuf>,
+    /// fp32 (default, the reference's numbers) or tf32 (GPU matrix products on tensor cores).
+    #[arg(long)]
+    precision: Option<Precision>,
     /// Where run folders are created.
     #[arg(long, default_value = "runs")]
     out: PathBuf,
@@ -147,12 +156,18 @@ struct CheckArgs {
 }
 
 fn device(arg: DeviceArg) -> Result<(Device, String)> {
-    match arg {
-        DeviceArg::Cpu => Ok((Device::Cpu, "cpu".into())),
-        DeviceArg::Cuda => Ok((
-            Device::new_cuda(0).context("--device cuda (build with `--features cuda`)")?,
-            "cuda:0".into(),
-        )),
+    let spec = match arg {
+        DeviceArg::Cpu => DeviceSpec::Cpu,
+        DeviceArg::Cuda => DeviceSpec::Cuda(0),
+    };
+    Ok((erc_train::train::device::open(spec)?, spec.to_string()))
+}
+
+fn progress() -> Progress {
+    if std::io::stderr().is_terminal() {
+        Progress::Terminal
+    } else {
+        Progress::Hidden
     }
 }
 
@@ -175,8 +190,11 @@ fn main() -> Result<()> {
 }
 
 fn run_training(args: TrainArgs) -> Result<()> {
+    if let Some(run) = &args.resume {
+        return resume(run, &args);
+    }
     let (Some(config_path), Some(data)) = (&args.config, &args.data) else {
-        bail!("nothing to do: pass --config and --data to train (see --help)");
+        bail!("nothing to do: pass --config and --data to train, or --resume RUN (see --help)");
     };
     let mut loaded = Config::load(config_path)?;
     let config = &mut loaded.config;
@@ -189,6 +207,9 @@ fn run_training(args: TrainArgs) -> Result<()> {
     if args.batch_size.is_some() {
         config.batch_size = args.batch_size;
     }
+    if let Some(precision) = args.precision {
+        config.precision = precision;
+    }
     args.models.apply(config);
     if args.epochs == Some(0) || args.batch_size == Some(0) {
         bail!("--epochs and --batch-size must be positive");
@@ -196,15 +217,52 @@ fn run_training(args: TrainArgs) -> Result<()> {
     let glove = glove_path(config, args.glove.as_deref());
     let (device, device_name) = device(args.device)?;
     let prepared = prepare(loaded, data, VocabSource::GloveFile(glove), args.max_rows)?;
-    let options = TrainOptions {
-        data: data.clone(),
-        out: args.out.clone(),
-        device,
-        device_name,
-        glove: args.glove.clone(),
-        progress: std::io::stderr().is_terminal(),
+    let mut options = TrainOptions::new(data, &args.out, device, &device_name);
+    options.glove = args.glove.clone();
+    options.progress = progress();
+    finish(train::train(prepared, &options)?)
+}
+
+/// `--resume RUN`: the run's own config, data and row limit, continued from its last complete epoch.
+fn resume(run_dir: &Path, args: &TrainArgs) -> Result<()> {
+    if args.config.is_some()
+        || args.seed.is_some()
+        || args.epochs.is_some()
+        || args.batch_size.is_some()
+    {
+        bail!("--resume continues a run with its own config: drop --config, --seed, --epochs and --batch-size");
+    }
+    let run = RunFolder::open(run_dir)?;
+    if erc_train::train::checkpoint::read(run_dir)?.is_none() {
+        bail!(
+            "{}: no resume checkpoint ({}) to continue from",
+            run_dir.display(),
+            erc_train::train::checkpoint::FILE
+        );
+    }
+    let info = run.run_info()?;
+    let data = match &args.data {
+        Some(d) => d.clone(),
+        None => PathBuf::from(
+            info["data"]
+                .as_str()
+                .context("run.json has no `data`: pass --data")?,
+        ),
     };
-    let (run, summary) = train::train(prepared, &options)?;
+    let max_rows = info["max_rows"].as_u64().map(|n| n as usize);
+    let loaded = Config::load(&run.config())?;
+    let (device, device_name) = device(args.device)?;
+    let vocab = run.vocab();
+    let prepared = prepare(loaded, &data, VocabSource::RunWords(&vocab), max_rows)?;
+    let out = run_dir.parent().unwrap_or(Path::new(".")).to_path_buf();
+    let mut options = TrainOptions::new(&data, &out, device, &device_name);
+    options.run_dir = Some(run_dir.to_path_buf());
+    options.resume = true;
+    options.progress = progress();
+    finish(train::train(prepared, &options)?)
+}
+
+fn finish((run, summary): (PathBuf, erc_train::train::report::Summary)) -> Result<()> {
     println!("{}", summary.table());
     let report = run.join("report-valid.txt");
     if let Ok(text) = std::fs::read_to_string(&report) {
@@ -229,7 +287,7 @@ fn eval(args: EvalArgs) -> Result<()> {
     let mut loaded = Config::load(&run.config())?;
     args.models.apply(&mut loaded.config);
     let seed = loaded.config.seed();
-    let batch_size = args.batch_size.unwrap_or(loaded.config.batch_size());
+    let batch_size = args.batch_size.unwrap_or(loaded.config.eval_batch_size());
     let vocab_path = run.vocab();
     let prepared = prepare(
         loaded,

@@ -303,9 +303,87 @@ impl SplitData {
                 "no row has audio (x_audio) but the config's audio encoder needs it",
             ));
         }
+        if let Some(spec) = prep.audio {
+            self.check_wav_format(spec)?;
+        }
         Ok(counts)
     }
 }
+
+impl SplitData {
+    /// `audio_input: reference` feeds the WAV's samples as written, which the reference's models saw as 44.1 kHz
+    /// interleaved stereo (docs/reference.md Q12): a dataset of another format would give the same config other
+    /// inputs (150 000 samples = 9.4 s of 16 kHz mono instead of 1.7 s). The first WAV of the split tells
+    /// (the ETL writes one format per extraction).
+    fn check_wav_format(&self, spec: AudioSpec) -> Result<()> {
+        if spec.input != AudioInput::Reference {
+            return Ok(());
+        }
+        let Some(cell) = self.rows.iter().find_map(|r| r.x_audio.as_ref()) else {
+            return Ok(());
+        };
+        let path = media_path(&self.csv, cell);
+        let format = hound::WavReader::open(&path)
+            .map_err(|e| Error::data(&path, format!("cannot read the WAV header: {e}")))?
+            .spec();
+        if (format.sample_rate, format.channels) == (REFERENCE_RATE, REFERENCE_CHANNELS) {
+            return Ok(());
+        }
+        let data = self.csv.parent().unwrap_or(Path::new("."));
+        Err(Error::data(
+            &path,
+            format!(
+                "`audio_input: reference` feeds the WAVs as written, as the reference did with 44.1 kHz stereo,                  but this dataset's WAVs are {} Hz with {} channel(s); re-extract them in the reference's format                  with `meld-etl extract --raw MELD.Raw --out {} --profile hlm12erc`, or set                  `audio_input: normalized_mono` in the config",
+                format.sample_rate,
+                format.channels,
+                data.display()
+            ),
+        ))
+    }
+}
+
+/// The face model that detected a dataset's face-only images, as `meld-etl extract --faces` recorded it in
+/// `manifest.json`; `None` for a dataset extracted without `--faces` (or without a manifest).
+pub fn face_detector(data: &Path) -> Option<PathBuf> {
+    let text = std::fs::read_to_string(data.join("manifest.json")).ok()?;
+    let manifest: serde_json::Value = serde_json::from_str(&text).ok()?;
+    manifest["faces"]["model"].as_str().map(PathBuf::from)
+}
+
+/// `visual_preprocess_retinaface_weights_path` names the detector a config's face-only images must come from:
+/// the faces are detected once at extract time, so the trainer checks that the dataset's detector is the one
+/// named (same file name, extension and `-`/`_` aside) and refuses another with the command that fits.
+pub fn check_face_detector(config: &Config, data: &Path) -> Result<()> {
+    let (true, Some(wanted)) = (
+        config.visual_preprocess_faceonly.unwrap_or(false),
+        config.visual_preprocess_retinaface_weights_path.as_deref(),
+    ) else {
+        return Ok(());
+    };
+    let Some(used) = face_detector(data) else {
+        return Ok(()); // no faces at all: the media check names `--faces`
+    };
+    let stem = |p: &Path| {
+        p.file_stem()
+            .map(|s| s.to_string_lossy().to_lowercase().replace('-', "_"))
+            .unwrap_or_default()
+    };
+    if stem(Path::new(wanted)) == stem(&used) {
+        return Ok(());
+    }
+    Err(Error::data(
+        data.join("manifest.json"),
+        format!(
+            "the config wants face-only images detected by `{wanted}` (visual_preprocess_retinaface_weights_path)              but this dataset's were detected by {}; re-extract them with `meld-etl extract --raw MELD.Raw --out {}              --faces <that model as ONNX>`, or remove the key to train on these faces",
+            used.display(),
+            data.display()
+        ),
+    ))
+}
+
+/// The WAV format `audio_input: reference` was trained on (`meld-etl extract --profile hlm12erc`).
+pub const REFERENCE_RATE: u32 = 44_100;
+pub const REFERENCE_CHANNELS: u16 = 2;
 
 /// Rows of a split whose medium is absent (filled with zeros).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
@@ -511,5 +589,38 @@ mod tests {
         )
         .unwrap();
         assert_eq!(mono, [0.0, -0.5 / 32768.0, 5.5 / 32768.0, 0.0]);
+    }
+
+    #[test]
+    fn the_named_face_detector_must_be_the_datasets() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(
+            dir.path().join("manifest.json"),
+            r#"{"faces": {"model": "models/retinaface-mnet025.onnx"}}"#,
+        )
+        .unwrap();
+        let config = |key: &str| {
+            Config::parse(
+                Path::new("f.yml"),
+                &format!("classifier_classes: [anger, joy]\nmodules_visual_encoder: resnet50\nvisual_preprocess_faceonly: true\n{key}"),
+            )
+            .unwrap()
+        };
+        assert!(check_face_detector(&config(""), dir.path()).is_ok());
+        let same =
+            config("visual_preprocess_retinaface_weights_path: other/retinaface_mnet025.pth\n");
+        assert!(check_face_detector(&same, dir.path()).is_ok());
+        let other = config(
+            "visual_preprocess_retinaface_weights_path: .weights_cache/retinaface_resnet50.pth\n",
+        );
+        let err = check_face_detector(&other, dir.path())
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("retinaface_resnet50.pth")
+                && err.contains("retinaface-mnet025.onnx")
+                && err.contains("--faces"),
+            "{err}"
+        );
     }
 }

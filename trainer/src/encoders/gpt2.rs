@@ -362,6 +362,11 @@ impl Gpt2Model {
         &self.cfg
     }
 
+    /// The generator of the dropout masks.
+    pub fn rng(&self) -> &Mutex<ChaCha8Rng> {
+        &self.rng
+    }
+
     /// Reseeds the generator of the dropout masks.
     pub fn set_seed(&self, seed: u64) {
         if let Ok(mut rng) = self.rng.lock() {

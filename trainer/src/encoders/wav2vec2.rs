@@ -581,6 +581,11 @@ impl Wav2Vec2Model {
         })
     }
 
+    /// The generator of the dropout and SpecAugment masks.
+    pub fn rng(&self) -> &Mutex<ChaCha8Rng> {
+        &self.rng
+    }
+
     pub fn config(&self) -> &Config {
         &self.cfg
     }

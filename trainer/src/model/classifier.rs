@@ -235,6 +235,18 @@ impl Model {
         })
     }
 
+    /// The backbones' own dropout generators, by module (what a resume checkpoint saves).
+    pub fn generators(&self) -> Vec<(&'static str, &std::sync::Mutex<rand_chacha::ChaCha8Rng>)> {
+        let mut out = Vec::new();
+        if let Some(TextModule::Gpt2 { encoder, .. }) = &self.text {
+            out.push(("text", encoder.model.rng()));
+        }
+        if let Some(AudioModule::Wav2vec2(encoder)) = &self.audio {
+            out.push(("audio", encoder.model.rng()));
+        }
+        out
+    }
+
     pub fn device(&self) -> &Device {
         &self.device
     }

@@ -47,6 +47,11 @@ impl Ctx {
     pub fn set_train(&mut self, train: bool) {
         self.train = train;
     }
+
+    /// The dropout generator (saved and restored by resume checkpoints).
+    pub fn rng_mut(&mut self) -> &mut ChaCha8Rng {
+        &mut self.rng
+    }
 }
 
 #[derive(Debug, Clone)]

@@ -133,6 +133,14 @@ impl ParamStore {
         Ok(())
     }
 
+    /// Every parameter and buffer, by name (detached).
+    pub fn named_tensors(&self) -> Vec<(String, Tensor)> {
+        self.vars
+            .iter()
+            .map(|(n, v)| (n.clone(), v.as_detached_tensor()))
+            .collect()
+    }
+
     /// Trainable parameters, by name.
     pub fn trainable(&self) -> Vec<(String, Var)> {
         self.vars
@@ -166,8 +174,11 @@ impl ParamStore {
             .iter()
             .map(|(n, v)| (n.clone(), v.as_detached_tensor()))
             .collect();
-        candle_core::safetensors::save(&tensors, path)
-            .map_err(|e| Error::Other(format!("{}: cannot save weights: {e}", path.display())))
+        // written aside and renamed: a run killed while saving keeps the previous best weights whole
+        let tmp = path.with_extension("safetensors.tmp");
+        candle_core::safetensors::save(&tensors, &tmp)
+            .map_err(|e| Error::Other(format!("{}: cannot save weights: {e}", tmp.display())))?;
+        std::fs::rename(&tmp, path).map_err(|e| Error::io(path, e))
     }
 
     /// Loads values saved by [`ParamStore::save`] into the existing tensors; every name must match.

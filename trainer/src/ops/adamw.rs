@@ -46,6 +46,42 @@ impl Moments {
     }
 }
 
+impl Moments {
+    /// (m, v) as tensors shaped like `param` (host moments on the CPU).
+    pub fn to_tensors(&self, param: &Tensor) -> Result<(Tensor, Tensor)> {
+        Ok(match self {
+            Moments::Host { m, v } => (
+                Tensor::from_vec(m.clone(), param.shape(), param.device())?,
+                Tensor::from_vec(v.clone(), param.shape(), param.device())?,
+            ),
+            Moments::Device { m, v } => (m.clone(), v.clone()),
+        })
+    }
+
+    /// Replaces the moments by saved ones (of `param`'s shape).
+    pub fn set_from(&mut self, m: &Tensor, v: &Tensor, param: &Tensor) -> Result<()> {
+        if m.dims() != param.dims() || v.dims() != param.dims() {
+            return Err(Error::Other(format!(
+                "saved optimiser moments {:?} / {:?} for a parameter {:?}",
+                m.dims(),
+                v.dims(),
+                param.dims()
+            )));
+        }
+        match self {
+            Moments::Host { m: hm, v: hv } => {
+                *hm = m.to_dtype(DType::F32)?.flatten_all()?.to_vec1()?;
+                *hv = v.to_dtype(DType::F32)?.flatten_all()?.to_vec1()?;
+            }
+            Moments::Device { m: dm, v: dv } => {
+                *dm = m.to_device(param.device())?.to_dtype(param.dtype())?;
+                *dv = v.to_device(param.device())?.to_dtype(param.dtype())?;
+            }
+        }
+        Ok(())
+    }
+}
+
 /// The global gradient norm, accumulated gradient by gradient: host sums for the host moments, a device scalar
 /// for the others.
 #[derive(Default)]

@@ -7,10 +7,13 @@
 //! The schedule is PyTorch's `LambdaLR`: optimizer step k (1-based) uses lr·λ(k − 1), so the very first step of
 //! a warm-up has learning rate 0, exactly as in the reference.
 
-use candle_core::backprop::GradStore;
-use candle_core::Var;
+use std::collections::BTreeMap;
+use std::path::Path;
 
-use crate::error::Result;
+use candle_core::backprop::GradStore;
+use candle_core::{Tensor, Var};
+
+use crate::error::{Error, Result};
 use crate::nn::params::decays;
 use crate::ops::adamw::{adamw_update, GradNorm, Moments, Step};
 
@@ -53,6 +56,7 @@ impl AdamWConfig {
 }
 
 struct Slot {
+    name: String,
     var: Var,
     decay: bool,
     moments: Moments,
@@ -85,6 +89,7 @@ impl AdamW {
                     decay: decays(&name),
                     moments: Moments::zeros(var.as_tensor())?,
                     var,
+                    name,
                 })
             })
             .collect::<Result<Vec<_>>>()?;
@@ -102,6 +107,41 @@ impl AdamW {
 
     pub fn steps_taken(&self) -> usize {
         self.step
+    }
+
+    /// Every parameter's first and second moments, by name (for resume checkpoints).
+    pub fn moments(&self) -> Result<Vec<(String, Tensor, Tensor)>> {
+        self.slots
+            .iter()
+            .map(|slot| {
+                let (m, v) = slot.moments.to_tensors(slot.var.as_tensor())?;
+                Ok((slot.name.clone(), m, v))
+            })
+            .collect()
+    }
+
+    /// Continues from a saved state: `steps` taken and every parameter's moments (`source` names the file,
+    /// for messages).
+    pub fn restore(
+        &mut self,
+        steps: usize,
+        mut moments: BTreeMap<String, (Tensor, Tensor)>,
+        source: &Path,
+    ) -> Result<()> {
+        for slot in &mut self.slots {
+            let (m, v) = moments.remove(&slot.name).ok_or_else(|| {
+                Error::data(source, format!("no optimiser moments for `{}`", slot.name))
+            })?;
+            slot.moments.set_from(&m, &v, slot.var.as_tensor())?;
+        }
+        if let Some(extra) = moments.keys().next() {
+            return Err(Error::data(
+                source,
+                format!("optimiser moments for `{extra}`, which this model does not have"),
+            ));
+        }
+        self.step = steps;
+        Ok(())
     }
 
     /// Clips the gradients to the global norm, then updates every parameter that has a gradient.

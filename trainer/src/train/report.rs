@@ -18,20 +18,28 @@ use std::sync::OnceLock;
 
 use meld_shared::Split;
 use plotters::prelude::*;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use super::metrics::Metrics;
-use crate::config::Config;
+use crate::config::{Config, Precision};
 use crate::error::{Error, Result};
 
 /// One line of `metrics.jsonl`.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct EpochRecord {
     pub epoch: usize,
     pub steps: usize,
     pub lr: f64,
     pub train_loss: f64,
     pub train_samples_per_s: f64,
+    /// Time the training steps waited for the next batch (decoding behind the model).
+    pub data_wait_seconds: f64,
+    /// Training time not spent waiting for data.
+    pub compute_seconds: f64,
+    /// The epoch's evaluation on `valid`.
+    pub eval_seconds: f64,
+    /// Peak device memory in use (GPU), or the process's peak resident set (CPU), so far.
+    pub peak_memory_bytes: Option<u64>,
     pub valid_loss: f64,
     pub valid_f1_weighted: f64,
     pub valid_accuracy: f64,
@@ -82,10 +90,19 @@ pub struct Summary {
     pub best_epoch: usize,
     pub stopped_early: bool,
     pub batch_size: usize,
+    pub eval_batch_size: usize,
+    pub precision: Precision,
     pub steps: usize,
     pub parameters: usize,
     pub train_samples_per_s: f64,
+    /// Share of the training time spent waiting for batches.
+    pub data_wait_fraction: f64,
+    pub peak_memory_bytes: Option<u64>,
     pub wall_seconds: f64,
+    /// Whether the run continued from a resume checkpoint.
+    pub resumed: bool,
+    pub config_sha256: String,
+    pub data_sha256: String,
     pub splits: Vec<SplitSummary>,
     pub data_manifest: serde_json::Value,
 }
@@ -129,8 +146,13 @@ pub struct RunInfo {
     pub seed: u64,
     pub epochs: usize,
     pub batch_size: usize,
+    pub eval_batch_size: usize,
+    pub precision: Precision,
+    pub max_rows: Option<usize>,
     pub glove_file: Option<String>,
     pub parameters: usize,
+    pub config_sha256: String,
+    pub data_sha256: String,
     pub erc_train_version: &'static str,
 }
 
@@ -175,6 +197,14 @@ impl RunFolder {
         unreachable!("an unbounded range always yields")
     }
 
+    /// Exactly `dir` (created when missing): a table row's folder, or a run to resume.
+    pub fn at(dir: &Path) -> Result<Self> {
+        std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+        Ok(RunFolder {
+            path: dir.to_path_buf(),
+        })
+    }
+
     pub fn open(path: &Path) -> Result<Self> {
         if !path.join("run.json").is_file() {
             return Err(Error::data(path, "not a run folder (no run.json)"));
@@ -208,6 +238,17 @@ impl RunFolder {
         write(&self.config(), &config.to_yaml()?)?;
         write(&self.path.join("run.json"), &json(info)?)?;
         write(&self.path.join("metrics.jsonl"), "")
+    }
+
+    /// `metrics.jsonl` with exactly `records` (a resumed run drops the lines of an epoch whose checkpoint was
+    /// never written).
+    pub fn rewrite_epochs(&self, records: &[EpochRecord]) -> Result<()> {
+        let mut text = String::new();
+        for record in records {
+            text += &serde_json::to_string(record).map_err(|e| Error::Other(e.to_string()))?;
+            text.push('\n');
+        }
+        write(&self.path.join("metrics.jsonl"), &text)
     }
 
     pub fn append_epoch(&self, record: &EpochRecord) -> Result<()> {

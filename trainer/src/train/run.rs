@@ -3,22 +3,25 @@
 //! (patience, threshold 0.001) on `classifier_metric_for_best_model`, the best epoch's weights kept, and at the end
 //! the best model evaluated on `valid` and `test` and written to the run folder ([`super::report`]).
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Instant;
 
 use candle_core::{Device, Tensor, D};
-use indicatif::{ProgressBar, ProgressStyle};
+use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
 use meld_shared::Split;
 use rand::seq::SliceRandom;
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 
+use super::checkpoint::{self, LoopState, RngState};
 use super::losses::Loss;
+use super::memory::{self, PeakMemory};
 use super::metrics::Metrics;
 use super::optim::{AdamW, AdamWConfig};
 use super::report::{EpochRecord, RunFolder, RunInfo, SplitSummary, Summary};
-use crate::config::{BestMetric, Config, LoadedConfig, TextEncoder};
+use crate::config::{BestMetric, Config, LoadedConfig, Precision, TextEncoder};
 use crate::data::{GloveVocab, Gpt2Tokenizer, Loader, MediaCounts, Preprocess, SplitData};
 use crate::error::{Error, Result};
 use crate::model::{Backbones, Model};
@@ -54,6 +57,10 @@ pub struct Prepared {
     pub glove_file: Option<PathBuf>,
     /// The pretrained backbones' files.
     pub backbones: Backbones,
+    /// sha256 of the three split CSVs and the row limit: what a resumed or skipped run must have seen.
+    pub data_sha256: String,
+    /// `--max-rows`: only the first rows of each split.
+    pub max_rows: Option<usize>,
 }
 
 impl Prepared {
@@ -89,10 +96,12 @@ pub fn prepare(
         return Err(Error::data(data, "the data folder does not exist"));
     }
     let backbones = Backbones::resolve(&config.config)?;
+    crate::data::dataset::check_face_detector(&config.config, data)?;
     let classes = config.config.classes();
     let prep = Preprocess::new(&config.config);
     let mut splits = Vec::new();
     let mut media = [MediaCounts::default(); 3];
+    let data_sha256 = data_fingerprint(data, max_rows)?;
     for (i, split) in Split::ALL.iter().enumerate() {
         let mut data = SplitData::load(data, *split, &classes)?;
         if let Some(n) = max_rows {
@@ -145,7 +154,22 @@ pub fn prepare(
         vocab,
         glove_file,
         backbones,
+        data_sha256,
+        max_rows,
     })
+}
+
+/// sha256 over the three split CSVs (the media are named by them and written once by the ETL) and the row
+/// limit.
+pub fn data_fingerprint(data: &Path, max_rows: Option<usize>) -> Result<String> {
+    let mut all = Vec::new();
+    for split in Split::ALL {
+        let csv = data.join(split.dataset_csv());
+        all.extend(std::fs::read(&csv).map_err(|e| Error::io(&csv, e))?);
+        all.push(0);
+    }
+    all.extend(format!("max_rows={max_rows:?}").as_bytes());
+    Ok(sha256_hex(&all))
 }
 
 /// Optimizer steps per epoch and in the whole planned run, for an epoch of `epoch_len` training items.
@@ -268,6 +292,20 @@ fn one_hot(labels: &[usize], classes: usize, device: &Device) -> Result<Tensor> 
     Ok(Tensor::from_vec(y, (labels.len(), classes), device)?)
 }
 
+/// How a run shows its progress.
+#[derive(Clone)]
+pub enum Progress {
+    /// Nothing (tests, logs not on a terminal).
+    Hidden,
+    /// A bar per epoch on the terminal.
+    Terminal,
+    /// Bars under a parent (the table's overall bar).
+    Under(MultiProgress),
+}
+
+/// Called after every epoch with (epoch, epochs): the table's overall progress.
+pub type EpochHook = Arc<dyn Fn(usize, usize) + Send + Sync>;
+
 /// Command-line settings of a training run.
 pub struct TrainOptions {
     pub data: PathBuf,
@@ -275,8 +313,29 @@ pub struct TrainOptions {
     pub device: Device,
     pub device_name: String,
     pub glove: Option<PathBuf>,
-    /// Draw progress bars (off in tests and when stderr is not a terminal).
-    pub progress: bool,
+    pub progress: Progress,
+    /// Train in exactly this folder (created when missing) instead of a new `<out>/<name>[-N]`.
+    pub run_dir: Option<PathBuf>,
+    /// Continue from the run folder's resume checkpoint when it has one (`--resume`, `table4` reruns).
+    pub resume: bool,
+    pub on_epoch: Option<EpochHook>,
+}
+
+impl TrainOptions {
+    /// A run on `device` writing under `out`, no bars, nothing resumed.
+    pub fn new(data: &Path, out: &Path, device: Device, device_name: &str) -> Self {
+        TrainOptions {
+            data: data.to_path_buf(),
+            out: out.to_path_buf(),
+            device,
+            device_name: device_name.to_string(),
+            glove: None,
+            progress: Progress::Hidden,
+            run_dir: None,
+            resume: false,
+            on_epoch: None,
+        }
+    }
 }
 
 /// Is `value` better than `best` for the selection metric?
@@ -295,39 +354,122 @@ fn metric_value(metric: BestMetric, eval: &Evaluation) -> f64 {
     }
 }
 
-/// Trains the prepared experiment and writes its run folder; returns the summary.
+/// sha256 of the config as the run uses it (YAML after the command line's overrides).
+pub fn config_fingerprint(config: &Config) -> Result<String> {
+    Ok(sha256_hex(config.to_yaml()?.as_bytes()))
+}
+
+pub(crate) fn sha256_hex(bytes: &[u8]) -> String {
+    use sha2::Digest;
+    sha2::Sha256::digest(bytes)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+/// The state of the loop between epochs; what the resume checkpoint keeps.
+struct LoopRng {
+    shuffle: ChaCha8Rng,
+    ctx: Ctx,
+}
+
+/// Trains the prepared experiment and writes its run folder (continuing from its resume checkpoint when
+/// `options.resume` and there is one); returns the folder and the summary.
 pub fn train(prepared: Prepared, options: &TrainOptions) -> Result<(PathBuf, Summary)> {
     let wall = Instant::now();
     let config = &prepared.config.config;
     let seed = config.seed();
     let batch_size = config.batch_size();
+    let eval_batch = config.eval_batch_size();
     let epochs = config.epochs();
+    let device = &options.device;
     let (steps_per_epoch, total_steps) = planned_steps(
         epoch_len(config, &prepared.train.labels),
         batch_size,
         epochs,
     );
-    let model = prepared.build_model(&options.device, seed)?;
-    let run = RunFolder::create(&options.out, &config.classifier_name)?;
-    run.write_start(
-        config,
-        &RunInfo {
-            config_file: prepared.config.path.display().to_string(),
-            data: options.data.display().to_string(),
-            device: options.device_name.clone(),
-            seed,
-            epochs,
-            batch_size,
-            glove_file: prepared
-                .glove_file
-                .as_ref()
-                .map(|p| p.display().to_string()),
-            parameters: model.store.parameter_count(),
-            erc_train_version: env!("CARGO_PKG_VERSION"),
-        },
+    set_precision(config.precision, device);
+    let model = prepared.build_model(device, seed)?;
+    if device.is_cuda() {
+        // the device's generator draws the dropout masks of a GPU run
+        device.set_seed(seed)?;
+    }
+    let config_sha256 = config_fingerprint(config)?;
+    let run = match &options.run_dir {
+        Some(dir) => RunFolder::at(dir)?,
+        None => RunFolder::create(&options.out, &config.classifier_name)?,
+    };
+    let loss_fn = Loss::new(config);
+    let mut optimizer = AdamW::new(
+        model.store.trainable(),
+        AdamWConfig::for_experiment(config, total_steps),
     )?;
-    if let Some(vocab) = &prepared.vocab {
-        vocab.save_words(&run.vocab())?;
+    let mut rng = LoopRng {
+        shuffle: ChaCha8Rng::seed_from_u64(seed.wrapping_add(1)),
+        ctx: Ctx::train(seed.wrapping_add(2)),
+    };
+    let mut state = LoopState {
+        format: checkpoint::format(),
+        epoch: 0,
+        optimizer_steps: 0,
+        best: None,
+        stale: 0,
+        stopped_early: false,
+        records: Vec::new(),
+        train_seconds: 0.0,
+        train_samples: 0,
+        shuffle_rng: RngState::of(&rng.shuffle),
+        dropout_rng: RngState::of(rng.ctx.rng_mut()),
+        model_rngs: BTreeMap::new(),
+        config_sha256: config_sha256.clone(),
+        data_sha256: prepared.data_sha256.clone(),
+    };
+    let resumed = match options
+        .resume
+        .then(|| checkpoint::read(&run.path))
+        .transpose()?
+        .flatten()
+    {
+        Some(saved) => {
+            restore(&saved, &model, &mut optimizer, &mut rng, &state)?;
+            tracing::info!(
+                "resuming {} after epoch {} of {epochs} ({})",
+                config.classifier_name,
+                saved.state.epoch,
+                saved.path.display()
+            );
+            state = saved.state;
+            run.rewrite_epochs(&state.records)?;
+            true
+        }
+        None => false,
+    };
+    if !resumed {
+        run.write_start(
+            config,
+            &RunInfo {
+                config_file: prepared.config.path.display().to_string(),
+                data: options.data.display().to_string(),
+                device: options.device_name.clone(),
+                seed,
+                epochs,
+                batch_size,
+                eval_batch_size: eval_batch,
+                precision: config.precision,
+                max_rows: prepared.max_rows,
+                glove_file: prepared
+                    .glove_file
+                    .as_ref()
+                    .map(|p| p.display().to_string()),
+                parameters: model.store.parameter_count(),
+                config_sha256: config_sha256.clone(),
+                data_sha256: prepared.data_sha256.clone(),
+                erc_train_version: env!("CARGO_PKG_VERSION"),
+            },
+        )?;
+        if let Some(vocab) = &prepared.vocab {
+            vocab.save_words(&run.vocab())?;
+        }
     }
     tracing::info!(
         run = %run.path.display(),
@@ -337,88 +479,96 @@ pub fn train(prepared: Prepared, options: &TrainOptions) -> Result<(PathBuf, Sum
         "training {}",
         config.classifier_name
     );
-    let loss_fn = Loss::new(config);
-    let mut optimizer = AdamW::new(
-        model.store.trainable(),
-        AdamWConfig::for_experiment(config, total_steps),
-    )?;
-    let mut shuffle_rng = ChaCha8Rng::seed_from_u64(seed.wrapping_add(1));
-    let mut ctx = Ctx::train(seed.wrapping_add(2));
     let metric = config.classifier_metric_for_best_model;
-    let mut best: Option<(f64, usize)> = None;
-    let mut stale = 0usize;
-    let mut records = Vec::new();
-    let mut stopped_early = false;
-    let mut train_seconds = 0f64;
-    let mut train_samples = 0usize;
-    for epoch in 1..=epochs {
+    let mut memory = PeakMemory::default();
+    let first_epoch = state.epoch + 1;
+    for epoch in first_epoch..=epochs {
+        if state.stopped_early {
+            break;
+        }
         let epoch_start = Instant::now();
-        let order = epoch_order(config, &prepared.train.labels, &mut shuffle_rng);
-        let bar = progress_bar(options.progress, steps_per_epoch as u64, epoch, epochs);
-        ctx.set_train(true);
+        let order = epoch_order(config, &prepared.train.labels, &mut rng.shuffle);
+        let bar = progress_bar(&options.progress, steps_per_epoch as u64, epoch, epochs);
+        rng.ctx.set_train(true);
         let mut loss_sum = 0f64;
         let mut batches = 0usize;
         let mut samples = 0usize;
+        let mut data_wait = 0f64;
         let mut missing = MediaCounts::default();
-        for batch in Loader::spawn(
+        let mut loader = Loader::spawn(
             prepared.train.clone(),
             prepared.prep.clone(),
             order,
             batch_size,
-        ) {
+        );
+        loop {
+            let waiting = Instant::now();
+            let Some(batch) = loader.next() else { break };
+            data_wait += waiting.elapsed().as_secs_f64();
             let batch = batch?;
-            let out = model.forward(&batch, &mut ctx)?;
-            let y = batch.one_hot(model.classes, model.device())?;
-            let loss = loss_fn.training(&out.probs, &out.logits, &y, &out.hidden, &batch.labels)?;
-            let value = loss.to_scalar::<f32>()? as f64;
+            let mut step = || -> Result<f64> {
+                let out = model.forward(&batch, &mut rng.ctx)?;
+                let y = batch.one_hot(model.classes, model.device())?;
+                let loss =
+                    loss_fn.training(&out.probs, &out.logits, &y, &out.hidden, &batch.labels)?;
+                let grads = loss.backward()?;
+                optimizer.step(&grads)?;
+                // the step's one read from the device: the loss, for the log
+                Ok(loss.to_scalar::<f32>()? as f64)
+            };
+            let value = step().map_err(|e| out_of_memory(e, config, batch_size, &model, device))?;
             if !value.is_finite() {
                 return Err(Error::Other(format!(
                     "epoch {epoch}, step {}: the loss is {value}",
-                    optimizer.steps_taken() + 1
+                    optimizer.steps_taken()
                 )));
             }
-            let grads = loss.backward()?;
-            let step = optimizer.step(&grads)?;
             loss_sum += value;
             batches += 1;
             samples += batch.len();
             missing.missing_visual += batch.missing.missing_visual;
             missing.missing_audio += batch.missing.missing_audio;
+            if batches % 10 == 1 {
+                memory.sample(device);
+            }
             let rate = samples as f64 / epoch_start.elapsed().as_secs_f64().max(1e-9);
             bar.set_message(format!(
                 "loss {:.4} · {rate:.1} samples/s · lr {:.2e}",
                 loss_sum / batches as f64,
-                step.lr
+                optimizer.current_lr()
             ));
             bar.inc(1);
         }
+        drop(loader);
+        memory.sample(device);
         bar.finish_and_clear();
         let train_elapsed = epoch_start.elapsed().as_secs_f64();
-        train_seconds += train_elapsed;
-        train_samples += samples;
+        state.train_seconds += train_elapsed;
+        state.train_samples += samples;
+        let eval_start = Instant::now();
         let eval = evaluate(
             &model,
             &prepared.valid,
             &prepared.prep,
-            batch_size,
+            eval_batch,
             &loss_fn,
             &prepared.classes,
         )?;
         let value = metric_value(metric, &eval);
         // HF EarlyStoppingCallback compares with the best value BEFORE this evaluation updates it.
-        let improved_enough = match best {
+        let improved_enough = match state.best {
             None => true,
             Some((b, _)) => {
                 better(metric, value, b) && (value - b).abs() > EARLY_STOPPING_THRESHOLD
             }
         };
-        stale = if improved_enough { 0 } else { stale + 1 };
-        let is_best = match best {
+        state.stale = if improved_enough { 0 } else { state.stale + 1 };
+        let is_best = match state.best {
             None => true,
             Some((b, _)) => better(metric, value, b),
         };
         if is_best {
-            best = Some((value, epoch));
+            state.best = Some((value, epoch));
             model.store.save(&run.weights())?;
         }
         let record = EpochRecord {
@@ -427,6 +577,10 @@ pub fn train(prepared: Prepared, options: &TrainOptions) -> Result<(PathBuf, Sum
             lr: optimizer.current_lr(),
             train_loss: loss_sum / batches.max(1) as f64,
             train_samples_per_s: samples as f64 / train_elapsed.max(1e-9),
+            data_wait_seconds: data_wait,
+            compute_seconds: (train_elapsed - data_wait).max(0.0),
+            eval_seconds: eval_start.elapsed().as_secs_f64(),
+            peak_memory_bytes: memory.bytes(),
             valid_loss: eval.loss,
             valid_f1_weighted: eval.metrics.f1_weighted,
             valid_accuracy: eval.metrics.accuracy,
@@ -444,16 +598,24 @@ pub fn train(prepared: Prepared, options: &TrainOptions) -> Result<(PathBuf, Sum
             if is_best { " (best)" } else { "" }
         );
         run.append_epoch(&record)?;
-        records.push(record);
+        state.records.push(record);
         if let Some(patience) = config.patience() {
-            if stale >= patience {
-                tracing::info!("early stopping: {stale} evaluations without improvement");
-                stopped_early = true;
-                break;
+            if state.stale >= patience {
+                tracing::info!(
+                    "early stopping: {} evaluations without improvement",
+                    state.stale
+                );
+                state.stopped_early = true;
             }
         }
+        state.epoch = epoch;
+        state.optimizer_steps = optimizer.steps_taken();
+        save_checkpoint(&run.path, &mut state, &model, &optimizer, &mut rng)?;
+        if let Some(hook) = &options.on_epoch {
+            hook(epoch, epochs);
+        }
     }
-    let best_epoch = best.map(|(_, e)| e).unwrap_or(0);
+    let best_epoch = state.best.map(|(_, e)| e).unwrap_or(0);
     model.store.load(&run.weights())?;
     let mut splits = Vec::new();
     for (split, data) in [(Split::Dev, &prepared.valid), (Split::Test, &prepared.test)] {
@@ -461,13 +623,14 @@ pub fn train(prepared: Prepared, options: &TrainOptions) -> Result<(PathBuf, Sum
             &model,
             data,
             &prepared.prep,
-            batch_size,
+            eval_batch,
             &loss_fn,
             &prepared.classes,
         )?;
         run.write_evaluation(split, &eval.metrics)?;
         splits.push(SplitSummary::new(split, &eval.metrics, eval.loss));
     }
+    let wait: f64 = state.records.iter().map(|r| r.data_wait_seconds).sum();
     let summary = Summary {
         classifier_name: config.classifier_name.clone(),
         config: prepared.config.path.display().to_string(),
@@ -475,19 +638,144 @@ pub fn train(prepared: Prepared, options: &TrainOptions) -> Result<(PathBuf, Sum
         device: options.device_name.clone(),
         seed,
         epochs_planned: epochs,
-        epochs_run: records.len(),
+        epochs_run: state.records.len(),
         best_epoch,
-        stopped_early,
+        stopped_early: state.stopped_early,
         batch_size,
+        eval_batch_size: eval_batch,
+        precision: config.precision,
         steps: optimizer.steps_taken(),
         parameters: model.store.parameter_count(),
-        train_samples_per_s: train_samples as f64 / train_seconds.max(1e-9),
+        train_samples_per_s: state.train_samples as f64 / state.train_seconds.max(1e-9),
+        data_wait_fraction: wait / state.train_seconds.max(1e-9),
+        peak_memory_bytes: state
+            .records
+            .iter()
+            .filter_map(|r| r.peak_memory_bytes)
+            .max(),
         wall_seconds: wall.elapsed().as_secs_f64(),
+        resumed,
+        config_sha256,
+        data_sha256: prepared.data_sha256.clone(),
         splits,
         data_manifest: data_manifest(&prepared),
     };
-    run.write_summary(&summary, &records)?;
+    run.write_summary(&summary, &state.records)?;
     Ok((run.path.clone(), summary))
+}
+
+/// Matrix products in TF32 for `tf32` on a GPU (fp32 otherwise); a process-wide cuBLAS setting.
+fn set_precision(precision: Precision, device: &Device) {
+    if device.is_cuda() {
+        candle_core::cuda::set_gemm_reduced_precision_f32(precision == Precision::Tf32);
+    }
+}
+
+/// An out-of-memory error of a step, told in the user's terms: the config, the batch size, what the
+/// parameters and the optimiser alone need and what the device has. Other errors pass unchanged.
+fn out_of_memory(e: Error, config: &Config, batch: usize, model: &Model, device: &Device) -> Error {
+    let text = e.to_string();
+    if !text.to_ascii_lowercase().contains("out of memory") {
+        return e;
+    }
+    // weights, gradients and the two AdamW moments, f32
+    let state = model.store.parameter_count() as u64 * 16;
+    let device_memory = match memory::device_free_total(device) {
+        Some((free, total)) => format!(
+            "the device has {} ({} free now)",
+            memory::human(total),
+            memory::human(free)
+        ),
+        None => "the device's memory is unknown".into(),
+    };
+    Error::Other(format!(
+        "out of memory training `{}` at batch size {batch}: its parameters, gradients and optimiser state alone \
+         need {}, the activations of a batch come on top; {device_memory}. Lower `batch_size` (--batch-size) or \
+         use a GPU with more memory ({text})",
+        config.classifier_name,
+        memory::human(state)
+    ))
+}
+
+/// Writes the resume checkpoint after a complete epoch.
+fn save_checkpoint(
+    run: &Path,
+    state: &mut LoopState,
+    model: &Model,
+    optimizer: &AdamW,
+    rng: &mut LoopRng,
+) -> Result<()> {
+    state.shuffle_rng = RngState::of(&rng.shuffle);
+    state.dropout_rng = RngState::of(rng.ctx.rng_mut());
+    state.model_rngs = model
+        .generators()
+        .into_iter()
+        .map(|(name, g)| {
+            Ok((
+                name.to_string(),
+                RngState::of(&*crate::ops::dropout::lock(g)?),
+            ))
+        })
+        .collect::<Result<_>>()?;
+    let mut tensors = model
+        .store
+        .named_tensors()
+        .into_iter()
+        .map(|(name, t)| (format!("param.{name}"), t))
+        .collect::<Vec<_>>();
+    for (name, m, v) in optimizer.moments()? {
+        tensors.push((format!("adam_m.{name}"), m));
+        tensors.push((format!("adam_v.{name}"), v));
+    }
+    checkpoint::write(run, state, &tensors)
+}
+
+/// Puts a saved checkpoint's values back into a freshly built model, optimiser and generators; refuses one of
+/// another config or data.
+fn restore(
+    saved: &checkpoint::Checkpoint,
+    model: &Model,
+    optimizer: &mut AdamW,
+    rng: &mut LoopRng,
+    fresh: &LoopState,
+) -> Result<()> {
+    let path = &saved.path;
+    if saved.state.config_sha256 != fresh.config_sha256 {
+        return Err(Error::data(
+            path,
+            "the run was started with another config (or other command-line overrides); start a new run \
+             or delete the checkpoint",
+        ));
+    }
+    if saved.state.data_sha256 != fresh.data_sha256 {
+        return Err(Error::data(
+            path,
+            "the dataset (its CSVs or --max-rows) changed since the run started; start a new run or delete \
+             the checkpoint",
+        ));
+    }
+    let device = model.device();
+    for (name, _) in model.store.named_tensors() {
+        let value = saved.tensor(&format!("param.{name}"), device)?;
+        model.store.assign(&name, &value, path)?;
+    }
+    let mut moments = BTreeMap::new();
+    for name in saved.names("adam_m.") {
+        let m = saved.tensor(&format!("adam_m.{name}"), device)?;
+        let v = saved.tensor(&format!("adam_v.{name}"), device)?;
+        moments.insert(name, (m, v));
+    }
+    optimizer.restore(saved.state.optimizer_steps, moments, path)?;
+    rng.shuffle = saved.state.shuffle_rng.restore()?;
+    *rng.ctx.rng_mut() = saved.state.dropout_rng.restore()?;
+    for (name, g) in model.generators() {
+        let state =
+            saved.state.model_rngs.get(name).ok_or_else(|| {
+                Error::data(path, format!("no dropout generator state for `{name}`"))
+            })?;
+        *crate::ops::dropout::lock(g)? = state.restore()?;
+    }
+    Ok(())
 }
 
 /// What the run read: each split's CSV, rows and missing media, and the GloVe vectors used.
@@ -512,11 +800,12 @@ fn data_manifest(prepared: &Prepared) -> serde_json::Value {
     })
 }
 
-fn progress_bar(enabled: bool, len: u64, epoch: usize, epochs: usize) -> ProgressBar {
-    if !enabled {
-        return ProgressBar::hidden();
-    }
-    let bar = ProgressBar::new(len);
+fn progress_bar(progress: &Progress, len: u64, epoch: usize, epochs: usize) -> ProgressBar {
+    let bar = match progress {
+        Progress::Hidden => return ProgressBar::hidden(),
+        Progress::Terminal => ProgressBar::new(len),
+        Progress::Under(parent) => parent.add(ProgressBar::new(len)),
+    };
     let style = ProgressStyle::with_template(
         "{prefix} [{elapsed_precise}] {bar:30} {pos}/{len} steps · {msg}",
     )
