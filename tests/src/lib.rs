@@ -157,3 +157,38 @@ pub fn image_rgb24(path: &Path) -> Vec<u8> {
     )
     .stdout
 }
+
+/// The repository's root.
+pub fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+/// A tiny checkpoint of the trainer's backbone fixtures (`gpt2-tiny`, `wav2vec2-tiny`, `resnet50-tiny`): the real
+/// architectures and file layouts with random weights.
+pub fn backbone_fixture(name: &str) -> PathBuf {
+    repo().join("trainer/tests/fixtures/backbones").join(name)
+}
+
+/// A GloVe-format file: random (fixed-seed) 50-d vectors for every cue word and a few common words.
+pub fn write_glove(path: &Path) {
+    let mut words: Vec<&str> = meld_shared::Emotion::ALL
+        .iter()
+        .flat_map(|e| meld_etl::synth::cue_words(*e).iter().copied())
+        .collect();
+    words.extend([
+        "the", "speaker", "said", "i", "you", "was", "is", "so", "well", "today",
+    ]);
+    let mut state = 0x2545F4914F6CDD1Du64;
+    let mut next = || {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        (state >> 11) as f64 / (1u64 << 53) as f64 * 2.0 - 1.0
+    };
+    let mut text = String::new();
+    for word in words {
+        let values: Vec<String> = (0..50).map(|_| format!("{:.5}", next())).collect();
+        text += &format!("{word} {}\n", values.join(" "));
+    }
+    std::fs::write(path, text).expect("write glove");
+}

@@ -11,9 +11,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::OnceLock;
 
-use meld_erc_tests::{bin, run_ok};
-use meld_etl::synth::cue_words;
-use meld_shared::Emotion;
+use meld_erc_tests::{backbone_fixture, bin, repo, run_ok, write_glove};
 
 /// Synth size: train dialogues (dev and test get MELD's proportions, ≈ 11% and 27%).
 const DIALOGUES: &str = "30";
@@ -57,41 +55,13 @@ fn dataset() -> &'static Dataset {
     })
 }
 
-/// A GloVe-format file: random (fixed-seed) 50-d vectors for every cue word and a few common words.
-fn write_glove(path: &Path) {
-    let mut words: Vec<&str> = Emotion::ALL
-        .iter()
-        .flat_map(|e| cue_words(*e).iter().copied())
-        .collect();
-    words.extend([
-        "the", "speaker", "said", "i", "you", "was", "is", "so", "well", "today",
-    ]);
-    let mut state = 0x2545F4914F6CDD1Du64;
-    let mut next = || {
-        state ^= state << 13;
-        state ^= state >> 7;
-        state ^= state << 17;
-        (state >> 11) as f64 / (1u64 << 53) as f64 * 2.0 - 1.0
-    };
-    let mut text = String::new();
-    for word in words {
-        let values: Vec<String> = (0..50).map(|_| format!("{:.5}", next())).collect();
-        text += &format!("{word} {}\n", values.join(" "));
-    }
-    std::fs::write(path, text).expect("write glove");
-}
-
 const CLASSES: &str =
     "classifier_classes: [anger, disgust, fear, joy, neutral, sadness, surprise]\n";
-
-fn repo() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
-}
 
 /// The tiny GPT-2 of the backbone fixtures: a complete model folder (config, weights, a 512-token cut of the
 /// real vocabulary).
 fn gpt2_tiny() -> PathBuf {
-    repo().join("trainer/tests/fixtures/backbones/gpt2-tiny")
+    backbone_fixture("gpt2-tiny")
 }
 
 /// Writes a config next to the dataset and trains it; returns the run folder.

@@ -40,6 +40,9 @@ enum Command {
     Eval(EvalArgs),
     /// Validate a config and a data folder and print what would be trained.
     Check(CheckArgs),
+    /// Run the HLM12ERC report's Table 4 (30 experiments; resumable) and write our numbers beside the paper's
+    /// (OUT/table4.md, table4.csv, table3.md, table4.png).
+    Table4(Table4Args),
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -144,6 +147,51 @@ struct EvalArgs {
 }
 
 #[derive(Args)]
+struct Table4Args {
+    /// Dataset folder written by `meld-etl extract` (rows with the reference's audio need `--profile hlm12erc`,
+    /// rows 11/12 need `--faces`).
+    #[arg(long, required_unless_present = "collect")]
+    data: Option<PathBuf>,
+    /// Where the row folders and the tables go.
+    #[arg(long, default_value = "runs/table4")]
+    out: PathBuf,
+    /// Rows to run: `01-04,24`, `7` (e.g. $SLURM_ARRAY_TASK_ID); all by default.
+    #[arg(long)]
+    rows: Option<String>,
+    #[arg(long, value_enum, default_value = "cpu", conflicts_with = "devices")]
+    device: DeviceArg,
+    /// Run rows side by side, one per device, from one queue: `0,1,2,3` (GPUs) or `cpu,cpu`.
+    #[arg(long, value_delimiter = ',')]
+    devices: Option<Vec<DeviceSpec>>,
+    /// Overrides every row's epochs.
+    #[arg(long)]
+    epochs: Option<usize>,
+    /// Use only the first N rows of each split.
+    #[arg(long)]
+    max_rows: Option<usize>,
+    /// Check that every asked row can run (data, faces, audio format, weights, device) and stop.
+    #[arg(long)]
+    dry_run: bool,
+    /// Run the rows that pass the checks even when others do not.
+    #[arg(long)]
+    keep_going: bool,
+    /// Also run every row with the corrected switches (visual_crop: full, attention_scope: sample, ce for cce,
+    /// audio_input: normalized_mono): a second "ours (corrected)" column.
+    #[arg(long)]
+    corrected: bool,
+    /// A check of every row: one training step each on shrunk inputs (not the paper's numbers).
+    #[arg(long)]
+    smoke: bool,
+    /// Only assemble the tables from the complete row folders under OUT (e.g. after a Slurm array).
+    #[arg(long, value_name = "OUT")]
+    collect: Option<PathBuf>,
+    #[arg(long)]
+    glove: Option<PathBuf>,
+    #[command(flatten)]
+    models: ModelArgs,
+}
+
+#[derive(Args)]
 struct CheckArgs {
     #[arg(long)]
     config: PathBuf,
@@ -185,6 +233,7 @@ fn main() -> Result<()> {
     match cli.command {
         Some(Command::Eval(args)) => eval(args),
         Some(Command::Check(args)) => check(args),
+        Some(Command::Table4(args)) => table4(args),
         None => run_training(cli.train),
     }
 }
@@ -322,6 +371,58 @@ fn eval(args: EvalArgs) -> Result<()> {
         eval.loss
     );
     println!("{}", eval.metrics.report());
+    Ok(())
+}
+
+fn table4(args: Table4Args) -> Result<()> {
+    if let Some(out) = &args.collect {
+        let corrected = out.join("corrected").is_dir();
+        println!("{}", erc_train::table4::collect(out, corrected)?);
+        println!("tables: {}", out.join("table4.md").display());
+        return Ok(());
+    }
+    let Some(data) = args.data else {
+        bail!("pass --data (or --collect OUT)");
+    };
+    let devices = args.devices.unwrap_or_else(|| {
+        vec![match args.device {
+            DeviceArg::Cpu => DeviceSpec::Cpu,
+            DeviceArg::Cuda => DeviceSpec::Cuda(0),
+        }]
+    });
+    if args.epochs == Some(0) {
+        bail!("--epochs must be positive");
+    }
+    let options = erc_train::table4::Table4Options {
+        data,
+        out: args.out,
+        rows: args.rows,
+        devices,
+        epochs: args.epochs,
+        max_rows: args.max_rows,
+        dry_run: args.dry_run,
+        keep_going: args.keep_going,
+        corrected: args.corrected,
+        smoke: args.smoke,
+        glove: args.glove,
+        text_model: args.models.text_model,
+        audio_model: args.models.audio_model,
+        visual_model: args.models.visual_model,
+        progress: std::io::stderr().is_terminal(),
+    };
+    let report = erc_train::table4::run(&options)?;
+    if options.dry_run && !report.failed.is_empty() {
+        bail!(
+            "{} asked run(s) cannot start: the preflight table above says what is missing and how to fix it",
+            report.failed.len()
+        );
+    }
+    if !report.failed.is_empty() {
+        for (run, why) in &report.failed {
+            eprintln!("failed: {run}: {}", why.lines().next().unwrap_or(why));
+        }
+        bail!("{} run(s) failed", report.failed.len());
+    }
     Ok(())
 }
 

@@ -311,6 +311,26 @@ impl SplitData {
 }
 
 impl SplitData {
+    /// Rows with a face-only image (`meld-etl extract --faces`).
+    pub fn rows_with_faces(&self) -> usize {
+        self.rows
+            .iter()
+            .filter(|r| r.x_visual_faces.is_some())
+            .count()
+    }
+
+    /// The first WAV of the split and its format (the ETL writes one format per extraction); `None` without audio.
+    pub fn wav_format(&self) -> Result<Option<(PathBuf, hound::WavSpec)>> {
+        let Some(cell) = self.rows.iter().find_map(|r| r.x_audio.as_ref()) else {
+            return Ok(None);
+        };
+        let path = media_path(&self.csv, cell);
+        let format = hound::WavReader::open(&path)
+            .map_err(|e| Error::data(&path, format!("cannot read the WAV header: {e}")))?
+            .spec();
+        Ok(Some((path, format)))
+    }
+
     /// `audio_input: reference` feeds the WAV's samples as written, which the reference's models saw as 44.1 kHz
     /// interleaved stereo (docs/reference.md Q12): a dataset of another format would give the same config other
     /// inputs (150 000 samples = 9.4 s of 16 kHz mono instead of 1.7 s). The first WAV of the split tells
@@ -319,13 +339,9 @@ impl SplitData {
         if spec.input != AudioInput::Reference {
             return Ok(());
         }
-        let Some(cell) = self.rows.iter().find_map(|r| r.x_audio.as_ref()) else {
+        let Some((path, format)) = self.wav_format()? else {
             return Ok(());
         };
-        let path = media_path(&self.csv, cell);
-        let format = hound::WavReader::open(&path)
-            .map_err(|e| Error::data(&path, format!("cannot read the WAV header: {e}")))?
-            .spec();
         if (format.sample_rate, format.channels) == (REFERENCE_RATE, REFERENCE_CHANNELS) {
             return Ok(());
         }

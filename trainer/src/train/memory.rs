@@ -74,12 +74,16 @@ mod tests {
     use super::*;
 
     #[test]
-    fn cpu_peak_is_known_and_grows_with_an_allocation() {
+    fn cpu_peak_is_known_and_covers_an_allocation() {
+        // other tests of this binary allocate meanwhile: the peak can only be checked to cover what this one holds
         let before = in_use(&Device::Cpu).expect("VmHWM on Linux");
-        let big = vec![1u8; 64 << 20];
+        let big = vec![1u8; 256 << 20];
         let after = in_use(&Device::Cpu).unwrap();
-        assert!(big.iter().map(|b| *b as u64).sum::<u64>() > 0);
-        assert!(after >= before + (60 << 20), "{before} → {after}");
+        assert_eq!(
+            big.iter().step_by(4096).map(|b| *b as u64).sum::<u64>(),
+            (256 << 20) / 4096
+        );
+        assert!(after >= before && after >= 256 << 20, "{before} → {after}");
         assert_eq!(human(3 << 30), "3.0 GiB");
     }
 }

@@ -288,7 +288,7 @@ impl RunFolder {
 }
 
 /// Registers the plot font once; `None` when no font file is available.
-fn font() -> Option<&'static str> {
+pub(crate) fn font() -> Option<&'static str> {
     static FONT: OnceLock<Option<&'static str>> = OnceLock::new();
     *FONT.get_or_init(|| {
         let candidates = std::env::var("ERC_FONT")

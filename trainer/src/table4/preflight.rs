@@ -1,0 +1,238 @@
+//! Before any training: can every asked row run? One check per thing a row needs — the three splits, face-only
+//! images (rows 11/12), WAVs in the format the row's audio input was trained on, the GloVe vectors, the GPT-2,
+//! wav2vec2 and ResNet-50 weights, the device — each `ok`, `-` (not needed) or `MISSING`, with the one command
+//! that fixes it.
+
+use std::collections::BTreeSet;
+use std::path::Path;
+
+use meld_shared::Split;
+
+use super::Job;
+use crate::config::{AudioEncoder, AudioInput, TextEncoder, VisualEncoder};
+use crate::data::dataset::{face_detector, SplitData, REFERENCE_CHANNELS, REFERENCE_RATE};
+use crate::encoders::hub::{self, Backbone};
+
+/// One cell of the table.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Cell {
+    Ok,
+    NotNeeded,
+    /// What is wrong and how to fix it.
+    Missing(String),
+}
+
+/// The columns, in order.
+pub const COLUMNS: [&str; 8] = [
+    "data", "faces", "audio", "glove", "gpt2", "wav2vec2", "resnet50", "device",
+];
+
+/// A job's checks.
+pub struct RowCheck {
+    pub label: String,
+    pub cells: Vec<Cell>,
+}
+
+impl RowCheck {
+    pub fn ready(&self) -> bool {
+        !self.cells.iter().any(|c| matches!(c, Cell::Missing(_)))
+    }
+
+    /// The problems, one line each.
+    pub fn problems(&self) -> Vec<String> {
+        self.cells
+            .iter()
+            .zip(COLUMNS)
+            .filter_map(|(c, col)| match c {
+                Cell::Missing(why) => Some(format!("{col}: {why}")),
+                _ => None,
+            })
+            .collect()
+    }
+}
+
+/// What is known of the dataset, read once for all rows.
+struct DataFacts {
+    /// A missing split CSV, or the error reading one.
+    problem: Option<String>,
+    faces: bool,
+    /// (rate, channels) of the first WAV.
+    wav: Option<(u32, u16)>,
+}
+
+fn data_facts(data: &Path) -> DataFacts {
+    let mut facts = DataFacts {
+        problem: None,
+        faces: face_detector(data).is_some(),
+        wav: None,
+    };
+    for split in Split::ALL {
+        let csv = data.join(split.dataset_csv());
+        if !csv.is_file() {
+            facts.problem = Some(format!(
+                "{} is missing; extract the dataset with `meld-etl extract --raw MELD.Raw --out {}`",
+                csv.display(),
+                data.display()
+            ));
+            return facts;
+        }
+    }
+    let classes: Vec<String> = super::paper::CLASSES
+        .iter()
+        .map(|c| c.to_string())
+        .collect();
+    match SplitData::load(data, Split::Train, &classes) {
+        Ok(train) => {
+            facts.faces = facts.faces || train.rows_with_faces() > 0;
+            match train.wav_format() {
+                Ok(format) => facts.wav = format.map(|(_, f)| (f.sample_rate, f.channels)),
+                Err(e) => facts.problem = Some(e.to_string()),
+            }
+        }
+        Err(e) => facts.problem = Some(e.to_string()),
+    }
+    facts
+}
+
+/// Checks every job; `devices` are the outcomes of opening each device the run asked for.
+pub fn check(
+    jobs: &[Job],
+    data: &Path,
+    glove: Option<&Path>,
+    devices: &[(String, Option<String>)],
+) -> Vec<RowCheck> {
+    let facts = data_facts(data);
+    let extract = format!("meld-etl extract --raw MELD.Raw --out {}", data.display());
+    let device_cell = match devices
+        .iter()
+        .find_map(|(name, e)| e.as_ref().map(|e| format!("{name}: {e}")))
+    {
+        Some(e) => Cell::Missing(e),
+        None => Cell::Ok,
+    };
+    jobs.iter()
+        .map(|job| {
+            let c = &job.config;
+            let data_cell = match &facts.problem {
+                Some(p) => Cell::Missing(p.clone()),
+                None => Cell::Ok,
+            };
+            let faces = if c.visual_preprocess_faceonly.unwrap_or(false) {
+                if facts.faces {
+                    match crate::data::dataset::check_face_detector(c, data) {
+                        Ok(()) => Cell::Ok,
+                        Err(e) => Cell::Missing(e.to_string()),
+                    }
+                } else {
+                    Cell::Missing(format!(
+                        "no face-only images (x_visual_faces); add them with `{extract} --profile hlm12erc --faces \
+                         models/retinaface-mnet025.onnx --face-profile hlm12erc` (make models fetches the model; \
+                         the mosaics and WAVs are reused)"
+                    ))
+                }
+            } else {
+                Cell::NotNeeded
+            };
+            let audio = match (c.modules_audio_encoder, c.audio_input, facts.wav) {
+                (AudioEncoder::None, _, _) => Cell::NotNeeded,
+                (_, _, None) if facts.problem.is_none() => {
+                    Cell::Missing(format!("the dataset has no audio; extract it with `{extract}`"))
+                }
+                (_, AudioInput::Reference, Some((rate, channels)))
+                    if (rate, channels) != (REFERENCE_RATE, REFERENCE_CHANNELS) =>
+                {
+                    Cell::Missing(format!(
+                        "`audio_input: reference` was trained on 44.1 kHz stereo WAVs, these are {rate} Hz x \
+                         {channels}; re-extract with `{extract} --profile hlm12erc`"
+                    ))
+                }
+                _ => Cell::Ok,
+            };
+            let glove_cell = if c.modules_text_encoder == TextEncoder::Glove {
+                let path = crate::train::glove_path(c, glove);
+                if path.is_file() {
+                    Cell::Ok
+                } else {
+                    Cell::Missing(format!(
+                        "{} not found; fetch it with `make glove` or pass --glove PATH",
+                        path.display()
+                    ))
+                }
+            } else {
+                Cell::NotNeeded
+            };
+            let backbone = |needed: bool, backbone: Backbone, spec: Option<&str>| {
+                if !needed {
+                    return Cell::NotNeeded;
+                }
+                let found = match (backbone, spec) {
+                    (Backbone::Resnet50, None) => return Cell::Ok, // `random`
+                    (Backbone::Resnet50, Some(spec)) => hub::resnet50_weights(spec).map(|_| ()),
+                    (_, Some(spec)) => hub::resolve(backbone, spec).map(|_| ()),
+                    (_, None) => return Cell::Ok,
+                };
+                match found {
+                    Ok(()) => Cell::Ok,
+                    Err(e) => Cell::Missing(e.to_string().replace('\n', " ")),
+                }
+            };
+            let cells = vec![
+                data_cell,
+                faces,
+                audio,
+                glove_cell,
+                backbone(c.modules_text_encoder == TextEncoder::Gpt2, Backbone::Gpt2, Some(c.text_model())),
+                backbone(
+                    c.modules_audio_encoder == AudioEncoder::Wav2vec2,
+                    Backbone::Wav2vec2,
+                    Some(c.audio_model()),
+                ),
+                backbone(
+                    c.modules_visual_encoder == VisualEncoder::Resnet50,
+                    Backbone::Resnet50,
+                    c.visual_model(),
+                ),
+                device_cell.clone(),
+            ];
+            RowCheck {
+                label: job.label(),
+                cells,
+            }
+        })
+        .collect()
+}
+
+/// The table of rows × checks, then each distinct fix once.
+pub fn render(checks: &[RowCheck]) -> String {
+    let width = checks
+        .iter()
+        .map(|c| c.label.len())
+        .max()
+        .unwrap_or(4)
+        .max(4);
+    let mut out = format!("{:<width$}", "row");
+    for col in COLUMNS {
+        out += &format!(" {col:>8}");
+    }
+    out.push('\n');
+    let mut fixes = BTreeSet::new();
+    for check in checks {
+        out += &format!("{:<width$}", check.label);
+        for (cell, col) in check.cells.iter().zip(COLUMNS) {
+            let text = match cell {
+                Cell::Ok => "ok",
+                Cell::NotNeeded => "-",
+                Cell::Missing(why) => {
+                    fixes.insert(format!("{col}: {why}"));
+                    "MISSING"
+                }
+            };
+            out += &format!(" {text:>8}");
+        }
+        out.push('\n');
+    }
+    for fix in fixes {
+        out += &format!("  - {fix}\n");
+    }
+    out
+}
