@@ -43,6 +43,33 @@ enum Command {
     /// Run the HLM12ERC report's Table 4 (30 experiments; resumable) and write our numbers beside the paper's
     /// (OUT/table4.md, table4.csv, table3.md, table4.png).
     Table4(Table4Args),
+    /// Parity of the backbones with PyTorch on the device, and timings (what scripts/gpu-check.sh runs).
+    #[command(hide = true)]
+    Selfcheck(SelfcheckArgs),
+}
+
+#[derive(Args)]
+struct SelfcheckArgs {
+    #[arg(long, value_enum, default_value = "cpu")]
+    device: DeviceArg,
+    /// The backbone fixtures.
+    #[arg(long, default_value = "trainer/tests/fixtures/backbones")]
+    fixtures: PathBuf,
+    /// Sections: parity, bench.
+    #[arg(long, value_delimiter = ',', default_value = "parity,bench")]
+    sections: Vec<String>,
+    /// Small inputs (a rehearsal on a CPU) instead of the reference's sizes.
+    #[arg(long)]
+    quick: bool,
+    #[arg(long, value_delimiter = ',', default_value = "fp32,tf32")]
+    precisions: Vec<Precision>,
+    #[arg(long, default_value_t = 3)]
+    iterations: usize,
+    #[arg(long, default_value_t = 64)]
+    resnet_batch: usize,
+    /// Where the results go (JSON).
+    #[arg(long)]
+    json: Option<PathBuf>,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -234,6 +261,7 @@ fn main() -> Result<()> {
         Some(Command::Eval(args)) => eval(args),
         Some(Command::Check(args)) => check(args),
         Some(Command::Table4(args)) => table4(args),
+        Some(Command::Selfcheck(args)) => selfcheck(args),
         None => run_training(cli.train),
     }
 }
@@ -422,6 +450,32 @@ fn table4(args: Table4Args) -> Result<()> {
             eprintln!("failed: {run}: {}", why.lines().next().unwrap_or(why));
         }
         bail!("{} run(s) failed", report.failed.len());
+    }
+    Ok(())
+}
+
+fn selfcheck(args: SelfcheckArgs) -> Result<()> {
+    let (device, _) = device(args.device)?;
+    let options = erc_train::selfcheck::SelfcheckOptions {
+        fixtures: args.fixtures,
+        parity: args.sections.iter().any(|s| s == "parity"),
+        bench: args.sections.iter().any(|s| s == "bench"),
+        scale: if args.quick {
+            erc_train::selfcheck::bench::Scale::Quick
+        } else {
+            erc_train::selfcheck::bench::Scale::Full
+        },
+        precisions: args.precisions,
+        iterations: args.iterations,
+        resnet_batch: args.resnet_batch,
+    };
+    let (ok, results) = erc_train::selfcheck::run(&device, &options)?;
+    if let Some(path) = &args.json {
+        std::fs::write(path, serde_json::to_string_pretty(&results)?)
+            .with_context(|| format!("writing {}", path.display()))?;
+    }
+    if !ok {
+        bail!("a parity check failed (see above)");
     }
     Ok(())
 }

@@ -5,15 +5,16 @@
 //! the gradients of the input and of every parameter, and every BatchNorm's running statistics. Also the loader's
 //! errors for missing, extra and mis-shaped tensors.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::HashMap;
 use std::path::PathBuf;
 
-use candle_core::{DType, Device, Tensor, Var};
+use candle_core::{DType, Device, Tensor};
 use erc_train::encoders::resnet::{load_torchvision, Config, ResNet50};
 use erc_train::nn::ParamStore;
 
 mod common;
-use common::{backbone_fixture, check_all, io, rel_err};
+use common::{assert_parity, backbone_fixture, rel_err};
+use erc_train::selfcheck::parity;
 
 const PREFIX: &str = "visual";
 
@@ -41,115 +42,22 @@ fn load() -> (ParamStore, ResNet50) {
 
 #[test]
 fn resnet50_matches_torchvision_outputs_gradients_and_running_statistics() {
-    let io = io("resnet50-tiny");
-    let (store, model) = load();
-    let input = &io["input"];
-
-    // Eval mode: the checkpoint's running statistics.
-    let started = std::time::Instant::now();
-    let eval = model.forward(input, false).unwrap();
-    check_all(
-        "eval",
-        vec![("output_eval".into(), eval, io["output_eval"].clone())],
-        &BTreeSet::new(),
-    );
-
-    // Training mode: batch statistics, one forward + backward.
-    let x = Var::from_tensor(input).unwrap();
-    let stages = model.stages(x.as_tensor(), true).unwrap();
-    let output = stages
-        .last()
-        .unwrap()
-        .flatten_from(2)
-        .unwrap()
-        .mean(candle_core::D::Minus1)
-        .unwrap();
-    let loss = (&output * &io["R"]).unwrap().sum_all().unwrap();
-    let grads = loss.backward().unwrap();
-    println!(
-        "eval + training forward/backward: {:.0} ms",
-        started.elapsed().as_secs_f64() * 1e3
-    );
-
-    // the same output through `forward` (which the encoder uses) as through `stages`
-    let mut rows = vec![
-        (
-            "output_train".to_string(),
-            output.clone(),
-            io["output_train"].clone(),
-        ),
-        (
-            "loss".to_string(),
-            loss.reshape(1).unwrap(),
-            io["loss"].clone(),
-        ),
-    ];
-    assert_eq!(stages.len(), 5, "the stem's max-pool and four stages");
-    for (stage, activation) in ["maxpool", "layer1", "layer2", "layer3", "layer4"]
-        .iter()
-        .zip(&stages)
-    {
-        let name = format!("debug.train.{stage}");
-        rows.push((name.clone(), activation.clone(), io[&name].clone()));
-    }
-    check_all("training forward", rows, &BTreeSet::new());
-
-    // Gradients: the input's and every parameter's, and every parameter has one in the fixture.
-    let mut rows = vec![(
-        "grad.input".to_string(),
-        grads.get(x.as_tensor()).expect("input gradient").clone(),
-        io["grad.input"].clone(),
-    )];
-    let trainable: BTreeSet<String> = store
-        .trainable()
-        .into_iter()
-        .map(|(name, _)| name.strip_prefix("visual.").unwrap().to_string())
-        .collect();
-    let in_fixture: BTreeSet<String> = io
-        .keys()
-        .filter_map(|k| k.strip_prefix("grad."))
-        .filter(|k| *k != "input")
-        .map(str::to_string)
-        .collect();
+    let (store, _) = load();
+    assert_eq!(store.trainable().len(), 159); // 53 convolutions + 53 BatchNorms × (weight, bias)
+    let rows = parity::resnet50(&fixture().join(".."), &Device::Cpu).unwrap();
+    let count = |prefix: &str| rows.iter().filter(|r| r.name.starts_with(prefix)).count();
     assert_eq!(
-        trainable, in_fixture,
-        "parameters vs gradients in the fixture"
+        count("grad."),
+        160,
+        "the input's and every parameter's gradient"
     );
-    assert_eq!(trainable.len(), 159); // 53 convolutions + 53 BatchNorms × (weight, bias)
-    for name in &trainable {
-        let param = store.get(&format!("{PREFIX}.{name}")).unwrap();
-        let grad = grads
-            .get(&param)
-            .unwrap_or_else(|| panic!("no gradient for {name}"));
-        rows.push((
-            format!("grad.{name}"),
-            grad.clone(),
-            io[&format!("grad.{name}")].clone(),
-        ));
-    }
-    let worst = check_all("gradients", rows, &BTreeSet::new());
-    assert!(
-        worst > 0.0,
-        "gradients compare exactly equal: the test compares nothing"
+    assert_eq!(
+        count("running_after."),
+        2 * 53,
+        "every BatchNorm's running mean and variance"
     );
-
-    // Running statistics after that one training forward (PyTorch: unbiased variance, momentum 0.1).
-    let mut rows = Vec::new();
-    for key in io.keys().filter(|k| k.starts_with("running_after.")) {
-        let name = key.strip_prefix("running_after.").unwrap();
-        rows.push((
-            key.clone(),
-            store.get(&format!("{PREFIX}.{name}")).unwrap(),
-            io[key].clone(),
-        ));
-    }
-    rows.sort_by(|a, b| a.0.cmp(&b.0));
-    assert_eq!(rows.len(), 2 * 53);
-    check_all(
-        "running statistics after the training forward",
-        rows,
-        &BTreeSet::new(),
-    );
+    assert_eq!(count("debug.train."), 5, "the max-pool and the four stages");
+    assert_parity("resnet50-tiny vs torchvision", &rows);
 }
 
 /// The default configuration is torchvision's real ResNet-50: its parameter count (without `fc`) and names.

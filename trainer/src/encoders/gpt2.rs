@@ -27,7 +27,7 @@ use candle_core::{DType, Device, Tensor};
 use candle_nn::{VarBuilder, VarMap};
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 use crate::encoders::hub;
 use crate::error::{Error, Result};
@@ -49,7 +49,7 @@ fn default_true() -> bool {
 }
 
 /// The checkpoint's own `config.json` (HF `GPT2Config`); keys not listed are ignored.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Config {
     pub vocab_size: usize,
     pub n_positions: usize,

@@ -34,7 +34,7 @@ use candle_nn::{VarBuilder, VarMap};
 use rand::seq::index::sample;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 use crate::encoders::hub;
 use crate::error::{Error, Result};
@@ -68,7 +68,7 @@ fn d_two() -> usize {
 }
 
 /// The checkpoint's own `config.json` (HF `Wav2Vec2Config`); keys not listed are ignored.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Config {
     pub hidden_size: usize,
     pub num_hidden_layers: usize,

@@ -44,6 +44,14 @@ impl std::str::FromStr for DeviceSpec {
     }
 }
 
+/// Matrix products in TF32 on tensor cores (`precision: tf32`) or in IEEE fp32 on a GPU: a process-wide cuBLAS
+/// setting, nothing on the CPU.
+pub fn set_tf32(device: &Device, on: bool) {
+    if device.is_cuda() {
+        candle_core::cuda::set_gemm_reduced_precision_f32(on);
+    }
+}
+
 /// The fix every CUDA library problem shares.
 const LIBRARY_PATH: &str =
     "point LD_LIBRARY_PATH at the CUDA 13 libraries (a PyTorch/nvidia-* pip environment's \

@@ -388,7 +388,7 @@ pub fn train(prepared: Prepared, options: &TrainOptions) -> Result<(PathBuf, Sum
         batch_size,
         epochs,
     );
-    set_precision(config.precision, device);
+    super::device::set_tf32(device, config.precision == Precision::Tf32);
     let model = prepared.build_model(device, seed)?;
     if device.is_cuda() {
         // the device's generator draws the dropout masks of a GPU run
@@ -662,13 +662,6 @@ pub fn train(prepared: Prepared, options: &TrainOptions) -> Result<(PathBuf, Sum
     };
     run.write_summary(&summary, &state.records)?;
     Ok((run.path.clone(), summary))
-}
-
-/// Matrix products in TF32 for `tf32` on a GPU (fp32 otherwise); a process-wide cuBLAS setting.
-fn set_precision(precision: Precision, device: &Device) {
-    if device.is_cuda() {
-        candle_core::cuda::set_gemm_reduced_precision_f32(precision == Precision::Tf32);
-    }
 }
 
 /// An out-of-memory error of a step, told in the user's terms: the config, the batch size, what the

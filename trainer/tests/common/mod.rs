@@ -5,10 +5,8 @@
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
-use candle_core::{DType, Device, Tensor};
-
-/// Norm-wise relative error every parity check must stay within (fixtures/backbones/README.md).
-pub const TOL: f64 = 1e-4;
+use candle_core::{Device, Tensor};
+use erc_train::selfcheck::parity;
 
 /// `trainer/tests/fixtures/backbones/<name>` (a tiny checkpoint folder, or a fixture file).
 pub fn backbone_fixture(name: &str) -> PathBuf {
@@ -23,70 +21,32 @@ pub fn io(model: &str) -> HashMap<String, Tensor> {
         .unwrap()
 }
 
-/// ‖a − b‖₂ / ‖b‖₂ in f64; `b` must not be all zeros (those gradients are checked by norm instead).
+/// ‖a − b‖₂ / ‖b‖₂ in f64 (the parity metric of `erc_train::selfcheck::parity`).
 pub fn rel_err(a: &Tensor, b: &Tensor) -> f64 {
-    assert_eq!(a.dims(), b.dims(), "shapes differ");
-    let values = |t: &Tensor| -> Vec<f64> {
-        t.to_dtype(DType::F64)
-            .unwrap()
-            .flatten_all()
-            .unwrap()
-            .to_vec1()
-            .unwrap()
-    };
-    let (a, b) = (values(a), values(b));
-    let diff = a
-        .iter()
-        .zip(&b)
-        .map(|(x, y)| (x - y) * (x - y))
-        .sum::<f64>()
-        .sqrt();
-    let norm = b.iter().map(|y| y * y).sum::<f64>().sqrt();
-    assert!(norm > 0.0, "reference tensor is all zeros");
-    diff / norm
+    parity::rel_err(a, b).expect("comparable tensors")
 }
 
 /// ‖a‖₂ in f64.
 pub fn norm(a: &Tensor) -> f64 {
-    a.to_dtype(DType::F64)
-        .unwrap()
-        .sqr()
-        .unwrap()
-        .sum_all()
-        .unwrap()
-        .to_scalar::<f64>()
-        .unwrap()
-        .sqrt()
+    parity::norm(a).expect("an f32 tensor")
 }
 
-/// Checks every (name, rust, reference) against [`TOL`] and prints a table; names in `absolute` are gradients
-/// that are zero mathematically (fp32 stores rounding noise), checked as ‖rust‖₂ ≤ 1e-6 instead. Panics listing
-/// every failure; returns the worst relative error.
-pub fn check_all(
-    title: &str,
-    rows: Vec<(String, Tensor, Tensor)>,
-    absolute: &std::collections::BTreeSet<String>,
-) -> f64 {
-    let mut failures = Vec::new();
-    let mut worst: f64 = 0.0;
+/// Prints a parity check's rows and fails the test listing every tensor over the limit; returns the worst error.
+pub fn assert_parity(title: &str, rows: &[parity::Compared]) -> f64 {
     println!("{title}");
-    for (name, ours, reference) in rows {
-        if absolute.contains(&name) {
-            let n = norm(&ours);
-            println!("  {name:<70} |rust| {n:.2e} (analytically zero)");
-            if n > 1e-6 {
-                failures.push(format!("{name}: |rust| = {n:.3e} > 1e-6"));
-            }
-            continue;
-        }
-        let e = rel_err(&ours, &reference);
-        worst = worst.max(e);
-        println!("  {name:<70} rel err {e:.2e}");
-        if e.is_nan() || e > TOL {
-            failures.push(format!("{name}: relative error {e:.3e} > {TOL:e}"));
-        }
+    for r in rows {
+        let what = if r.zero {
+            "|rust| (analytically zero)"
+        } else {
+            "rel err"
+        };
+        println!("  {:<70} {what} {:.2e}", r.name, r.error);
     }
+    let worst = parity::verdict(rows).unwrap_or_else(|failures| panic!("{title}:\n{failures}"));
     println!("  worst relative error {worst:.2e}");
-    assert!(failures.is_empty(), "{title}:\n{}", failures.join("\n"));
+    assert!(
+        worst > 0.0,
+        "{title}: every tensor compares exactly equal: the check compares nothing"
+    );
     worst
 }
