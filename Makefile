@@ -12,7 +12,7 @@ DEMO_DIALOGUES ?= 24
 DEMO_SEED      ?= 7
 DEMO_CONFIG    ?= configs/demo-glove-waveform.yml
 
-.PHONY: all build test test-generic demo bench glove models cuda reproduce-table4 clean fmt lint help
+.PHONY: all build test test-generic demo bench glove models cuda gpu-data gpu-bundle gpu-rehearse reproduce-table4 clean fmt lint help
 
 all: build
 
@@ -27,6 +27,8 @@ help:
 	@echo "make cuda    - build erc-train for CUDA (CUDA_COMPUTE_CAP=90) into target-cuda/, with a CUDA 13.0 toolchain in .cuda/"
 	@echo "make reproduce-table4 DATA=data [OUT=runs/table4] [DEVICE=cpu|cuda] [ROWS=01-04,24] [DRY_RUN=1]"
 	@echo "              - the report's 30 experiments (resumable), our numbers beside the paper's in OUT/table4.md"
+	@echo "make gpu-bundle - what scripts/gpu-check.sh needs on a GPU machine, into gpu/ (CUDA binary, small dataset)"
+	@echo "make gpu-rehearse - scripts/gpu-check.sh on the CPU with small sizes (needs torch in .venv)"
 	@echo "make clean   - remove build outputs and generated data"
 
 build:
@@ -97,6 +99,24 @@ cuda:
 	CARGO_PROFILE_RELEASE_DEBUG=false CARGO_PROFILE_RELEASE_STRIP=$(CUDA_STRIP) \
 		$(CARGO) build --release -p erc-train --features cuda --bin erc-train
 	@echo "make cuda: $(CUDA_TARGET_DIR)/release/erc-train (sm_$(CUDA_COMPUTE_CAP))"
+
+# The GPU check (scripts/gpu-check.sh) runs on a machine without Rust or network: everything is built here into
+# gpu/ (git-ignored, carried): the CUDA binary gzipped (63 MB → ~17 MB), a small extracted synth dataset, and GloVe
+# vectors for its words.
+gpu-data: build
+	rm -rf gpu/work && mkdir -p gpu
+	$(BIN)/meld-etl synth --out gpu/work/MELD.Raw --dialogues 16 --seed 11 --durations 1-2 >/dev/null
+	$(BIN)/meld-etl extract --raw gpu/work/MELD.Raw --out gpu/work/data >/dev/null
+	tar -czf gpu/data.tar.gz -C gpu/work data
+	$(PYTHON) scripts/glove-for-data.py gpu/work/data gpu/glove.txt
+	rm -rf gpu/work
+
+gpu-bundle: cuda gpu-data
+	gzip -9 -c $(CUDA_BIN)/erc-train > gpu/erc-train.gz
+	@du -sh gpu/*
+
+gpu-rehearse: gpu-data
+	bash scripts/gpu-check.sh --rehearse gpu-results
 
 # The report's Table 4: every row (or ROWS) on DATA, resumable (rerun the same command after an interruption).
 # DEVICE=cuda uses the CUDA build (make cuda); extra erc-train table4 flags go in TABLE4_FLAGS
