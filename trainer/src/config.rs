@@ -371,6 +371,29 @@ pub struct Config {
     pub visual_model: Option<String>,
 }
 
+/// Where the pretrained backbones come from, when the command line says (`--text-model`, `--audio-model`,
+/// `--visual-model`): each set one wins over the config's key.
+#[derive(Debug, Clone, Default)]
+pub struct ModelSources {
+    pub text: Option<String>,
+    pub audio: Option<String>,
+    pub visual: Option<String>,
+}
+
+impl ModelSources {
+    pub fn apply(&self, config: &mut Config) {
+        if self.text.is_some() {
+            config.text_model = self.text.clone();
+        }
+        if self.audio.is_some() {
+            config.audio_model = self.audio.clone();
+        }
+        if self.visual.is_some() {
+            config.visual_model = self.visual.clone();
+        }
+    }
+}
+
 /// Defaults for our keys when neither the config nor the command line sets them.
 pub const DEFAULT_EPOCHS: usize = 10;
 pub const DEFAULT_BATCH_SIZE: usize = 64;

@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Context, Result};
 use candle_core::Device;
 use clap::{Args, Parser, Subcommand, ValueEnum};
-use erc_train::config::{Config, Precision};
+use erc_train::config::{Config, ModelSources, Precision};
 use erc_train::train::device::DeviceSpec;
 use erc_train::train::losses::Loss;
 use erc_train::train::report::RunFolder;
@@ -135,16 +135,16 @@ struct ModelArgs {
 }
 
 impl ModelArgs {
+    fn sources(&self) -> ModelSources {
+        ModelSources {
+            text: self.text_model.clone(),
+            audio: self.audio_model.clone(),
+            visual: self.visual_model.clone(),
+        }
+    }
+
     fn apply(&self, config: &mut Config) {
-        if self.text_model.is_some() {
-            config.text_model = self.text_model.clone();
-        }
-        if self.audio_model.is_some() {
-            config.audio_model = self.audio_model.clone();
-        }
-        if self.visual_model.is_some() {
-            config.visual_model = self.visual_model.clone();
-        }
+        self.sources().apply(config);
     }
 }
 
@@ -433,9 +433,7 @@ fn table4(args: Table4Args) -> Result<()> {
         corrected: args.corrected,
         smoke: args.smoke,
         glove: args.glove,
-        text_model: args.models.text_model,
-        audio_model: args.models.audio_model,
-        visual_model: args.models.visual_model,
+        models: args.models.sources(),
         progress: std::io::stderr().is_terminal(),
     };
     let report = erc_train::table4::run(&options)?;

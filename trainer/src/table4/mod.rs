@@ -24,7 +24,9 @@ use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
 
 use self::paper::{PaperRow, Scores};
 use self::render::{Outcome, Results, RowResult};
-use crate::config::{AttentionScope, AudioInput, ClassifierLoss, Config, LoadedConfig, VisualCrop};
+use crate::config::{
+    AttentionScope, AudioInput, ClassifierLoss, Config, LoadedConfig, ModelSources, VisualCrop,
+};
 use crate::data::Loader;
 use crate::error::{Error, Result};
 use crate::nn::Ctx;
@@ -55,9 +57,7 @@ pub struct Table4Options {
     /// batch of rows, no warm-up), one epoch.
     pub smoke: bool,
     pub glove: Option<PathBuf>,
-    pub text_model: Option<String>,
-    pub audio_model: Option<String>,
-    pub visual_model: Option<String>,
+    pub models: ModelSources,
     pub progress: bool,
 }
 
@@ -117,15 +117,7 @@ pub fn row_config(row: &PaperRow, variant: Variant, opts: &Table4Options) -> Res
     if opts.epochs.is_some() {
         config.epochs = opts.epochs;
     }
-    if opts.text_model.is_some() {
-        config.text_model = opts.text_model.clone();
-    }
-    if opts.audio_model.is_some() {
-        config.audio_model = opts.audio_model.clone();
-    }
-    if opts.visual_model.is_some() {
-        config.visual_model = opts.visual_model.clone();
-    }
+    opts.models.apply(&mut config);
     if variant == Variant::Corrected {
         config.visual_crop = VisualCrop::Full;
         config.attention_scope = AttentionScope::Sample;
