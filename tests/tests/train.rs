@@ -305,6 +305,23 @@ fn check_describes_the_run_and_names_missing_models_and_media() {
     );
     let stdout = String::from_utf8_lossy(&output.stdout);
     let pretrained = format!("gpt2     pretrained weights from {}", gpt2_tiny().display());
+    // --device cuda on this CPU build: one line naming the cause and the fix, no panic.
+    let output = Command::new(meld_erc_tests::bin_dir().join("erc-train"))
+        .args(["--device", "cuda", "--config"])
+        .arg(repo().join("configs/t-um-glove.yml"))
+        .arg("--data")
+        .arg(&ds.data)
+        .env("RUST_BACKTRACE", "1")
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    let errors: Vec<&str> = stderr.lines().filter(|l| !l.contains(" INFO ")).collect();
+    assert_eq!(errors.len(), 1, "{stderr}");
+    assert!(
+        errors[0].contains("built without CUDA") && errors[0].contains("make cuda"),
+        "{stderr}"
+    );
     // The reference's audio input on the default 16 kHz mono WAVs: refused, with the extraction that fits.
     let reference_audio = ds.dir.path().join("reference-audio.yml");
     std::fs::write(

@@ -246,7 +246,19 @@ fn progress() -> Progress {
     }
 }
 
-fn main() -> Result<()> {
+/// Errors end the process with their message and its causes on one line (exit status 1), whatever
+/// RUST_BACKTRACE says: a user is told the cause and the fix, not a backtrace.
+fn main() -> std::process::ExitCode {
+    match run() {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("Error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+fn run() -> Result<()> {
     erc_train::init_cpu_threads();
     tracing_subscriber::fmt()
         .with_env_filter(
