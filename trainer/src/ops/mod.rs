@@ -39,6 +39,7 @@ pub mod batch_norm;
 pub mod concat_l2;
 pub mod conv1d;
 pub mod conv2d;
+pub mod cuda;
 pub mod dropout;
 pub mod gelu;
 pub mod group_norm;
