@@ -61,6 +61,10 @@ mod device {
         pub ptx: &'static str,
     }
 
+    pub const SOFTMAX_DROPOUT: Module = Module {
+        name: "erc_train_softmax_dropout",
+        ptx: ptx::SOFTMAX_DROPOUT,
+    };
     pub const GELU: Module = Module {
         name: "erc_train_gelu",
         ptx: ptx::GELU,
