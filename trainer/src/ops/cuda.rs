@@ -25,6 +25,9 @@ pub const COLS: u32 = 32;
 /// Most blocks an elementwise (grid-stride) launch uses: enough to fill an H100/H200 several times over.
 pub const MAX_GRID: u32 = 4096;
 
+/// Rows per block of the LayerNorm γ/β partial sums (`layer_norm_bwd_partials`).
+pub const LAYER_NORM_ROWS: u32 = 256;
+
 /// `n` as a kernel's `unsigned` parameter, or an error naming `op` for tensors beyond 2³² − 1.
 pub fn to_u32(n: usize, op: &str) -> candle_core::Result<u32> {
     u32::try_from(n)
@@ -34,6 +37,23 @@ pub fn to_u32(n: usize, op: &str) -> candle_core::Result<u32> {
 /// Grid of a grid-stride elementwise kernel over `n` values (at least one block).
 pub fn elementwise(n: usize) -> u32 {
     n.div_ceil(BLOCK as usize).clamp(1, MAX_GRID as usize) as u32
+}
+
+/// Grid of a kernel with one thread per item (`n` channels, classes, …).
+pub fn per_thread(n: usize) -> candle_core::Result<u32> {
+    to_u32(n.div_ceil(BLOCK as usize).max(1), "per-thread launch")
+}
+
+/// How many chunks of `chunk` cover `count` values (at least one).
+pub fn chunks(count: usize, chunk: u32) -> candle_core::Result<u32> {
+    to_u32(count.div_ceil(chunk as usize).max(1), "chunked launch")
+}
+
+/// LayerNorm's γ/β partial-sum launch over `rows` rows of `d`: (grid, chunks) with grid = ⌈d/COLS⌉ · chunks.
+pub fn layer_norm_partials(rows: usize, d: usize) -> candle_core::Result<(u32, u32)> {
+    let chunks = chunks(rows, LAYER_NORM_ROWS)?;
+    let grid = d.div_ceil(COLS as usize) * chunks as usize;
+    Ok((to_u32(grid, "layer norm")?, chunks))
 }
 
 #[cfg(feature = "cuda")]
@@ -64,6 +84,10 @@ mod device {
     pub const SOFTMAX_DROPOUT: Module = Module {
         name: "erc_train_softmax_dropout",
         ptx: ptx::SOFTMAX_DROPOUT,
+    };
+    pub const LAYER_NORM: Module = Module {
+        name: "erc_train_layer_norm",
+        ptx: ptx::LAYER_NORM,
     };
     pub const GELU: Module = Module {
         name: "erc_train_gelu",
