@@ -28,6 +28,9 @@ pub const MAX_GRID: u32 = 4096;
 /// Rows per block of the LayerNorm γ/β partial sums (`layer_norm_bwd_partials`).
 pub const LAYER_NORM_ROWS: u32 = 256;
 
+/// Time steps per block of the GroupNorm partial sums (`gn_partials`, `gn_bwd_partials`).
+pub const GROUP_NORM_STEPS: u32 = 256;
+
 /// `n` as a kernel's `unsigned` parameter, or an error naming `op` for tensors beyond 2³² − 1.
 pub fn to_u32(n: usize, op: &str) -> candle_core::Result<u32> {
     u32::try_from(n)
@@ -56,6 +59,13 @@ pub fn layer_norm_partials(rows: usize, d: usize) -> candle_core::Result<(u32, u
     Ok((to_u32(grid, "layer norm")?, chunks))
 }
 
+/// GroupNorm's partial-sum launch over x (B, T, C): (grid, chunks) with grid = B · ⌈C/COLS⌉ · chunks.
+pub fn group_norm_partials(b: usize, t: usize, c: usize) -> candle_core::Result<(u32, u32)> {
+    let chunks = chunks(t, GROUP_NORM_STEPS)?;
+    let grid = b * c.div_ceil(COLS as usize) * chunks as usize;
+    Ok((to_u32(grid, "group norm")?, chunks))
+}
+
 #[cfg(feature = "cuda")]
 pub use device::*;
 
@@ -65,7 +75,7 @@ mod device {
         CudaSlice, CudaView, DeviceRepr, LaunchConfig,
     };
     use candle_core::cuda_backend::CudaDevice;
-    use candle_core::{bail, CudaStorage, Layout, Result};
+    use candle_core::{bail, CudaStorage, Layout, Result, Storage, Tensor};
 
     use super::BLOCK;
 
@@ -92,6 +102,10 @@ mod device {
     pub const GELU: Module = Module {
         name: "erc_train_gelu",
         ptx: ptx::GELU,
+    };
+    pub const GROUP_NORM: Module = Module {
+        name: "erc_train_group_norm",
+        ptx: ptx::GROUP_NORM,
     };
 
     /// `grid` blocks of [`BLOCK`] threads, no dynamic shared memory (the kernels' shared arrays are static).
@@ -132,6 +146,21 @@ mod device {
             bail!("{op} expects a contiguous tensor")
         };
         Ok(storage.as_cuda_slice::<f32>()?.slice(start..end))
+    }
+
+    /// Runs `f` on the f32 values of a CUDA tensor that an op carries beside its inputs (targets, class weights,
+    /// running statistics: data without a gradient), made contiguous first.
+    pub fn with_tensor<R>(
+        t: &Tensor,
+        op: &str,
+        f: impl FnOnce(CudaView<'_, f32>) -> Result<R>,
+    ) -> Result<R> {
+        let t = t.contiguous()?;
+        let (storage, layout) = t.storage_and_layout();
+        match &*storage {
+            Storage::Cuda(s) => f(input(s, layout, op)?),
+            _ => bail!("{op} expects a CUDA tensor"),
+        }
     }
 
     /// An uninitialised device buffer of `n` values, for a kernel to write in full.
