@@ -31,6 +31,9 @@ pub const LAYER_NORM_ROWS: u32 = 256;
 /// Time steps per block of the GroupNorm partial sums (`gn_partials`, `gn_bwd_partials`).
 pub const GROUP_NORM_STEPS: u32 = 256;
 
+/// Values of one channel per block of the BatchNorm partial sums (`bn_*_partials`).
+pub const BATCH_NORM_CHUNK: u32 = 16 * BLOCK;
+
 /// `n` as a kernel's `unsigned` parameter, or an error naming `op` for tensors beyond 2³² − 1.
 pub fn to_u32(n: usize, op: &str) -> candle_core::Result<u32> {
     u32::try_from(n)
@@ -64,6 +67,13 @@ pub fn group_norm_partials(b: usize, t: usize, c: usize) -> candle_core::Result<
     let chunks = chunks(t, GROUP_NORM_STEPS)?;
     let grid = b * c.div_ceil(COLS as usize) * chunks as usize;
     Ok((to_u32(grid, "group norm")?, chunks))
+}
+
+/// BatchNorm's partial-sum launch over x (N, C, H, W): (grid, chunks) with grid = C · chunks, chunks covering
+/// the N·H·W values of a channel.
+pub fn batch_norm_partials(n: usize, c: usize, hw: usize) -> candle_core::Result<(u32, u32)> {
+    let chunks = chunks(n * hw, BATCH_NORM_CHUNK)?;
+    Ok((to_u32(c * chunks as usize, "batch norm")?, chunks))
 }
 
 #[cfg(feature = "cuda")]
@@ -106,6 +116,10 @@ mod device {
     pub const GROUP_NORM: Module = Module {
         name: "erc_train_group_norm",
         ptx: ptx::GROUP_NORM,
+    };
+    pub const BATCH_NORM: Module = Module {
+        name: "erc_train_batch_norm",
+        ptx: ptx::BATCH_NORM,
     };
 
     /// `grid` blocks of [`BLOCK`] threads, no dynamic shared memory (the kernels' shared arrays are static).
