@@ -121,6 +121,10 @@ mod device {
         name: "erc_train_batch_norm",
         ptx: ptx::BATCH_NORM,
     };
+    pub const LOSS: Module = Module {
+        name: "erc_train_loss",
+        ptx: ptx::LOSS,
+    };
 
     /// `grid` blocks of [`BLOCK`] threads, no dynamic shared memory (the kernels' shared arrays are static).
     pub fn config(grid: u32) -> LaunchConfig {
