@@ -58,7 +58,12 @@ pub fn batch_norm(x: &Tensor, t: &BatchNormTensors<'_>, train: bool, relu: bool)
 }
 
 /// candle's own layer over the same variables (values and running statistics checked against PyTorch).
-fn generic(x: &Tensor, t: &BatchNormTensors<'_>, train: bool, relu: bool) -> Result<Tensor> {
+pub(crate) fn generic(
+    x: &Tensor,
+    t: &BatchNormTensors<'_>,
+    train: bool,
+    relu: bool,
+) -> Result<Tensor> {
     let layer = candle_nn::BatchNorm::new_with_momentum(
         t.weight.elem_count(),
         t.running_mean.as_tensor().clone(),
@@ -73,7 +78,12 @@ fn generic(x: &Tensor, t: &BatchNormTensors<'_>, train: bool, relu: bool) -> Res
 }
 
 /// The CPU kernel.
-fn fused(x: &Tensor, t: &BatchNormTensors<'_>, train: bool, relu: bool) -> Result<Tensor> {
+pub(crate) fn fused(
+    x: &Tensor,
+    t: &BatchNormTensors<'_>,
+    train: bool,
+    relu: bool,
+) -> Result<Tensor> {
     let stats = if train {
         None
     } else {

@@ -253,6 +253,11 @@ pub fn gelu_tanh(x: &Tensor) -> Result<Tensor> {
     }
 }
 
+/// The kernel op (CPU or CUDA body by x's device); `tanh` picks the form.
+pub(crate) fn kernel(x: &Tensor, tanh: bool) -> Result<Tensor> {
+    fused(x, if tanh { Form::Tanh } else { Form::Erf })
+}
+
 fn fused(x: &Tensor, form: Form) -> Result<Tensor> {
     Ok(x.contiguous()?.apply_op1(Gelu(form))?)
 }

@@ -447,7 +447,13 @@ pub fn group_norm_per_channel(
     }
 }
 
-fn generic(x: &Tensor, gamma: &Tensor, beta: &Tensor, eps: f64, gelu: bool) -> Result<Tensor> {
+pub(crate) fn generic(
+    x: &Tensor,
+    gamma: &Tensor,
+    beta: &Tensor,
+    eps: f64,
+    gelu: bool,
+) -> Result<Tensor> {
     let c = gamma.elem_count();
     let norm = candle_nn::GroupNorm::new(gamma.clone(), beta.clone(), c, c, eps)?;
     let y = candle_core::Module::forward(&norm, &x.transpose(1, 2)?.contiguous()?)?;
@@ -456,7 +462,13 @@ fn generic(x: &Tensor, gamma: &Tensor, beta: &Tensor, eps: f64, gelu: bool) -> R
 }
 
 /// The kernel op: its CPU body on a CPU tensor, its CUDA body on a GPU.
-fn fused(x: &Tensor, gamma: &Tensor, beta: &Tensor, eps: f64, gelu: bool) -> Result<Tensor> {
+pub(crate) fn fused(
+    x: &Tensor,
+    gamma: &Tensor,
+    beta: &Tensor,
+    eps: f64,
+    gelu: bool,
+) -> Result<Tensor> {
     let op = GroupNormOp {
         eps,
         gelu,

@@ -300,12 +300,12 @@ pub fn layer_norm(x: &Tensor, gamma: &Tensor, beta: &Tensor, eps: f64) -> Result
 }
 
 /// The composed version (candle's `layer_norm_slow`, whose backward is right).
-fn generic(x: &Tensor, gamma: &Tensor, beta: &Tensor, eps: f64) -> Result<Tensor> {
+pub(crate) fn generic(x: &Tensor, gamma: &Tensor, beta: &Tensor, eps: f64) -> Result<Tensor> {
     Ok(candle_nn::ops::layer_norm_slow(x, gamma, beta, eps as f32)?)
 }
 
 /// The kernel op: its CPU body on a CPU tensor, its CUDA body on a GPU.
-fn fused(x: &Tensor, gamma: &Tensor, beta: &Tensor, eps: f64) -> Result<Tensor> {
+pub(crate) fn fused(x: &Tensor, gamma: &Tensor, beta: &Tensor, eps: f64) -> Result<Tensor> {
     let op = LayerNormOp {
         eps,
         stats: Mutex::new(Vec::new()),

@@ -30,7 +30,7 @@ pub fn cross_entropy(x: &Tensor, y: &Tensor) -> Result<Tensor> {
     }
 }
 
-fn generic_cross_entropy(x: &Tensor, y: &Tensor) -> Result<Tensor> {
+pub(crate) fn generic_cross_entropy(x: &Tensor, y: &Tensor) -> Result<Tensor> {
     let log_p = candle_nn::ops::log_softmax(x, D::Minus1)?;
     Ok((y * log_p)?.sum(D::Minus1)?.mean_all()?.neg()?)
 }
@@ -45,7 +45,7 @@ pub fn dice(probs: &Tensor, y: &Tensor, eps: f64) -> Result<Tensor> {
     }
 }
 
-fn generic_dice(probs: &Tensor, y: &Tensor, eps: f64) -> Result<Tensor> {
+pub(crate) fn generic_dice(probs: &Tensor, y: &Tensor, eps: f64) -> Result<Tensor> {
     let tp = (probs * y)?.sum(0)?;
     let fp = (probs * y.affine(-1.0, 1.0)?)?.sum(0)?;
     let fneg = (probs.affine(-1.0, 1.0)? * y)?.sum(0)?;
@@ -72,7 +72,7 @@ pub fn focal(
     }
 }
 
-fn generic_focal(
+pub(crate) fn generic_focal(
     probs: &Tensor,
     y: &Tensor,
     alpha: &Tensor,
@@ -141,7 +141,7 @@ fn scalar(value: f64) -> (CpuStorage, Shape) {
 }
 
 /// The CPU kernel of [`cross_entropy`].
-fn fused_cross_entropy(x: &Tensor, y: &Tensor) -> Result<Tensor> {
+pub(crate) fn fused_cross_entropy(x: &Tensor, y: &Tensor) -> Result<Tensor> {
     let classes = x.dim(D::Minus1)?;
     Ok(x.contiguous()?.apply_op1(CrossEntropyOp {
         y: targets(y, x)?,
@@ -258,7 +258,7 @@ impl CustomOp1 for CrossEntropyOp {
 }
 
 /// The CPU kernel of [`dice`].
-fn fused_dice(probs: &Tensor, y: &Tensor, eps: f64) -> Result<Tensor> {
+pub(crate) fn fused_dice(probs: &Tensor, y: &Tensor, eps: f64) -> Result<Tensor> {
     let classes = probs.dim(D::Minus1)?;
     Ok(probs.contiguous()?.apply_op1(DiceOp {
         y: targets(y, probs)?,
@@ -369,7 +369,7 @@ impl CustomOp1 for DiceOp {
 }
 
 /// The CPU kernel of [`focal`].
-fn fused_focal(
+pub(crate) fn fused_focal(
     probs: &Tensor,
     y: &Tensor,
     alpha: &Tensor,

@@ -36,6 +36,7 @@ use candle_core::{CpuStorage, DType, Layout, Shape, Tensor};
 
 pub mod adamw;
 pub mod batch_norm;
+pub mod check;
 pub mod concat_l2;
 pub mod conv1d;
 pub mod conv2d;

@@ -355,6 +355,25 @@ pub fn softmax_dropout(x: &Tensor, p: f64, train: bool, rng: &Mutex<ChaCha8Rng>)
     }
 }
 
+/// dropout(softmax(x)) with a given mask (`None`: softmax alone) on the body [`Kernel::select`] picks for x: what
+/// [`softmax_dropout`] runs once its mask is drawn. The device check passes the same mask to every body.
+pub(crate) fn with_mask(x: &Tensor, mask: Option<Mask>) -> Result<Tensor> {
+    match Kernel::select(x, true) {
+        Kernel::Cpu if x.rank() > 0 => cpu_kernel(x, mask.map(Mask::into_host).transpose()?),
+        Kernel::Cuda if x.rank() > 0 => cuda(x, mask),
+        _ => generic_with_mask(x, mask),
+    }
+}
+
+/// The composed version with a given mask: softmax, then the product with the mask.
+pub(crate) fn generic_with_mask(x: &Tensor, mask: Option<Mask>) -> Result<Tensor> {
+    let y = super::softmax::generic(x)?;
+    Ok(match mask {
+        Some(mask) => (&y * mask.into_tensor(y.shape(), y.device(), y.dtype())?)?,
+        None => y,
+    })
+}
+
 fn generic(x: &Tensor, p: f64, train: bool, rng: &Mutex<ChaCha8Rng>) -> Result<Tensor> {
     let y = super::softmax::generic(x)?;
     dropout_shared(&y, p, train, rng)
@@ -375,7 +394,7 @@ fn fused(x: &Tensor, p: f64, train: bool, rng: &Mutex<ChaCha8Rng>) -> Result<Ten
 }
 
 /// The CPU kernel with a host mask.
-fn cpu_kernel(x: &Tensor, mask: Option<Vec<f32>>) -> Result<Tensor> {
+pub(crate) fn cpu_kernel(x: &Tensor, mask: Option<Vec<f32>>) -> Result<Tensor> {
     let op = SoftmaxDropout {
         mask,
         probs: Mutex::new(Vec::new()),
