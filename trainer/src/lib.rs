@@ -14,8 +14,6 @@
 //! kernel, a CUDA kernel, or composed candle ops): no code outside `ops/` chooses a kernel.
 
 pub mod config;
-#[cfg(feature = "cuda")]
-pub mod cuda_smoke;
 pub mod data;
 pub mod encoders;
 pub mod error;

@@ -11,6 +11,12 @@
 //! add as many again; on the CPU a ResNet-50 step spent a large share of its time there. Here the whole forward is
 //! two passes over x and the backward two passes over (x, ∂L/∂y), as a candle custom op with its own gradient for
 //! x, γ and β. Generic: `candle_nn::BatchNorm` over the same variables.
+//!
+//! CUDA (`kernels/batch_norm.cu`): the same op's `cuda_fwd` returns one packed buffer — y, then per channel the
+//! mean, variance and 1/√(σ² + eps) it normalised with — narrowed here into y and the statistics; in training the
+//! running statistics move by tensor ops on the device (nothing comes back to the host). The backward is a second
+//! op that reads x, that packed output and ∂L/∂y (no state kept between the passes) and returns
+//! `[∂x | ∂γ | ∂β]` packed. Channel sums run in deterministic stages (partials per chunk, then per channel).
 
 use std::sync::{Arc, Mutex};
 
@@ -44,14 +50,20 @@ pub fn batch_norm(x: &Tensor, t: &BatchNormTensors<'_>, train: bool, relu: bool)
             x.dims()
         )));
     }
-    match Kernel::select(x, false) {
+    match Kernel::select(x, true) {
         Kernel::Generic => generic(x, t, train, relu),
-        _ => fused(x, t, train, relu),
+        Kernel::Cuda => cuda(x, t, train, relu),
+        Kernel::Cpu => fused(x, t, train, relu),
     }
 }
 
 /// candle's own layer over the same variables (values and running statistics checked against PyTorch).
-fn generic(x: &Tensor, t: &BatchNormTensors<'_>, train: bool, relu: bool) -> Result<Tensor> {
+pub(crate) fn generic(
+    x: &Tensor,
+    t: &BatchNormTensors<'_>,
+    train: bool,
+    relu: bool,
+) -> Result<Tensor> {
     let layer = candle_nn::BatchNorm::new_with_momentum(
         t.weight.elem_count(),
         t.running_mean.as_tensor().clone(),
@@ -65,7 +77,13 @@ fn generic(x: &Tensor, t: &BatchNormTensors<'_>, train: bool, relu: bool) -> Res
     Ok(if relu { y.relu()? } else { y })
 }
 
-fn fused(x: &Tensor, t: &BatchNormTensors<'_>, train: bool, relu: bool) -> Result<Tensor> {
+/// The CPU kernel.
+pub(crate) fn fused(
+    x: &Tensor,
+    t: &BatchNormTensors<'_>,
+    train: bool,
+    relu: bool,
+) -> Result<Tensor> {
     let stats = if train {
         None
     } else {
@@ -86,6 +104,7 @@ fn fused(x: &Tensor, t: &BatchNormTensors<'_>, train: bool, relu: bool) -> Resul
         train,
         relu,
         stats: Arc::new(Mutex::new(stats)),
+        running: None,
     };
     let stats = op.stats.clone();
     let y = x
@@ -102,6 +121,61 @@ fn fused(x: &Tensor, t: &BatchNormTensors<'_>, train: bool, relu: bool) -> Resul
         update_running(t, stats, n * h * w)?;
     }
     Ok(y)
+}
+
+/// The CUDA kernel: the op's packed output narrowed into y and, in training, the batch statistics that move the
+/// running ones (tensor ops on the device).
+fn cuda(x: &Tensor, t: &BatchNormTensors<'_>, train: bool, relu: bool) -> Result<Tensor> {
+    let (n, c, h, w) = x.dims4()?;
+    let running = if train {
+        None
+    } else {
+        Some((
+            t.running_mean.as_detached_tensor().contiguous()?,
+            t.running_var.as_detached_tensor().contiguous()?,
+        ))
+    };
+    let op = BatchNormOp {
+        train,
+        relu,
+        stats: Arc::new(Mutex::new(None)),
+        running,
+    };
+    let packed = x
+        .contiguous()?
+        .apply_op3(&t.weight.contiguous()?, &t.bias.contiguous()?, op)?;
+    let len = x.elem_count();
+    if train {
+        let stats = packed.narrow(0, len, 2 * c)?.detach();
+        update_running_on_device(
+            t,
+            &stats.narrow(0, 0, c)?,
+            &stats.narrow(0, c, c)?,
+            n * h * w,
+        )?;
+    }
+    Ok(packed.narrow(0, 0, len)?.reshape((n, c, h, w))?)
+}
+
+/// [`update_running`] from the batch mean and biased variance as device tensors (C).
+fn update_running_on_device(
+    t: &BatchNormTensors<'_>,
+    mean: &Tensor,
+    var: &Tensor,
+    count: usize,
+) -> Result<()> {
+    let unbias = if count > 1 {
+        count as f64 / (count - 1) as f64
+    } else {
+        1.0
+    };
+    let old_mean = t.running_mean.as_detached_tensor();
+    let old_var = t.running_var.as_detached_tensor();
+    let new_mean = (old_mean.affine(1.0 - MOMENTUM, 0.0)? + mean.affine(MOMENTUM, 0.0)?)?;
+    let new_var = (old_var.affine(1.0 - MOMENTUM, 0.0)? + var.affine(MOMENTUM * unbias, 0.0)?)?;
+    t.running_mean.set(&new_mean.to_dtype(old_mean.dtype())?)?;
+    t.running_var.set(&new_var.to_dtype(old_var.dtype())?)?;
+    Ok(())
 }
 
 fn update_running(t: &BatchNormTensors<'_>, stats: &[ChannelStats], count: usize) -> Result<()> {
@@ -148,6 +222,9 @@ struct BatchNormOp {
     /// Whether a ReLU follows (fused): y = max(0, bn(x)).
     relu: bool,
     stats: Arc<Mutex<Option<Vec<ChannelStats>>>>,
+    /// CUDA, evaluation: the running mean and variance (C each, on the device), which the kernel normalises with.
+    #[cfg_attr(not(feature = "cuda"), allow(dead_code))]
+    running: Option<(Tensor, Tensor)>,
 }
 
 /// Sum of `f` over a slice, with eight independent accumulators so that the compiler can vectorise it (a single
@@ -281,6 +358,129 @@ impl CustomOp3 for BatchNormOp {
         Ok((CpuStorage::F32(y), x_layout.shape().clone()))
     }
 
+    /// The packed `[y | mean | var | 1/√(var + eps)]` (len + 3C values): batch statistics in training, the
+    /// running ones in evaluation.
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        x: &candle_core::CudaStorage,
+        x_layout: &Layout,
+        w: &candle_core::CudaStorage,
+        w_layout: &Layout,
+        b: &candle_core::CudaStorage,
+        b_layout: &Layout,
+    ) -> candle_core::Result<(candle_core::CudaStorage, Shape)> {
+        use super::cuda::{
+            alloc, batch_norm_partials, elementwise, input, launch, per_thread, storage, to_u32,
+            with_tensor, BATCH_NORM, BATCH_NORM_CHUNK,
+        };
+        use candle_core::backend::BackendStorage;
+        const OP: &str = "batch norm";
+        let dev = x.device();
+        let (n, channels, h, w_) = x_layout.shape().dims4()?;
+        let (xv, gamma, beta) = (
+            input(x, x_layout, OP)?,
+            input(w, w_layout, OP)?,
+            input(b, b_layout, OP)?,
+        );
+        let (hw, len) = (h * w_, xv.len());
+        let (c_u, hw_u, count, len_u, relu) = (
+            to_u32(channels, OP)?,
+            to_u32(hw, OP)?,
+            (n * hw) as u64,
+            len as u64,
+            self.relu as i32,
+        );
+        let mut out = alloc::<f32>(dev, len + 3 * channels)?;
+        if self.train {
+            let (grid, chunks) = batch_norm_partials(n, channels, hw)?;
+            let mut partials = alloc::<f64>(dev, channels * chunks as usize)?;
+            // bn_sum_partials(const float* x, double* partials, unsigned channels, unsigned hw,
+            //                 unsigned long long count, unsigned chunk, unsigned chunks)
+            launch!(
+                dev,
+                BATCH_NORM,
+                "bn_sum_partials",
+                grid,
+                [
+                    &xv,
+                    &mut partials,
+                    &c_u,
+                    &hw_u,
+                    &count,
+                    &BATCH_NORM_CHUNK,
+                    &chunks
+                ]
+            );
+            // bn_mean(const double* partials, float* out, unsigned channels, unsigned chunks,
+            //         unsigned long long count, unsigned long long len)
+            launch!(
+                dev,
+                BATCH_NORM,
+                "bn_mean",
+                per_thread(channels)?,
+                [&partials, &mut out, &c_u, &chunks, &count, &len_u]
+            );
+            // bn_sqdev_partials(const float* x, const float* out, double* partials, unsigned channels,
+            //                   unsigned hw, unsigned long long count, unsigned chunk, unsigned chunks,
+            //                   unsigned long long len)
+            launch!(
+                dev,
+                BATCH_NORM,
+                "bn_sqdev_partials",
+                grid,
+                [
+                    &xv,
+                    &out,
+                    &mut partials,
+                    &c_u,
+                    &hw_u,
+                    &count,
+                    &BATCH_NORM_CHUNK,
+                    &chunks,
+                    &len_u
+                ]
+            );
+            // bn_var(const double* partials, float* out, unsigned channels, unsigned chunks,
+            //        unsigned long long count, unsigned long long len, double eps)
+            launch!(
+                dev,
+                BATCH_NORM,
+                "bn_var",
+                per_thread(channels)?,
+                [&partials, &mut out, &c_u, &chunks, &count, &len_u, &EPS]
+            );
+        } else {
+            let Some((mean, var)) = &self.running else {
+                candle_core::bail!("batch norm: evaluation on CUDA without the running statistics")
+            };
+            with_tensor(mean, OP, |mean| {
+                with_tensor(var, OP, |var| {
+                    // bn_eval_stats(const float* running_mean, const float* running_var, float* out,
+                    //               unsigned channels, unsigned long long len, double eps)
+                    launch!(
+                        dev,
+                        BATCH_NORM,
+                        "bn_eval_stats",
+                        per_thread(channels)?,
+                        [&mean, &var, &mut out, &c_u, &len_u, &EPS]
+                    );
+                    Ok(())
+                })
+            })?;
+        }
+        // bn_fwd(const float* x, const float* gamma, const float* beta, float* out, unsigned channels,
+        //        unsigned hw, unsigned long long len, int relu)
+        launch!(
+            dev,
+            BATCH_NORM,
+            "bn_fwd",
+            elementwise(len),
+            [&xv, &gamma, &beta, &mut out, &c_u, &hw_u, &len_u, &relu]
+        );
+        Ok((storage(out, dev), Shape::from(len + 3 * channels)))
+    }
+
     /// With x̂ = (x − μ)/s, s = √(σ² + eps), g = ∂L/∂y: ∂L/∂β = Σg, ∂L/∂γ = Σ g·x̂ (sums over N, H, W), and
     /// ∂L/∂x = γ/s · (g − Σg/M − x̂·Σ(g·x̂)/M) in training (μ, σ² depend on x), γ/s · g in evaluation.
     /// With the fused ReLU, g is the output's gradient where the output is positive and 0 elsewhere (PyTorch's
@@ -294,6 +494,20 @@ impl CustomOp3 for BatchNormOp {
         grad_res: &Tensor,
     ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
         let (n, channels, h, w) = x.dims4()?;
+        if x.device().is_cuda() {
+            let op = BatchNormGrad {
+                train: self.train,
+                relu: self.relu,
+                gamma: gamma.contiguous()?,
+            };
+            let packed = x.apply_op3_no_bwd(res, &grad_res.contiguous()?, &op)?;
+            let len = x.elem_count();
+            return Ok((
+                Some(packed.narrow(0, 0, len)?.reshape((n, channels, h, w))?),
+                Some(packed.narrow(0, len, channels)?),
+                Some(packed.narrow(0, len + channels, channels)?),
+            ));
+        }
         let hw = h * w;
         let count = (n * hw) as f64;
         let stats = self
@@ -372,6 +586,126 @@ impl CustomOp3 for BatchNormOp {
             Some(Tensor::from_vec(grad_gamma, channels, device)?),
             Some(Tensor::from_vec(grad_beta, channels, device)?),
         ))
+    }
+}
+
+/// The backward on a GPU: (x, the forward's packed output, ∂L/∂(packed output)) with γ beside them →
+/// `[∂x | ∂γ | ∂β]` (flat). The statistics come from the packed output: nothing is kept between the passes.
+#[cfg_attr(not(feature = "cuda"), allow(dead_code))]
+struct BatchNormGrad {
+    train: bool,
+    relu: bool,
+    /// Read by the kernels; contiguous, on the device of x.
+    gamma: Tensor,
+}
+
+impl CustomOp3 for BatchNormGrad {
+    fn name(&self) -> &'static str {
+        "batch-norm-2d-grad"
+    }
+
+    fn cpu_fwd(
+        &self,
+        _: &CpuStorage,
+        _: &Layout,
+        _: &CpuStorage,
+        _: &Layout,
+        _: &CpuStorage,
+        _: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        candle_core::bail!(
+            "batch-norm-2d-grad runs on CUDA only (the CPU backward is the op's bwd)"
+        )
+    }
+
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        x: &candle_core::CudaStorage,
+        x_layout: &Layout,
+        res: &candle_core::CudaStorage,
+        res_layout: &Layout,
+        grad: &candle_core::CudaStorage,
+        grad_layout: &Layout,
+    ) -> candle_core::Result<(candle_core::CudaStorage, Shape)> {
+        use super::cuda::{
+            alloc, batch_norm_partials, elementwise, input, launch, per_thread, storage, to_u32,
+            with_tensor, BATCH_NORM, BATCH_NORM_CHUNK,
+        };
+        use candle_core::backend::BackendStorage;
+        const OP: &str = "batch norm backward";
+        let dev = x.device();
+        let (n, channels, h, w) = x_layout.shape().dims4()?;
+        let (xv, resv, gradv) = (
+            input(x, x_layout, OP)?,
+            input(res, res_layout, OP)?,
+            input(grad, grad_layout, OP)?,
+        );
+        let (hw, len) = (h * w, xv.len());
+        if resv.len() != len + 3 * channels || gradv.len() != resv.len() {
+            candle_core::bail!(
+                "{OP}: packed output of {} values for x {:?}",
+                resv.len(),
+                x_layout.shape()
+            );
+        }
+        let (grid, chunks) = batch_norm_partials(n, channels, hw)?;
+        let (c_u, hw_u, count, len_u, relu, train) = (
+            to_u32(channels, OP)?,
+            to_u32(hw, OP)?,
+            (n * hw) as u64,
+            len as u64,
+            self.relu as i32,
+            self.train as i32,
+        );
+        let mut partials = alloc::<f64>(dev, 2 * channels * chunks as usize)?;
+        // bn_bwd_partials(const float* x, const float* res, const float* grad, double* partials,
+        //                 unsigned channels, unsigned hw, unsigned long long count, unsigned chunk,
+        //                 unsigned chunks, unsigned long long len, int relu)
+        launch!(
+            dev,
+            BATCH_NORM,
+            "bn_bwd_partials",
+            grid,
+            [
+                &xv,
+                &resv,
+                &gradv,
+                &mut partials,
+                &c_u,
+                &hw_u,
+                &count,
+                &BATCH_NORM_CHUNK,
+                &chunks,
+                &len_u,
+                &relu
+            ]
+        );
+        let mut out = alloc::<f32>(dev, len + 2 * channels)?;
+        let mut coef = alloc::<f32>(dev, 2 * channels)?;
+        // bn_bwd_finish(const double* partials, const float* res, float* out, float* coef, unsigned channels,
+        //               unsigned chunks, unsigned long long count, unsigned long long len)
+        launch!(
+            dev,
+            BATCH_NORM,
+            "bn_bwd_finish",
+            per_thread(channels)?,
+            [&partials, &resv, &mut out, &mut coef, &c_u, &chunks, &count, &len_u]
+        );
+        with_tensor(&self.gamma, OP, |gamma| {
+            // bn_bwd_dx(const float* x, const float* res, const float* grad, const float* gamma,
+            //           const float* coef, float* out, unsigned channels, unsigned hw, unsigned long long len,
+            //           int relu, int train)
+            launch!(
+                dev,
+                BATCH_NORM,
+                "bn_bwd_dx",
+                elementwise(len),
+                [&xv, &resv, &gradv, &gamma, &coef, &mut out, &c_u, &hw_u, &len_u, &relu, &train]
+            );
+            Ok(())
+        })?;
+        Ok((storage(out, dev), Shape::from(len + 2 * channels)))
     }
 }
 

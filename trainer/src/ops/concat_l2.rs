@@ -54,7 +54,7 @@ pub fn concat_l2_normalize(parts: &[Tensor]) -> Result<Tensor> {
 }
 
 /// The kernel over 1 to 3 contiguous-able (B, d_i) parts.
-fn fused_concat(parts: &[Tensor]) -> Result<Tensor> {
+pub(crate) fn fused_concat(parts: &[Tensor]) -> Result<Tensor> {
     let batch = parts[0].dim(0)?;
     let widths = parts
         .iter()

@@ -336,7 +336,7 @@ pub fn conv1d(
 }
 
 /// [`composed`] between transposes (and `gelu_erf`).
-fn generic(
+pub(crate) fn generic(
     x: &Tensor,
     w: &Tensor,
     stride: usize,
@@ -349,7 +349,7 @@ fn generic(
 }
 
 /// The kernel (shapes checked by [`conv1d`]).
-fn fused(
+pub(crate) fn fused(
     x: &Tensor,
     w: &Tensor,
     stride: usize,

@@ -148,7 +148,12 @@ pub fn conv2d(x: &Tensor, weight: &Tensor, stride: usize, padding: usize) -> Res
 /// candle's convolution, made exact in the backward: stride 1 never needs an output padding; for a strided one
 /// the input is padded explicitly, plus one zero row/column where (n + 2p − k) is not a multiple of the stride,
 /// so that every dimension needs no output padding, and the extra output row/column this creates is cut off.
-fn generic(x: &Tensor, weight: &Tensor, stride: usize, padding: usize) -> Result<Tensor> {
+pub(crate) fn generic(
+    x: &Tensor,
+    weight: &Tensor,
+    stride: usize,
+    padding: usize,
+) -> Result<Tensor> {
     if stride == 1 {
         return Ok(x.conv2d(weight, padding, 1, 1, 1)?);
     }
@@ -165,7 +170,7 @@ fn generic(x: &Tensor, weight: &Tensor, stride: usize, padding: usize) -> Result
 }
 
 /// The im2col kernel.
-fn fused(x: &Tensor, weight: &Tensor, stride: usize, padding: usize) -> Result<Tensor> {
+pub(crate) fn fused(x: &Tensor, weight: &Tensor, stride: usize, padding: usize) -> Result<Tensor> {
     let (b, c, h, w) = x.dims4()?;
     let (cout, cin, k, _) = weight.dims4()?;
     let g = Geometry {

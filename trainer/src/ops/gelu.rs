@@ -7,10 +7,13 @@
 //! erf is a polynomial approximation ([`erf_given_exp`], < 5e-7 absolute), 2.3x faster than libm's `erff` that
 //! candle uses: the forward agrees with `Tensor::gelu_erf` to < 1e-6. Generic: candle's `gelu_erf` / `gelu`
 //! (one pass forward, a composed backward).
+//!
+//! CUDA (`kernels/gelu.cu`, the same formulas and constants in `kernels/gelu.cuh`): elementwise forward, and the
+//! backward as a second op over (x, ∂L/∂y).
 
 use std::f32::consts::FRAC_1_SQRT_2;
 
-use candle_core::{CpuStorage, CustomOp1, Layout, Shape, Tensor};
+use candle_core::{CpuStorage, CustomOp1, CustomOp2, Layout, Shape, Tensor};
 use rayon::prelude::*;
 
 use super::{with_cpu_f32, Kernel};
@@ -125,12 +128,38 @@ impl CustomOp1 for Gelu {
         Ok((CpuStorage::F32(y), layout.shape().clone()))
     }
 
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        storage: &candle_core::CudaStorage,
+        layout: &Layout,
+    ) -> candle_core::Result<(candle_core::CudaStorage, Shape)> {
+        use super::cuda::{alloc, elementwise, input, launch, storage as wrap, GELU};
+        use candle_core::backend::BackendStorage;
+        let dev = storage.device();
+        let x = input(storage, layout, self.name())?;
+        let n = x.len() as u64;
+        let mut y = alloc::<f32>(dev, x.len())?;
+        let kernel = match self.0 {
+            Form::Erf => "gelu_erf_fwd",
+            Form::Tanh => "gelu_tanh_fwd",
+        };
+        // gelu_*_fwd(const float* x, float* y, unsigned long long n)
+        launch!(dev, GELU, kernel, elementwise(x.len()), [&x, &mut y, &n]);
+        Ok((wrap(y, dev), layout.shape().clone()))
+    }
+
     fn bwd(
         &self,
         arg: &Tensor,
         _res: &Tensor,
         grad_res: &Tensor,
     ) -> candle_core::Result<Option<Tensor>> {
+        if arg.device().is_cuda() {
+            return Ok(Some(
+                arg.apply_op2_no_bwd(&grad_res.contiguous()?, &GeluGrad(self.0))?,
+            ));
+        }
         let form = self.0;
         let grad_x = with_cpu_f32(arg, "gelu backward", |x| {
             with_cpu_f32(grad_res, "gelu backward", |g| {
@@ -149,9 +178,68 @@ impl CustomOp1 for Gelu {
     }
 }
 
+/// The backward on a GPU: (x, ∂L/∂y) → ∂L/∂x.
+#[cfg_attr(not(feature = "cuda"), allow(dead_code))]
+struct GeluGrad(Form);
+
+impl CustomOp2 for GeluGrad {
+    fn name(&self) -> &'static str {
+        "gelu-grad"
+    }
+
+    fn cpu_fwd(
+        &self,
+        _: &CpuStorage,
+        _: &Layout,
+        _: &CpuStorage,
+        _: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        candle_core::bail!("gelu-grad runs on CUDA only (the CPU backward is the op's bwd)")
+    }
+
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        x: &candle_core::CudaStorage,
+        x_layout: &Layout,
+        grad: &candle_core::CudaStorage,
+        grad_layout: &Layout,
+    ) -> candle_core::Result<(candle_core::CudaStorage, Shape)> {
+        use super::cuda::{alloc, elementwise, input, launch, storage, GELU};
+        use candle_core::backend::BackendStorage;
+        if x_layout.shape() != grad_layout.shape() {
+            candle_core::bail!(
+                "gelu backward: gradient {:?} for x {:?}",
+                grad_layout.shape(),
+                x_layout.shape()
+            );
+        }
+        let dev = x.device();
+        let (xv, gv) = (
+            input(x, x_layout, self.name())?,
+            input(grad, grad_layout, self.name())?,
+        );
+        let n = xv.len() as u64;
+        let mut dx = alloc::<f32>(dev, xv.len())?;
+        let kernel = match self.0 {
+            Form::Erf => "gelu_erf_bwd",
+            Form::Tanh => "gelu_tanh_bwd",
+        };
+        // gelu_*_bwd(const float* x, const float* grad, float* dx, unsigned long long n)
+        launch!(
+            dev,
+            GELU,
+            kernel,
+            elementwise(xv.len()),
+            [&xv, &gv, &mut dx, &n]
+        );
+        Ok((storage(dx, dev), x_layout.shape().clone()))
+    }
+}
+
 /// `x·Φ(x)` of any shape.
 pub fn gelu_erf(x: &Tensor) -> Result<Tensor> {
-    match Kernel::select(x, false) {
+    match Kernel::select(x, true) {
         Kernel::Generic => Ok(x.gelu_erf()?),
         _ => fused(x, Form::Erf),
     }
@@ -159,10 +247,15 @@ pub fn gelu_erf(x: &Tensor) -> Result<Tensor> {
 
 /// The tanh approximation (`gelu_new`) of any shape.
 pub fn gelu_tanh(x: &Tensor) -> Result<Tensor> {
-    match Kernel::select(x, false) {
+    match Kernel::select(x, true) {
         Kernel::Generic => Ok(x.gelu()?),
         _ => fused(x, Form::Tanh),
     }
+}
+
+/// The kernel op (CPU or CUDA body by x's device); `tanh` picks the form.
+pub(crate) fn kernel(x: &Tensor, tanh: bool) -> Result<Tensor> {
+    fused(x, if tanh { Form::Tanh } else { Form::Erf })
 }
 
 fn fused(x: &Tensor, form: Form) -> Result<Tensor> {

@@ -8,6 +8,10 @@
 //! ~10 full-size ops (means, centring, squares, broadcasts) whose backward adds as many again, and the GELU after
 //! it ~8 more backward. Here the forward is two passes over x and the backward two passes over (x, ∂L/∂y), with
 //! the gradients of x, γ and β. Generic: candle-nn's `GroupNorm` (and `gelu_erf`) between transposes.
+//!
+//! CUDA (`kernels/group_norm.cu`): per-(b, c) sums in two deterministic stages (partials per chunk of steps, then
+//! per channel), an elementwise pass for y; the backward is a second op, stateless (statistics recomputed from x),
+//! returning `[∂x | ∂γ | ∂β]` packed.
 
 use std::sync::Mutex;
 
@@ -121,6 +125,46 @@ impl CustomOp3 for GroupNormOp {
         Ok((CpuStorage::F32(y), x_layout.shape().clone()))
     }
 
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        x: &candle_core::CudaStorage,
+        x_layout: &Layout,
+        gamma: &candle_core::CudaStorage,
+        gamma_layout: &Layout,
+        beta: &candle_core::CudaStorage,
+        beta_layout: &Layout,
+    ) -> candle_core::Result<(candle_core::CudaStorage, Shape)> {
+        use super::cuda::{alloc, elementwise, input, launch, storage, to_u32, GROUP_NORM};
+        use candle_core::backend::BackendStorage;
+        const OP: &str = "group norm";
+        let dev = x.device();
+        let (b, t, c) = x_layout.shape().dims3()?;
+        let (xv, gv, bv) = (
+            input(x, x_layout, OP)?,
+            input(gamma, gamma_layout, OP)?,
+            input(beta, beta_layout, OP)?,
+        );
+        let stats = cuda_stats(dev, &xv, (b, t, c), self.eps)?;
+        let mut y = alloc::<f32>(dev, xv.len())?;
+        let (t_u, c_u, n, gelu) = (
+            to_u32(t, OP)?,
+            to_u32(c, OP)?,
+            xv.len() as u64,
+            self.gelu as i32,
+        );
+        // gn_fwd(const float* x, const float* gamma, const float* beta, const float* stats, float* y, unsigned t,
+        //        unsigned c, unsigned long long n, int gelu)
+        launch!(
+            dev,
+            GROUP_NORM,
+            "gn_fwd",
+            elementwise(xv.len()),
+            [&xv, &gv, &bv, &stats, &mut y, &t_u, &c_u, &n, &gelu]
+        );
+        Ok((storage(y, dev), x_layout.shape().clone()))
+    }
+
     /// With `dz = ∂L/∂z` (∂L/∂y·GELU′(z) when fused) and x̂ = (x − μ)/σ:
     /// `∂L/∂γ = Σ dz·x̂`, `∂L/∂β = Σ dz`, `∂L/∂x = γ/σ · (dz − mean_t(dz) − x̂·mean_t(dz·x̂))`.
     fn bwd(
@@ -132,6 +176,20 @@ impl CustomOp3 for GroupNormOp {
         grad_res: &Tensor,
     ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
         let (b, t, c) = x.dims3()?;
+        if x.device().is_cuda() {
+            let op = GroupNormGrad {
+                eps: self.eps,
+                gelu: self.gelu,
+                beta: beta.contiguous()?,
+            };
+            let packed = x.apply_op3_no_bwd(gamma, &grad_res.contiguous()?, &op)?;
+            let len = x.elem_count();
+            return Ok((
+                Some(packed.narrow(0, 0, len)?.reshape((b, t, c))?),
+                Some(packed.narrow(0, len, c)?),
+                Some(packed.narrow(0, len + c, c)?),
+            ));
+        }
         let stats = self
             .stats
             .lock()
@@ -209,6 +267,162 @@ impl CustomOp3 for GroupNormOp {
     }
 }
 
+/// Per (b, c) the f32 mean and 1/√(σ² + eps), as `[mean, inv]` pairs: `gn_partials` then `gn_stats`.
+#[cfg(feature = "cuda")]
+fn cuda_stats(
+    dev: &candle_core::cuda_backend::CudaDevice,
+    x: &candle_core::cuda_backend::cudarc::driver::CudaView<'_, f32>,
+    (b, t, c): (usize, usize, usize),
+    eps: f64,
+) -> candle_core::Result<candle_core::cuda_backend::cudarc::driver::CudaSlice<f32>> {
+    use super::cuda::{
+        alloc, group_norm_partials, launch, per_thread, to_u32, GROUP_NORM, GROUP_NORM_STEPS,
+    };
+    const OP: &str = "group norm";
+    let (grid, chunks) = group_norm_partials(b, t, c)?;
+    let mut partials = alloc::<f64>(dev, 2 * b * c * chunks as usize)?;
+    let (t_u, c_u, bc) = (to_u32(t, OP)?, to_u32(c, OP)?, to_u32(b * c, OP)?);
+    // gn_partials(const float* x, double* partials, unsigned t, unsigned c, unsigned chunk, unsigned chunks)
+    launch!(
+        dev,
+        GROUP_NORM,
+        "gn_partials",
+        grid,
+        [x, &mut partials, &t_u, &c_u, &GROUP_NORM_STEPS, &chunks]
+    );
+    let mut stats = alloc::<f32>(dev, 2 * b * c)?;
+    // gn_stats(const double* partials, float* stats, unsigned bc, unsigned chunks, unsigned t, double eps)
+    launch!(
+        dev,
+        GROUP_NORM,
+        "gn_stats",
+        per_thread(b * c)?,
+        [&partials, &mut stats, &bc, &chunks, &t_u, &eps]
+    );
+    Ok(stats)
+}
+
+/// The backward on a GPU: (x, γ, ∂L/∂y) with β beside them → `[∂x | ∂γ | ∂β]` (flat), statistics recomputed.
+#[cfg_attr(not(feature = "cuda"), allow(dead_code))]
+struct GroupNormGrad {
+    eps: f64,
+    gelu: bool,
+    /// Read by the kernels (GELU′ at x̂·γ + β); contiguous, on the device of x.
+    beta: Tensor,
+}
+
+impl CustomOp3 for GroupNormGrad {
+    fn name(&self) -> &'static str {
+        "group-norm-grad"
+    }
+
+    fn cpu_fwd(
+        &self,
+        _: &CpuStorage,
+        _: &Layout,
+        _: &CpuStorage,
+        _: &Layout,
+        _: &CpuStorage,
+        _: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        candle_core::bail!("group-norm-grad runs on CUDA only (the CPU backward is the op's bwd)")
+    }
+
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        x: &candle_core::CudaStorage,
+        x_layout: &Layout,
+        gamma: &candle_core::CudaStorage,
+        gamma_layout: &Layout,
+        grad: &candle_core::CudaStorage,
+        grad_layout: &Layout,
+    ) -> candle_core::Result<(candle_core::CudaStorage, Shape)> {
+        use super::cuda::{
+            alloc, elementwise, group_norm_partials, input, launch, per_thread, storage, to_u32,
+            with_tensor, GROUP_NORM, GROUP_NORM_STEPS,
+        };
+        use candle_core::backend::BackendStorage;
+        const OP: &str = "group norm backward";
+        let dev = x.device();
+        let (b, t, c) = x_layout.shape().dims3()?;
+        let (xv, gv, gradv) = (
+            input(x, x_layout, OP)?,
+            input(gamma, gamma_layout, OP)?,
+            input(grad, grad_layout, OP)?,
+        );
+        let len = xv.len();
+        let stats = cuda_stats(dev, &xv, (b, t, c), self.eps)?;
+        let (grid, chunks) = group_norm_partials(b, t, c)?;
+        let (b_u, t_u, c_u, n, gelu) = (
+            to_u32(b, OP)?,
+            to_u32(t, OP)?,
+            to_u32(c, OP)?,
+            len as u64,
+            self.gelu as i32,
+        );
+        let mut out = alloc::<f32>(dev, len + 2 * c)?;
+        with_tensor(&self.beta, OP, |bv| {
+            let mut partials = alloc::<f64>(dev, 2 * b * c * chunks as usize)?;
+            // gn_bwd_partials(const float* x, const float* grad, const float* gamma, const float* beta,
+            //                 const float* stats, double* partials, unsigned t, unsigned c, unsigned chunk,
+            //                 unsigned chunks, int gelu)
+            launch!(
+                dev,
+                GROUP_NORM,
+                "gn_bwd_partials",
+                grid,
+                [
+                    &xv,
+                    &gradv,
+                    &gv,
+                    &bv,
+                    &stats,
+                    &mut partials,
+                    &t_u,
+                    &c_u,
+                    &GROUP_NORM_STEPS,
+                    &chunks,
+                    &gelu
+                ]
+            );
+            let mut means = alloc::<f32>(dev, 2 * b * c)?;
+            let (mut dx, mut params) = out.split_at_mut(len);
+            let (mut dgamma, mut dbeta) = params.split_at_mut(c);
+            // gn_bwd_finish(const double* partials, float* means, float* dgamma, float* dbeta, unsigned b,
+            //               unsigned c, unsigned chunks, unsigned t)
+            launch!(
+                dev,
+                GROUP_NORM,
+                "gn_bwd_finish",
+                per_thread(c)?,
+                [
+                    &partials,
+                    &mut means,
+                    &mut dgamma,
+                    &mut dbeta,
+                    &b_u,
+                    &c_u,
+                    &chunks,
+                    &t_u
+                ]
+            );
+            // gn_bwd_dx(const float* x, const float* grad, const float* gamma, const float* beta,
+            //           const float* stats, const float* means, float* dx, unsigned t, unsigned c,
+            //           unsigned long long n, int gelu)
+            launch!(
+                dev,
+                GROUP_NORM,
+                "gn_bwd_dx",
+                elementwise(len),
+                [&xv, &gradv, &gv, &bv, &stats, &means, &mut dx, &t_u, &c_u, &n, &gelu]
+            );
+            Ok(())
+        })?;
+        Ok((storage(out, dev), Shape::from(len + 2 * c)))
+    }
+}
+
 /// GroupNorm with one group per channel over the steps of x (B, T, C), affine γ, β (C), then GELU (erf) if
 /// `gelu`. The fused op for f32 on the CPU; candle-nn's `GroupNorm` (channels-first) elsewhere.
 pub fn group_norm_per_channel(
@@ -227,13 +441,19 @@ pub fn group_norm_per_channel(
             beta.dims()
         )));
     }
-    match Kernel::select(x, false) {
+    match Kernel::select(x, true) {
         Kernel::Generic => generic(x, gamma, beta, eps, gelu),
         _ => fused(x, gamma, beta, eps, gelu),
     }
 }
 
-fn generic(x: &Tensor, gamma: &Tensor, beta: &Tensor, eps: f64, gelu: bool) -> Result<Tensor> {
+pub(crate) fn generic(
+    x: &Tensor,
+    gamma: &Tensor,
+    beta: &Tensor,
+    eps: f64,
+    gelu: bool,
+) -> Result<Tensor> {
     let c = gamma.elem_count();
     let norm = candle_nn::GroupNorm::new(gamma.clone(), beta.clone(), c, c, eps)?;
     let y = candle_core::Module::forward(&norm, &x.transpose(1, 2)?.contiguous()?)?;
@@ -241,7 +461,14 @@ fn generic(x: &Tensor, gamma: &Tensor, beta: &Tensor, eps: f64, gelu: bool) -> R
     Ok(y.transpose(1, 2)?)
 }
 
-fn fused(x: &Tensor, gamma: &Tensor, beta: &Tensor, eps: f64, gelu: bool) -> Result<Tensor> {
+/// The kernel op: its CPU body on a CPU tensor, its CUDA body on a GPU.
+pub(crate) fn fused(
+    x: &Tensor,
+    gamma: &Tensor,
+    beta: &Tensor,
+    eps: f64,
+    gelu: bool,
+) -> Result<Tensor> {
     let op = GroupNormOp {
         eps,
         gelu,

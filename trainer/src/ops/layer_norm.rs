@@ -6,6 +6,10 @@
 //! LayerNorms per step; on (2, 468, 768) one composed LayerNorm took ~0.09 s forward+backward on 2 loaded cores
 //! (most of it candle's elementwise barrier), more than a third of an attention block. Here the forward is one
 //! pass per row and the backward one pass over (x, ∂L/∂y). Generic: `ops::layer_norm_slow` (composed).
+//!
+//! CUDA (`kernels/layer_norm.cu`): one block per row forward; the backward is a second op, stateless (the row
+//! statistics are recomputed from x), one block per row for ∂x, then deterministic column sums for ∂γ and ∂β,
+//! returned packed `[∂x | ∂γ | ∂β]` and narrowed.
 
 use std::sync::Mutex;
 
@@ -67,6 +71,40 @@ impl CustomOp3 for LayerNormOp {
         Ok((CpuStorage::F32(y), x_layout.shape().clone()))
     }
 
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        x: &candle_core::CudaStorage,
+        x_layout: &Layout,
+        gamma: &candle_core::CudaStorage,
+        gamma_layout: &Layout,
+        beta: &candle_core::CudaStorage,
+        beta_layout: &Layout,
+    ) -> candle_core::Result<(candle_core::CudaStorage, Shape)> {
+        use super::cuda::{alloc, input, launch, storage, to_u32, LAYER_NORM};
+        use candle_core::backend::BackendStorage;
+        const OP: &str = "layer norm";
+        let dev = x.device();
+        let (xv, gv, bv) = (
+            input(x, x_layout, OP)?,
+            input(gamma, gamma_layout, OP)?,
+            input(beta, beta_layout, OP)?,
+        );
+        let d = gv.len();
+        let rows = xv.len() / d;
+        let mut y = alloc::<f32>(dev, xv.len())?;
+        let (grid, d) = (to_u32(rows, OP)?, to_u32(d, OP)?);
+        // layer_norm_fwd(const float* x, const float* gamma, const float* beta, float* y, unsigned d, double eps)
+        launch!(
+            dev,
+            LAYER_NORM,
+            "layer_norm_fwd",
+            grid,
+            [&xv, &gv, &bv, &mut y, &d, &self.eps]
+        );
+        Ok((storage(y, dev), x_layout.shape().clone()))
+    }
+
     /// With x̂ = (x − μ)/σ and `ĝ = ∂L/∂y ⊙ γ`: `∂L/∂x = (ĝ − mean(ĝ) − x̂·mean(ĝ·x̂))/σ` per row,
     /// `∂L/∂γ = Σ_rows ∂L/∂y ⊙ x̂`, `∂L/∂β = Σ_rows ∂L/∂y`.
     fn bwd(
@@ -78,6 +116,16 @@ impl CustomOp3 for LayerNormOp {
         grad_res: &Tensor,
     ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
         let d = gamma.elem_count();
+        if x.device().is_cuda() {
+            let grad = grad_res.contiguous()?;
+            let packed = x.apply_op3_no_bwd(gamma, &grad, &LayerNormGrad { eps: self.eps })?;
+            let len = x.elem_count();
+            return Ok((
+                Some(packed.narrow(0, 0, len)?.reshape(x.shape())?),
+                Some(packed.narrow(0, len, d)?),
+                Some(packed.narrow(0, len + d, d)?),
+            ));
+        }
         let gamma_v = gamma.to_vec1::<f32>()?;
         let stats = self
             .stats
@@ -141,6 +189,99 @@ impl CustomOp3 for LayerNormOp {
     }
 }
 
+/// The backward on a GPU: (x, γ, ∂L/∂y) → `[∂x | ∂γ | ∂β]` (flat), the statistics recomputed from x.
+#[cfg_attr(not(feature = "cuda"), allow(dead_code))]
+struct LayerNormGrad {
+    eps: f64,
+}
+
+impl CustomOp3 for LayerNormGrad {
+    fn name(&self) -> &'static str {
+        "layer-norm-grad"
+    }
+
+    fn cpu_fwd(
+        &self,
+        _: &CpuStorage,
+        _: &Layout,
+        _: &CpuStorage,
+        _: &Layout,
+        _: &CpuStorage,
+        _: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        candle_core::bail!("layer-norm-grad runs on CUDA only (the CPU backward is the op's bwd)")
+    }
+
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        x: &candle_core::CudaStorage,
+        x_layout: &Layout,
+        gamma: &candle_core::CudaStorage,
+        gamma_layout: &Layout,
+        grad: &candle_core::CudaStorage,
+        grad_layout: &Layout,
+    ) -> candle_core::Result<(candle_core::CudaStorage, Shape)> {
+        use super::cuda::{
+            alloc, input, launch, layer_norm_partials, per_thread, storage, to_u32, LAYER_NORM,
+            LAYER_NORM_ROWS,
+        };
+        use candle_core::backend::BackendStorage;
+        const OP: &str = "layer norm backward";
+        let dev = x.device();
+        let (xv, gv, gradv) = (
+            input(x, x_layout, OP)?,
+            input(gamma, gamma_layout, OP)?,
+            input(grad, grad_layout, OP)?,
+        );
+        let (len, d) = (xv.len(), gv.len());
+        let rows = len / d;
+        let mut out = alloc::<f32>(dev, len + 2 * d)?;
+        let mut stats = alloc::<f32>(dev, 2 * rows)?;
+        let (rows_u, d_u) = (to_u32(rows, OP)?, to_u32(d, OP)?);
+        let (mut dx, mut params) = out.split_at_mut(len);
+        // layer_norm_bwd_rows(const float* x, const float* gamma, const float* grad, float* dx, float* stats,
+        //                     unsigned d, double eps)
+        launch!(
+            dev,
+            LAYER_NORM,
+            "layer_norm_bwd_rows",
+            rows_u,
+            [&xv, &gv, &gradv, &mut dx, &mut stats, &d_u, &self.eps]
+        );
+        let (grid, chunks) = layer_norm_partials(rows, d)?;
+        let mut partials = alloc::<f64>(dev, 2 * d * chunks as usize)?;
+        // layer_norm_bwd_partials(const float* x, const float* grad, const float* stats, double* partials,
+        //                         unsigned rows, unsigned d, unsigned chunk, unsigned chunks)
+        launch!(
+            dev,
+            LAYER_NORM,
+            "layer_norm_bwd_partials",
+            grid,
+            [
+                &xv,
+                &gradv,
+                &stats,
+                &mut partials,
+                &rows_u,
+                &d_u,
+                &LAYER_NORM_ROWS,
+                &chunks
+            ]
+        );
+        let (mut dgamma, mut dbeta) = params.split_at_mut(d);
+        // layer_norm_bwd_params(const double* partials, float* dgamma, float* dbeta, unsigned d, unsigned chunks)
+        launch!(
+            dev,
+            LAYER_NORM,
+            "layer_norm_bwd_params",
+            per_thread(d)?,
+            [&partials, &mut dgamma, &mut dbeta, &d_u, &chunks]
+        );
+        Ok((storage(out, dev), Shape::from(len + 2 * d)))
+    }
+}
+
 /// LayerNorm of x (…, D) with γ, β (D).
 pub fn layer_norm(x: &Tensor, gamma: &Tensor, beta: &Tensor, eps: f64) -> Result<Tensor> {
     let d = x.dims().last().copied().unwrap_or(0);
@@ -152,18 +293,19 @@ pub fn layer_norm(x: &Tensor, gamma: &Tensor, beta: &Tensor, eps: f64) -> Result
             beta.dims()
         )));
     }
-    match Kernel::select(x, false) {
+    match Kernel::select(x, true) {
         Kernel::Generic => generic(x, gamma, beta, eps),
         _ => fused(x, gamma, beta, eps),
     }
 }
 
 /// The composed version (candle's `layer_norm_slow`, whose backward is right).
-fn generic(x: &Tensor, gamma: &Tensor, beta: &Tensor, eps: f64) -> Result<Tensor> {
+pub(crate) fn generic(x: &Tensor, gamma: &Tensor, beta: &Tensor, eps: f64) -> Result<Tensor> {
     Ok(candle_nn::ops::layer_norm_slow(x, gamma, beta, eps as f32)?)
 }
 
-fn fused(x: &Tensor, gamma: &Tensor, beta: &Tensor, eps: f64) -> Result<Tensor> {
+/// The kernel op: its CPU body on a CPU tensor, its CUDA body on a GPU.
+pub(crate) fn fused(x: &Tensor, gamma: &Tensor, beta: &Tensor, eps: f64) -> Result<Tensor> {
     let op = LayerNormOp {
         eps,
         stats: Mutex::new(Vec::new()),

@@ -47,7 +47,7 @@ pub fn linear(
 }
 
 /// The CPU kernel.
-fn fused(
+pub(crate) fn fused(
     x: &Tensor,
     weight: &Tensor,
     bias: &Tensor,
@@ -59,7 +59,7 @@ fn fused(
 }
 
 /// The composed version, any rank and device.
-fn generic(
+pub(crate) fn generic(
     x: &Tensor,
     weight: &Tensor,
     bias: &Tensor,

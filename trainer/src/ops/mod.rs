@@ -8,8 +8,12 @@
 //!
 //! * [`Kernel::Cpu`] — a hand-written kernel for contiguous f32 CPU tensors, one candle graph node (`CustomOpN`)
 //!   with its own closed-form backward;
-//! * [`Kernel::Cuda`] — the same node's `cuda_fwd` over PTX compiled from `trainer/kernels/*.cu` (builds with the
-//!   `cuda` feature), for the ops that have one;
+//! * [`Kernel::Cuda`] — the same node's `cuda_fwd` over PTX compiled from `trainer/kernels/<op>.cu` (builds with
+//!   the `cuda` feature), for the ops that have one: `softmax_dropout`, `layer_norm`, `gelu` (both forms),
+//!   `group_norm` (+ GELU), `batch_norm` (+ ReLU) and the losses of `loss`. Their backward on a GPU is a second
+//!   custom op (`…Grad`, `cuda_fwd` only), applied from the node's `bwd` when the tensors are on a CUDA device:
+//!   stateless (statistics or probabilities are recomputed from x, or read from the forward's own output), γ/β
+//!   gradients as deterministic column sums (no atomics). [`cuda`] holds the PTX, the launch shapes and helpers;
 //! * [`Kernel::Generic`] — the same maths composed of candle ops whose backward is right, on any device and
 //!   dtype. It is the reference every kernel is tested against, and what runs for an op without a kernel on the
 //!   tensor's device.
@@ -22,13 +26,20 @@
 //!
 //! # Adding an op
 //! 1. A file here with the public function, a `generic` function composed of candle ops, and the kernel struct
-//!    implementing `CustomOpN` (`cpu_fwd`, `bwd`; `cuda_fwd` once it has a CUDA kernel).
-//! 2. The public function: `match Kernel::select(&x, HAS_CUDA) { Kernel::Generic => generic(..), _ =>
-//!    x.apply_opN(..) }` — candle picks `cpu_fwd` or `cuda_fwd` by the tensor's device.
-//! 3. A CUDA kernel: `trainer/kernels/<op>.cu` (compiled to PTX by `build.rs`, exposed as a `&str` constant in
-//!    [`crate::ops::cuda`]), launched from `cuda_fwd`; its backward is a second op with the same two bodies.
-//! 4. Tests in the file: the kernel against `generic` on the same inputs, values and gradients; the GPU check
-//!    (`scripts/gpu-check.sh`) runs the CUDA body against the CPU kernel.
+//!    implementing `CustomOpN` (`cpu_fwd`, `bwd`).
+//! 2. The public function: `match Kernel::select(&x, has_cuda) { Kernel::Generic => generic(..), _ =>
+//!    x.apply_opN(..) }` — candle picks `cpu_fwd` or `cuda_fwd` by the tensor's device; `has_cuda` is `true` once
+//!    the op has a CUDA body (step 3), `false` until then.
+//! 3. A CUDA kernel: `trainer/kernels/<op>.cu` (f32, blocks of [`cuda::BLOCK`] threads, shared-memory reductions
+//!    from `common.cuh`; `build.rs` compiles it to PTX), a `cuda::Module` constant naming its PTX, and
+//!    `#[cfg(feature = "cuda")] fn cuda_fwd` beside `cpu_fwd`, launching it with `cuda::launch!` (grids from
+//!    [`cuda`]'s shape functions). Data without a gradient that the CPU body keeps in the op (targets, running
+//!    statistics) comes along as device tensors, read with `cuda::with_tensor`. The backward: a second op,
+//!    `cuda_fwd` only, whose outputs may be packed into one buffer and narrowed (`[∂x | ∂γ | ∂β]`).
+//! 4. Tests: in the op's file, the CPU kernel against `generic`, values and gradients; in
+//!    `trainer/tests/kernels_on_cpu.rs`, the CUDA kernels run on the CPU by the emulator (`kernels/emulate/`)
+//!    against the CPU kernel; and a case in [`check`], whose [`check::compare_with_cpu`] runs every op on a
+//!    device against its CPU kernel (the GPU check; rehearsed on the CPU by its unit test).
 
 use std::sync::OnceLock;
 
@@ -36,9 +47,11 @@ use candle_core::{CpuStorage, DType, Layout, Shape, Tensor};
 
 pub mod adamw;
 pub mod batch_norm;
+pub mod check;
 pub mod concat_l2;
 pub mod conv1d;
 pub mod conv2d;
+pub mod cuda;
 pub mod dropout;
 pub mod gelu;
 pub mod group_norm;

@@ -134,14 +134,19 @@ pub fn max_pool_3x3_s2(x: &Tensor) -> Result<Tensor> {
     x.dims4()?;
     match Kernel::select(x, false) {
         Kernel::Generic => generic(x),
-        _ => Ok(x.contiguous()?.apply_op1(MaxPool3x3S2)?),
+        _ => kernel(x),
     }
+}
+
+/// The CPU kernel.
+pub(crate) fn kernel(x: &Tensor) -> Result<Tensor> {
+    Ok(x.contiguous()?.apply_op1(MaxPool3x3S2)?)
 }
 
 /// The composed version: pad with the lowest finite value (padding never wins: every window holds a real
 /// pixel), take the 9 windows' values as strided views stacked on a last axis in row-major window order, and
 /// gather each window's first maximum. The gather's backward sends each output gradient to that one input.
-fn generic(x: &Tensor) -> Result<Tensor> {
+pub(crate) fn generic(x: &Tensor) -> Result<Tensor> {
     let (b, c, h, w) = x.dims4()?;
     let (oh, ow) = (out_size(h), out_size(w));
     // Window (i, dy) starts at padded row 2i + dy: rows up to dy + 2·oh must exist for the stride-2 reshape.

@@ -10,8 +10,13 @@ use crate::error::Result;
 pub fn softmax(x: &Tensor) -> Result<Tensor> {
     match Kernel::select(x, false) {
         Kernel::Generic => generic(x),
-        _ => Ok(x.contiguous()?.apply_op1(Softmax)?),
+        _ => kernel(x),
     }
+}
+
+/// The CPU kernel.
+pub(crate) fn kernel(x: &Tensor) -> Result<Tensor> {
+    Ok(x.contiguous()?.apply_op1(Softmax)?)
 }
 
 /// The composed version (exp, sum, division: candle's `ops::softmax`, whose backward is right).

@@ -8,10 +8,14 @@
 //!
 //! The dropout mask is drawn by [`Mask::draw`] as the composed path draws it (one `f64` per element, in
 //! order, from the same generator), so both paths give the same result. Generic: softmax, then dropout.
+//!
+//! CUDA (`kernels/softmax_dropout.cu`, one block per row): the mask is drawn on the device ([`Mask::Device`]) and
+//! is the op's second input; the backward is a second op that recomputes the probabilities from x (nothing is
+//! kept between the passes).
 
 use std::sync::Mutex;
 
-use candle_core::{CpuStorage, CustomOp1, Layout, Shape, Tensor};
+use candle_core::{CpuStorage, CustomOp1, CustomOp2, CustomOp3, DType, Layout, Shape, Tensor};
 use rand_chacha::ChaCha8Rng;
 use rayon::prelude::*;
 
@@ -79,12 +83,30 @@ impl CustomOp1 for SoftmaxDropout {
         Ok((CpuStorage::F32(y), layout.shape().clone()))
     }
 
+    /// Without dropout (the mask, when there is one, is the second input of the [`CustomOp2`] form).
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        storage: &candle_core::CudaStorage,
+        layout: &Layout,
+    ) -> candle_core::Result<(candle_core::CudaStorage, Shape)> {
+        if self.mask.is_some() {
+            candle_core::bail!("softmax-dropout: a host mask on a CUDA tensor");
+        }
+        cuda_forward(storage, layout, None)
+    }
+
     fn bwd(
         &self,
         arg: &Tensor,
         _res: &Tensor,
         grad_res: &Tensor,
     ) -> candle_core::Result<Option<Tensor>> {
+        if arg.device().is_cuda() {
+            return Ok(Some(
+                arg.apply_op2_no_bwd(&grad_res.contiguous()?, &SoftmaxDropoutGrad)?,
+            ));
+        }
         let n = arg.dims().last().copied().unwrap_or(1).max(1);
         let probs = self
             .probs
@@ -123,12 +145,233 @@ impl CustomOp1 for SoftmaxDropout {
     }
 }
 
+/// dropout(softmax(x)) with the mask as the second input: the CUDA kernel's form (the CPU kernel keeps its host
+/// mask in the op).
+impl CustomOp2 for SoftmaxDropout {
+    fn name(&self) -> &'static str {
+        "softmax-dropout-masked"
+    }
+
+    fn cpu_fwd(
+        &self,
+        _: &CpuStorage,
+        _: &Layout,
+        _: &CpuStorage,
+        _: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        candle_core::bail!(
+            "softmax-dropout: the CPU kernel takes its mask from the host (one input)"
+        )
+    }
+
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        x: &candle_core::CudaStorage,
+        x_layout: &Layout,
+        mask: &candle_core::CudaStorage,
+        mask_layout: &Layout,
+    ) -> candle_core::Result<(candle_core::CudaStorage, Shape)> {
+        if x_layout.shape() != mask_layout.shape() {
+            candle_core::bail!(
+                "softmax-dropout: mask {:?} for x {:?}",
+                mask_layout.shape(),
+                x_layout.shape()
+            );
+        }
+        cuda_forward(x, x_layout, Some((mask, mask_layout)))
+    }
+
+    fn bwd(
+        &self,
+        x: &Tensor,
+        mask: &Tensor,
+        _res: &Tensor,
+        grad_res: &Tensor,
+    ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>)> {
+        let grad_x = x.apply_op3_no_bwd(mask, &grad_res.contiguous()?, &SoftmaxDropoutGrad)?;
+        Ok((Some(grad_x), None))
+    }
+}
+
+/// The forward kernel over rows of the last dimension: `softmax_fwd` or `softmax_dropout_fwd`.
+#[cfg(feature = "cuda")]
+fn cuda_forward(
+    x: &candle_core::CudaStorage,
+    layout: &Layout,
+    mask: Option<(&candle_core::CudaStorage, &Layout)>,
+) -> candle_core::Result<(candle_core::CudaStorage, Shape)> {
+    use super::cuda::{alloc, input, launch, storage, to_u32, SOFTMAX_DROPOUT};
+    use candle_core::backend::BackendStorage;
+    const OP: &str = "softmax-dropout";
+    let dev = x.device();
+    let (rows, width) = super::rows_and_width(layout.shape())?;
+    let xv = input(x, layout, OP)?;
+    let mut y = alloc::<f32>(dev, xv.len())?;
+    let (grid, width) = (to_u32(rows, OP)?, to_u32(width, OP)?);
+    match mask {
+        // softmax_fwd(const float* x, float* y, unsigned width)
+        None => launch!(
+            dev,
+            SOFTMAX_DROPOUT,
+            "softmax_fwd",
+            grid,
+            [&xv, &mut y, &width]
+        ),
+        Some((m, m_layout)) => {
+            let mv = input(m, m_layout, OP)?;
+            // softmax_dropout_fwd(const float* x, const float* mask, float* y, unsigned width)
+            launch!(
+                dev,
+                SOFTMAX_DROPOUT,
+                "softmax_dropout_fwd",
+                grid,
+                [&xv, &mv, &mut y, &width]
+            );
+        }
+    }
+    Ok((storage(y, dev), layout.shape().clone()))
+}
+
+/// The backward on a GPU, stateless: ∂L/∂x from (x, ∂L/∂y) or (x, mask, ∂L/∂y), the probabilities recomputed.
+struct SoftmaxDropoutGrad;
+
+impl CustomOp2 for SoftmaxDropoutGrad {
+    fn name(&self) -> &'static str {
+        "softmax-dropout-grad"
+    }
+
+    fn cpu_fwd(
+        &self,
+        _: &CpuStorage,
+        _: &Layout,
+        _: &CpuStorage,
+        _: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        candle_core::bail!(
+            "softmax-dropout-grad runs on CUDA only (the CPU backward is the op's bwd)"
+        )
+    }
+
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        x: &candle_core::CudaStorage,
+        x_layout: &Layout,
+        grad: &candle_core::CudaStorage,
+        grad_layout: &Layout,
+    ) -> candle_core::Result<(candle_core::CudaStorage, Shape)> {
+        cuda_backward(x, x_layout, None, grad, grad_layout)
+    }
+}
+
+impl CustomOp3 for SoftmaxDropoutGrad {
+    fn name(&self) -> &'static str {
+        "softmax-dropout-grad-masked"
+    }
+
+    fn cpu_fwd(
+        &self,
+        _: &CpuStorage,
+        _: &Layout,
+        _: &CpuStorage,
+        _: &Layout,
+        _: &CpuStorage,
+        _: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        candle_core::bail!(
+            "softmax-dropout-grad runs on CUDA only (the CPU backward is the op's bwd)"
+        )
+    }
+
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        x: &candle_core::CudaStorage,
+        x_layout: &Layout,
+        mask: &candle_core::CudaStorage,
+        mask_layout: &Layout,
+        grad: &candle_core::CudaStorage,
+        grad_layout: &Layout,
+    ) -> candle_core::Result<(candle_core::CudaStorage, Shape)> {
+        cuda_backward(x, x_layout, Some((mask, mask_layout)), grad, grad_layout)
+    }
+}
+
+#[cfg(feature = "cuda")]
+fn cuda_backward(
+    x: &candle_core::CudaStorage,
+    x_layout: &Layout,
+    mask: Option<(&candle_core::CudaStorage, &Layout)>,
+    grad: &candle_core::CudaStorage,
+    grad_layout: &Layout,
+) -> candle_core::Result<(candle_core::CudaStorage, Shape)> {
+    use super::cuda::{alloc, input, launch, storage, to_u32, SOFTMAX_DROPOUT};
+    use candle_core::backend::BackendStorage;
+    const OP: &str = "softmax-dropout backward";
+    if x_layout.shape() != grad_layout.shape() {
+        candle_core::bail!(
+            "{OP}: gradient {:?} for x {:?}",
+            grad_layout.shape(),
+            x_layout.shape()
+        );
+    }
+    let dev = x.device();
+    let (rows, width) = super::rows_and_width(x_layout.shape())?;
+    let xv = input(x, x_layout, OP)?;
+    let gv = input(grad, grad_layout, OP)?;
+    let mut dx = alloc::<f32>(dev, xv.len())?;
+    let (grid, width) = (to_u32(rows, OP)?, to_u32(width, OP)?);
+    match mask {
+        // softmax_bwd(const float* x, const float* grad, float* dx, unsigned width)
+        None => launch!(
+            dev,
+            SOFTMAX_DROPOUT,
+            "softmax_bwd",
+            grid,
+            [&xv, &gv, &mut dx, &width]
+        ),
+        Some((m, m_layout)) => {
+            let mv = input(m, m_layout, OP)?;
+            // softmax_dropout_bwd(const float* x, const float* mask, const float* grad, float* dx, unsigned width)
+            launch!(
+                dev,
+                SOFTMAX_DROPOUT,
+                "softmax_dropout_bwd",
+                grid,
+                [&xv, &mv, &gv, &mut dx, &width]
+            );
+        }
+    }
+    Ok((storage(dx, dev), x_layout.shape().clone()))
+}
+
 /// `dropout(softmax(x, last dim), p)` for x of any rank ≥ 1 (dropout in training only, p > 0), masks from `rng`.
 pub fn softmax_dropout(x: &Tensor, p: f64, train: bool, rng: &Mutex<ChaCha8Rng>) -> Result<Tensor> {
-    match Kernel::select(x, false) {
+    match Kernel::select(x, true) {
         Kernel::Cpu if x.rank() > 0 => fused(x, p, train, rng),
+        Kernel::Cuda if x.rank() > 0 => cuda(x, draw(x, p, train, rng)?),
         _ => generic(x, p, train, rng),
     }
+}
+
+/// dropout(softmax(x)) with a given mask (`None`: softmax alone) on the body [`Kernel::select`] picks for x: what
+/// [`softmax_dropout`] runs once its mask is drawn. The device check passes the same mask to every body.
+pub(crate) fn with_mask(x: &Tensor, mask: Option<Mask>) -> Result<Tensor> {
+    match Kernel::select(x, true) {
+        Kernel::Cpu if x.rank() > 0 => cpu_kernel(x, mask.map(Mask::into_host).transpose()?),
+        Kernel::Cuda if x.rank() > 0 => cuda(x, mask),
+        _ => generic_with_mask(x, mask),
+    }
+}
+
+/// The composed version with a given mask: softmax, then the product with the mask.
+pub(crate) fn generic_with_mask(x: &Tensor, mask: Option<Mask>) -> Result<Tensor> {
+    let y = super::softmax::generic(x)?;
+    Ok(match mask {
+        Some(mask) => (&y * mask.into_tensor(y.shape(), y.device(), y.dtype())?)?,
+        None => y,
+    })
 }
 
 fn generic(x: &Tensor, p: f64, train: bool, rng: &Mutex<ChaCha8Rng>) -> Result<Tensor> {
@@ -136,17 +379,45 @@ fn generic(x: &Tensor, p: f64, train: bool, rng: &Mutex<ChaCha8Rng>) -> Result<T
     dropout_shared(&y, p, train, rng)
 }
 
-fn fused(x: &Tensor, p: f64, train: bool, rng: &Mutex<ChaCha8Rng>) -> Result<Tensor> {
-    let mask = if train && p > 0.0 {
-        Some(Mask::draw(x.shape(), p, x.device(), &mut *lock(rng)?)?.into_host()?)
+/// The mask of a forward: drawn in training with p > 0, as [`dropout_shared`] draws it.
+fn draw(x: &Tensor, p: f64, train: bool, rng: &Mutex<ChaCha8Rng>) -> Result<Option<Mask>> {
+    Ok(if train && p > 0.0 {
+        Some(Mask::draw(x.shape(), p, x.device(), &mut *lock(rng)?)?)
     } else {
         None
-    };
+    })
+}
+
+fn fused(x: &Tensor, p: f64, train: bool, rng: &Mutex<ChaCha8Rng>) -> Result<Tensor> {
+    let mask = draw(x, p, train, rng)?.map(Mask::into_host).transpose()?;
+    cpu_kernel(x, mask)
+}
+
+/// The CPU kernel with a host mask.
+pub(crate) fn cpu_kernel(x: &Tensor, mask: Option<Vec<f32>>) -> Result<Tensor> {
     let op = SoftmaxDropout {
         mask,
         probs: Mutex::new(Vec::new()),
     };
     Ok(x.contiguous()?.apply_op1(op)?)
+}
+
+/// The CUDA kernel: softmax alone (one input) or with the device mask as the second input.
+fn cuda(x: &Tensor, mask: Option<Mask>) -> Result<Tensor> {
+    let x = x.contiguous()?;
+    let op = SoftmaxDropout {
+        mask: None,
+        probs: Mutex::new(Vec::new()),
+    };
+    Ok(match mask {
+        None => x.apply_op1(op)?,
+        Some(mask) => {
+            let mask = mask
+                .into_tensor(x.shape(), x.device(), DType::F32)?
+                .contiguous()?;
+            x.apply_op2(&mask, op)?
+        }
+    })
 }
 
 #[cfg(test)]
