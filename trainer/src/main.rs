@@ -55,8 +55,8 @@ struct SelfcheckArgs {
     /// The backbone fixtures.
     #[arg(long, default_value = "trainer/tests/fixtures/backbones")]
     fixtures: PathBuf,
-    /// Sections: parity, bench.
-    #[arg(long, value_delimiter = ',', default_value = "parity,bench")]
+    /// Sections: ops, parity, bench.
+    #[arg(long, value_delimiter = ',', default_value = "ops,parity,bench")]
     sections: Vec<String>,
     /// Small inputs (a rehearsal on a CPU) instead of the reference's sizes.
     #[arg(long)]
@@ -468,6 +468,7 @@ fn selfcheck(args: SelfcheckArgs) -> Result<()> {
     let (device, _) = device(args.device)?;
     let options = erc_train::selfcheck::SelfcheckOptions {
         fixtures: args.fixtures,
+        ops: args.sections.iter().any(|s| s == "ops"),
         parity: args.sections.iter().any(|s| s == "parity"),
         bench: args.sections.iter().any(|s| s == "bench"),
         scale: if args.quick {

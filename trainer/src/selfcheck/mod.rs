@@ -1,5 +1,6 @@
 //! `erc-train selfcheck`: what a GPU machine must confirm, runnable from the binary alone (GPU machines have no
-//! Rust toolchain): the backbones' [`parity`] with PyTorch on the device, and the [`bench`] timings that
+//! Rust toolchain): every op's device path against its CPU kernel ([`crate::ops::check`]), the backbones'
+//! [`parity`] with PyTorch on the device, and the [`bench`] timings that
 //! `scripts/gpu-check.sh` sets beside PyTorch's. `--device cpu` rehearses the same on the CPU.
 
 pub mod bench;
@@ -18,6 +19,8 @@ use crate::error::Result;
 pub struct SelfcheckOptions {
     /// The backbone fixtures (`trainer/tests/fixtures/backbones`).
     pub fixtures: PathBuf,
+    /// Every op on the device against its CPU kernel ([`crate::ops::check`]).
+    pub ops: bool,
     pub parity: bool,
     pub bench: bool,
     pub scale: bench::Scale,
@@ -33,6 +36,36 @@ pub fn run(device: &Device, opts: &SelfcheckOptions) -> Result<(bool, serde_json
     let mut ok = true;
     let mut out = serde_json::Map::new();
     out.insert("device".into(), json!(format!("{device:?}")));
+    if opts.ops {
+        crate::train::device::set_tf32(device, false);
+        println!("ops on the device against their CPU kernels (forward values and gradients)");
+        let mut rows = Vec::new();
+        match crate::ops::check::compare_with_cpu(device) {
+            Ok(checks) => {
+                for c in &checks {
+                    println!(
+                        "  {:<24} {:<8} {:<7} max rel err {:.2e} (limit {:.0e})",
+                        c.op,
+                        c.body,
+                        if c.passed { "ok" } else { "FAILED" },
+                        c.max_rel_error,
+                        c.tolerance
+                    );
+                    ok &= c.passed;
+                    rows.push(json!({
+                        "op": c.op, "body": c.body, "max_rel_error": c.max_rel_error,
+                        "tolerance": c.tolerance, "passed": c.passed, "detail": c.detail,
+                    }));
+                }
+            }
+            Err(e) => {
+                ok = false;
+                println!("  FAILED: {e}");
+                rows.push(json!({ "error": e.to_string() }));
+            }
+        }
+        out.insert("ops".into(), serde_json::Value::Array(rows));
+    }
     if opts.parity {
         let mut sections = serde_json::Map::new();
         type Check = fn(&std::path::Path, &Device) -> Result<Vec<parity::Compared>>;
