@@ -287,6 +287,20 @@ impl Errors {
         self.rows.push((what.into(), rel_error(ours, reference)));
     }
 
+    /// The four results of an affine normalisation — y, ∂x, ∂γ, ∂β — against the CPU kernel's `y_ref` and
+    /// `g_ref` (the gradients of x, γ, β).
+    fn check_affine(&mut self, case: &str, ours: [Tensor; 4], y_ref: &Tensor, g_ref: &[Tensor]) {
+        let [y, dx, dgamma, dbeta] = ours;
+        self.check(format!("{case}: y"), &y, y_ref);
+        for (name, got, reference) in [
+            ("∂x", dx, &g_ref[0]),
+            ("∂γ", dgamma, &g_ref[1]),
+            ("∂β", dbeta, &g_ref[2]),
+        ] {
+            self.check(format!("{case}: {name}"), &got, reference);
+        }
+    }
+
     fn finish(self, emu: &Emu) {
         emu.assert_all_launched();
         let worst = self.rows.iter().map(|r| r.1).fold(0f64, f64::max);
@@ -522,22 +536,13 @@ fn layer_norm_kernels_match_the_cpu_kernel() {
             ],
         );
         let case = format!("{dims:?}");
-        errors.check(format!("{case}: y"), &emu.tensor(&y, 0..len, &dims), &y_ref);
-        errors.check(
-            format!("{case}: ∂x"),
-            &emu.tensor(&dx, 0..len, &dims),
-            &g_ref[0],
-        );
-        errors.check(
-            format!("{case}: ∂γ"),
-            &emu.tensor(&dgamma, 0..d, &[d]),
-            &g_ref[1],
-        );
-        errors.check(
-            format!("{case}: ∂β"),
-            &emu.tensor(&dbeta, 0..d, &[d]),
-            &g_ref[2],
-        );
+        let ours = [
+            emu.tensor(&y, 0..len, &dims),
+            emu.tensor(&dx, 0..len, &dims),
+            emu.tensor(&dgamma, 0..d, &[d]),
+            emu.tensor(&dbeta, 0..d, &[d]),
+        ];
+        errors.check_affine(&case, ours, &y_ref, &g_ref);
     }
     errors.finish(&emu);
 }
@@ -711,26 +716,13 @@ fn group_norm_kernels_match_the_cpu_kernel() {
             ],
         );
         let case = format!("({b}, {t}, {c}) gelu {gelu}");
-        errors.check(
-            format!("{case}: y"),
-            &emu.tensor(&y, 0..len, &shape),
-            &y_ref,
-        );
-        errors.check(
-            format!("{case}: ∂x"),
-            &emu.tensor(&dx, 0..len, &shape),
-            &g_ref[0],
-        );
-        errors.check(
-            format!("{case}: ∂γ"),
-            &emu.tensor(&dgamma, 0..c, &[c]),
-            &g_ref[1],
-        );
-        errors.check(
-            format!("{case}: ∂β"),
-            &emu.tensor(&dbeta, 0..c, &[c]),
-            &g_ref[2],
-        );
+        let ours = [
+            emu.tensor(&y, 0..len, &shape),
+            emu.tensor(&dx, 0..len, &shape),
+            emu.tensor(&dgamma, 0..c, &[c]),
+            emu.tensor(&dbeta, 0..c, &[c]),
+        ];
+        errors.check_affine(&case, ours, &y_ref, &g_ref);
     }
     errors.finish(&emu);
 }
@@ -928,26 +920,13 @@ fn batch_norm_kernels_match_the_cpu_kernel() {
             "{shape:?} {} relu {relu}",
             if train { "train" } else { "eval" }
         );
-        errors.check(
-            format!("{case}: y"),
-            &emu.tensor(&out, 0..len, &shape),
-            &y_ref,
-        );
-        errors.check(
-            format!("{case}: ∂x"),
-            &emu.tensor(&grads, 0..len, &shape),
-            &g_ref[0],
-        );
-        errors.check(
-            format!("{case}: ∂γ"),
-            &emu.tensor(&grads, len..len + c, &[c]),
-            &g_ref[1],
-        );
-        errors.check(
-            format!("{case}: ∂β"),
-            &emu.tensor(&grads, len + c..len + 2 * c, &[c]),
-            &g_ref[2],
-        );
+        let ours = [
+            emu.tensor(&out, 0..len, &shape),
+            emu.tensor(&grads, 0..len, &shape),
+            emu.tensor(&grads, len..len + c, &[c]),
+            emu.tensor(&grads, len + c..len + 2 * c, &[c]),
+        ];
+        errors.check_affine(&case, ours, &y_ref, &g_ref);
         // the statistics the kernel normalised with move the running ones as the CPU kernel moved them (the
         // running update itself is tensor ops on the device)
         let stats = emu.read_f32(&out)[len..].to_vec();
