@@ -416,8 +416,7 @@ fn eval(args: EvalArgs) -> Result<()> {
 
 fn table4(args: Table4Args) -> Result<()> {
     if let Some(out) = &args.collect {
-        let corrected = out.join("corrected").is_dir();
-        println!("{}", erc_train::table4::collect(out, corrected)?);
+        println!("{}", erc_train::table4::collect(out)?);
         println!("tables: {}", out.join("table4.md").display());
         return Ok(());
     }

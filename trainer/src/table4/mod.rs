@@ -250,22 +250,32 @@ pub fn run(opts: &Table4Options) -> Result<Table4Report> {
         }
     }
     failed.extend(run_jobs(ready, &pending, opts, &devices)?);
-    let table = collect(&opts.out, opts.corrected || has_corrected(&opts.out))?;
+    if opts.corrected {
+        // the tables show the corrected column whenever this folder exists, also if no corrected run started
+        let dir = opts.out.join("corrected");
+        std::fs::create_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
+    }
+    let table = collect(&opts.out)?;
     println!("{table}");
     println!("tables: {}", opts.out.join("table4.md").display());
     Ok(Table4Report { failed, table })
 }
 
-fn has_corrected(out: &Path) -> bool {
-    out.join("corrected").is_dir()
-}
-
 /// Which jobs still need training, wiping the folders that cannot be continued.
 fn pending(jobs: &[Job], opts: &Table4Options) -> Result<Vec<bool>> {
+    // the data's fingerprint reads the three CSVs: once per row limit, not once per job
+    let mut data_shas: BTreeMap<Option<usize>, String> = BTreeMap::new();
     jobs.iter()
         .map(|job| {
             let config_sha = config_fingerprint(&job.config)?;
-            let data_sha = data_fingerprint(&opts.data, job.max_rows)?;
+            let data_sha = match data_shas.get(&job.max_rows) {
+                Some(sha) => sha.clone(),
+                None => {
+                    let sha = data_fingerprint(&opts.data, job.max_rows)?;
+                    data_shas.insert(job.max_rows, sha.clone());
+                    sha
+                }
+            };
             Ok(match inspect(&job.dir, &config_sha, &data_sha)? {
                 Folder::Complete => {
                     tracing::info!(
@@ -332,6 +342,7 @@ fn estimate(
     device: &candle_core::Device,
 ) -> Result<Vec<Option<f64>>> {
     let mut per_family: BTreeMap<String, (f64, usize)> = BTreeMap::new();
+    let (train, valid, test) = split_sizes(&opts.data)?;
     let mut out = Vec::new();
     for (job, todo) in jobs.iter().zip(pending) {
         if !todo {
@@ -349,7 +360,6 @@ fn estimate(
         // the loop's steps, plus the evaluations (forward only, ~1/3 of a training step) of every epoch and the
         // final valid + test
         let prepared_len = |split: usize| job.max_rows.map_or(split, |m| split.min(m));
-        let (train, valid, test) = split_sizes(&opts.data)?;
         let epochs = job.config.epochs();
         let (_, steps) = planned_steps(prepared_len(train), job.config.batch_size(), epochs);
         let train_s = steps as f64 * per_item * job.config.batch_size() as f64;
@@ -607,8 +617,10 @@ fn folder_outcome(dir: &Path) -> RowResult {
 }
 
 /// Assembles the tables from the row folders under `out` (complete rows give numbers, failed ones their error,
-/// the rest "not run"), writes them and returns the terminal table.
-pub fn collect(out: &Path, corrected: bool) -> Result<String> {
+/// the rest "not run"; a corrected column when `out/corrected/` holds runs), writes them and returns the terminal
+/// table.
+pub fn collect(out: &Path) -> Result<String> {
+    let corrected = out.join("corrected").is_dir();
     let rows = paper_rows()?;
     let ours: Vec<RowResult> = rows
         .iter()

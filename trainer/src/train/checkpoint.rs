@@ -27,7 +27,7 @@ pub const FILE: &str = "resume.safetensors";
 /// The metadata key holding the [`LoopState`] JSON.
 const STATE_KEY: &str = "erc_train_resume";
 /// Bumped when the layout changes; an older checkpoint is refused with a message, not misread.
-const FORMAT: u32 = 1;
+pub const FORMAT: u32 = 1;
 
 /// A ChaCha generator's exact position: its seed, stream and word position.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
@@ -182,11 +182,6 @@ pub fn read(run: &Path) -> Result<Option<Checkpoint>> {
         state,
         tensors,
     }))
-}
-
-/// The current format number, for the loop's new states.
-pub fn format() -> u32 {
-    FORMAT
 }
 
 #[cfg(test)]

@@ -409,7 +409,7 @@ pub fn train(prepared: Prepared, options: &TrainOptions) -> Result<(PathBuf, Sum
         ctx: Ctx::train(seed.wrapping_add(2)),
     };
     let mut state = LoopState {
-        format: checkpoint::format(),
+        format: checkpoint::FORMAT,
         epoch: 0,
         optimizer_steps: 0,
         best: None,
