@@ -307,7 +307,6 @@ fn run_training(args: TrainArgs) -> Result<()> {
     let (device, device_name) = device(args.device)?;
     let prepared = prepare(loaded, data, VocabSource::GloveFile(glove), args.max_rows)?;
     let mut options = TrainOptions::new(data, &args.out, device, &device_name);
-    options.glove = args.glove.clone();
     options.progress = progress();
     finish(train::train(prepared, &options)?)
 }

@@ -571,7 +571,6 @@ fn run_job(
         job.max_rows,
     )?;
     let mut options = TrainOptions::new(&opts.data, &opts.out, device.clone(), device_name);
-    options.glove = opts.glove.clone();
     options.run_dir = Some(job.dir.clone());
     options.resume = true;
     options.progress = progress;

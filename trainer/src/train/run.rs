@@ -312,7 +312,6 @@ pub struct TrainOptions {
     pub out: PathBuf,
     pub device: Device,
     pub device_name: String,
-    pub glove: Option<PathBuf>,
     pub progress: Progress,
     /// Train in exactly this folder (created when missing) instead of a new `<out>/<name>[-N]`.
     pub run_dir: Option<PathBuf>,
@@ -329,7 +328,6 @@ impl TrainOptions {
             out: out.to_path_buf(),
             device,
             device_name: device_name.to_string(),
-            glove: None,
             progress: Progress::Hidden,
             run_dir: None,
             resume: false,
