@@ -5,7 +5,8 @@
 // * `__global__`, `__device__`, `__forceinline__` — plain (inline) C++ functions;
 // * `__shared__` — `static`: one copy per kernel, which is right because the driver runs the blocks of a launch
 //   one after another (never two blocks at once);
-// * `threadIdx`, `blockIdx` (per std::thread), `blockDim`, `gridDim` — set by the driver (1-D grids and blocks);
+// * `threadIdx`, `blockIdx` (per std::thread), `blockDim`, `gridDim` — set by the driver (1-D or 2-D grids, 1-D
+//   blocks);
 // * `__syncthreads()` — a barrier across the std::threads of the running block (one thread per CUDA thread);
 // * the CUDA maths the kernels call that C++ lacks under the same name (none so far beyond <cmath>: expf, logf,
 //   tanhf, sqrt, fmaxf, copysignf, fabsf are the C library's; no fast-math intrinsics such as __expf exist here,

@@ -1,9 +1,13 @@
 // The launcher of the CPU emulation (cuda_on_cpu.h): one process launches one kernel of the kernel file it was
-// compiled with, as `<binary> <kernel> <grid> <block> <argument>…`, the arguments in the kernel's order:
+// compiled with, as `<binary> <kernel> <grid> <block> <argument>…` (grid `X` or `XxY`: a 1-D or 2-D grid), the
+// arguments in the kernel's order:
 //
 // * a pointer parameter takes `in:PATH` (the file's bytes: an input), `out:COUNT:PATH` (COUNT elements of the
 //   pointee type, every byte 0xFF — NaN for floats — written to PATH after the launch: an output must be written
 //   in full, as on the GPU where it comes uninitialised) or `inout:PATH` (read, then written back);
+// * a `const unsigned long long*` parameter may instead take `table:PATH,PATH,…`: a device-side table of buffer
+//   addresses (a multi-tensor launch), each file read into a buffer of its own, its address in the table, and
+//   written back after the launch;
 // * a scalar parameter takes its value as text (`strtoul`/`strtol`/`strtof`/`strtod`: Rust's `{}` formatting of
 //   f32/f64 round-trips exactly).
 //
@@ -91,7 +95,28 @@ P parse_pointer(Arguments& args) {
     using Element = std::remove_const_t<std::remove_pointer_t<P>>;
     const std::string& text = args.take();
     auto buffer = std::make_unique<Buffer>();
-    if (text.rfind("in:", 0) == 0) {
+    if (text.rfind("table:", 0) == 0) {
+        if constexpr (!std::is_same_v<Element, unsigned long long>) {
+            throw std::runtime_error("table: is for `const unsigned long long*` parameters, got " + text);
+        } else {
+            // every listed buffer, then the table of their addresses
+            std::vector<unsigned long long> addresses;
+            size_t from = 6;
+            while (from <= text.size()) {
+                size_t comma = text.find(',', from);
+                if (comma == std::string::npos) comma = text.size();
+                auto entry = std::make_unique<Buffer>();
+                entry->save_to = text.substr(from, comma - from);
+                entry->bytes = read_file(entry->save_to);
+                if (entry->bytes.empty()) entry->bytes.reserve(16);
+                addresses.push_back(reinterpret_cast<unsigned long long>(entry->bytes.data()));
+                args.buffers.push_back(std::move(entry));
+                from = comma + 1;
+            }
+            buffer->bytes.resize(addresses.size() * sizeof(unsigned long long));
+            std::memcpy(buffer->bytes.data(), addresses.data(), buffer->bytes.size());
+        }
+    } else if (text.rfind("in:", 0) == 0) {
         buffer->bytes = read_file(text.substr(3));
     } else if (text.rfind("inout:", 0) == 0) {
         buffer->save_to = text.substr(6);
@@ -128,27 +153,30 @@ T parse(Arguments& args) {
 
 struct Entry {
     const char* name;
-    std::function<void(unsigned grid, unsigned block, Arguments& args)> launch;
+    std::function<void(dim3 grid, unsigned block, Arguments& args)> launch;
 };
 
 template <class... A>
 Entry entry(const char* name, void (*kernel)(A...)) {
-    return Entry{name, [kernel](unsigned grid, unsigned block, Arguments& args) {
+    return Entry{name, [kernel](dim3 grid, unsigned block, Arguments& args) {
                      // Braced initialisation evaluates left to right: the arguments in the kernel's order.
                      const std::tuple<A...> values{parse<A>(args)...};
                      if (args.next != args.items.size()) throw std::runtime_error("too many arguments for the kernel");
                      blockDim.x = block;
-                     gridDim.x = grid;
+                     gridDim = grid;
                      block_barrier.reset(block);
                      std::vector<std::thread> threads;
                      threads.reserve(block);
                      for (unsigned t = 0; t < block; ++t) {
                          threads.emplace_back([&values, kernel, grid, t] {
                              threadIdx.x = t;
-                             for (unsigned b = 0; b < grid; ++b) {
-                                 blockIdx.x = b;
-                                 std::apply(kernel, values);
-                                 block_barrier.wait();  // the block is done before any thread starts the next one
+                             for (unsigned by = 0; by < grid.y; ++by) {
+                                 for (unsigned bx = 0; bx < grid.x; ++bx) {
+                                     blockIdx.x = bx;
+                                     blockIdx.y = by;
+                                     std::apply(kernel, values);
+                                     block_barrier.wait();  // the block is done before any thread starts the next
+                                 }
                              }
                          });
                      }
@@ -162,7 +190,13 @@ inline int run(int argc, char** argv, std::vector<Entry> entries) {
     try {
         if (argc < 4) throw std::runtime_error("usage: <kernel> <grid> <block> <argument>...");
         const std::string name = argv[1];
-        const unsigned grid = parse_number<unsigned>(argv[2]);
+        // `X` or `XxY`
+        const std::string grid_text = argv[2];
+        const size_t times = grid_text.find('x');
+        dim3 grid;
+        grid.x = parse_number<unsigned>(grid_text.substr(0, times));
+        grid.y = times == std::string::npos ? 1 : parse_number<unsigned>(grid_text.substr(times + 1));
+        if (grid.x == 0 || grid.y == 0 || grid.y > 65535) throw std::runtime_error("grid out of range: " + grid_text);
         const unsigned block = parse_number<unsigned>(argv[3]);
         if (block == 0 || block > 1024) throw std::runtime_error("block size out of range");
         Arguments args;

@@ -6,9 +6,12 @@
 //!
 //! CPU kernel: the moments live on the host and the update is one pass over (θ, g, m, v) in place — no copy of
 //! the parameter, the gradient or the moments per step (for the waveform encoder's 22.5 M-weight first layer each
-//! copy is 90 MB), split over the cores. Generic: the moments are tensors on the parameter's device and the
-//! update is composed of tensor ops; the clipping coefficient stays a device scalar, so that a step reads nothing
-//! back from the device (the norm is read only when someone asks for it: [`GradNorm::value`]).
+//! copy is 90 MB), split over the cores. CUDA kernel (`kernels/adamw.cu`): multi-tensor launches — Σ g² of every
+//! gradient in one launch, the clipping coefficient in a second (it stays on the device), and the update of a
+//! whole parameter group (all its tensors, in place) in one more: [`GradNorm::add_all`] and [`update_group`].
+//! Generic: the moments are tensors on the parameter's device and the update is composed of tensor ops; the
+//! clipping coefficient stays a device scalar. Either way a step reads nothing back from the device (the norm is
+//! read only when someone asks for it: [`GradNorm::value`]).
 
 use std::cell::RefCell;
 
@@ -82,12 +85,14 @@ impl Moments {
     }
 }
 
-/// The global gradient norm, accumulated gradient by gradient: host sums for the host moments, a device scalar
-/// for the others.
+/// The global gradient norm, accumulated gradient by gradient: host sums for the host moments, device sums for
+/// the others.
 #[derive(Default)]
 pub struct GradNorm {
     host_squares: f64,
-    device_squares: Option<Tensor>,
+    /// Σ g² of the device gradients: a sum of scalars (composed) and/or per-chunk f64 partials (the CUDA kernel);
+    /// its total is the device part of the norm².
+    device_squares: Vec<Tensor>,
 }
 
 impl GradNorm {
@@ -106,36 +111,71 @@ impl GradNorm {
             }
             Moments::Device { .. } => {
                 let s = g.detach().to_dtype(DType::F32)?.sqr()?.sum_all()?;
-                self.device_squares = Some(match self.device_squares.take() {
-                    Some(total) => (total + s)?,
-                    None => s,
-                });
+                self.device_squares.push(s);
             }
         }
         Ok(())
     }
 
-    /// The norm (reads the device scalar back: for logs and tests, not for the step).
+    /// Adds Σ g² of every gradient: the device ones on a GPU in one multi-tensor launch, the others one by one.
+    pub fn add_all(&mut self, grads: &[(&Tensor, &Moments)]) -> Result<()> {
+        let fused: Vec<&Tensor> = grads
+            .iter()
+            .filter(|(g, m)| multi_tensor(g) && matches!(m, Moments::Device { .. }))
+            .map(|(g, _)| *g)
+            .collect();
+        for (g, m) in grads {
+            if !fused.iter().any(|f| std::ptr::eq(*f, *g)) {
+                self.add(g, m)?;
+            }
+        }
+        if !fused.is_empty() {
+            self.device_squares.push(multi::sum_squares(&fused)?);
+        }
+        Ok(())
+    }
+
+    /// The norm (reads the device sums back: for logs and tests, not for the step).
     pub fn value(&self) -> Result<f64> {
-        let device = match &self.device_squares {
-            Some(t) => t.to_dtype(DType::F64)?.to_scalar::<f64>()?,
-            None => 0.0,
-        };
+        let mut device = 0.0;
+        for t in &self.device_squares {
+            device += t.to_dtype(DType::F64)?.sum_all()?.to_scalar::<f64>()?;
+        }
         Ok((self.host_squares + device).sqrt())
     }
 
     /// torch.nn.utils.clip_grad_norm_'s coefficient `min(1, max_norm / (norm + 1e-6))`: a number when every
-    /// gradient is on the host, a device scalar otherwise.
+    /// gradient is on the host, a device scalar otherwise (on a GPU one launch over the kernel's partials).
     pub fn clip(&self, max_norm: f64) -> Result<Clip> {
-        Ok(match &self.device_squares {
-            None => Clip::Host((max_norm / (self.host_squares.sqrt() + 1e-6)).min(1.0) as f32),
-            Some(t) => {
-                let norm = (t.affine(1.0, self.host_squares)?.sqrt()? + 1e-6)?;
-                let coefficient = norm.recip()?.affine(max_norm, 0.0)?;
-                Clip::Device(coefficient.minimum(1.0)?)
+        let Some(first) = self.device_squares.first() else {
+            return Ok(Clip::Host(
+                (max_norm / (self.host_squares.sqrt() + 1e-6)).min(1.0) as f32,
+            ));
+        };
+        if let [partials] = self.device_squares.as_slice() {
+            if partials.dtype() == DType::F64
+                && Kernel::select_device(partials.device(), true) == Kernel::Cuda
+            {
+                return Ok(Clip::Device(multi::clip(
+                    partials,
+                    self.host_squares,
+                    max_norm,
+                )?));
             }
-        })
+        }
+        let mut total = first.to_dtype(DType::F32)?.sum_all()?;
+        for t in &self.device_squares[1..] {
+            total = (total + t.to_dtype(DType::F32)?.sum_all()?)?;
+        }
+        let norm = (total.affine(1.0, self.host_squares)?.sqrt()? + 1e-6)?;
+        let coefficient = norm.recip()?.affine(max_norm, 0.0)?;
+        Ok(Clip::Device(coefficient.minimum(1.0)?))
     }
+}
+
+/// Whether a gradient takes the multi-tensor CUDA kernels.
+fn multi_tensor(g: &Tensor) -> bool {
+    Kernel::select(g, true) == Kernel::Cuda
 }
 
 /// The clipping coefficient of a step.
@@ -207,6 +247,45 @@ pub fn adamw_update(
             *m = new_m;
             *v = new_v;
         }
+    }
+    Ok(())
+}
+
+/// One parameter of a group update: its variable, its gradient, its moments.
+pub struct Update<'a> {
+    pub var: &'a Var,
+    pub grad: &'a Tensor,
+    pub moments: &'a mut Moments,
+}
+
+/// Updates every parameter of a group (same step scalars) in place: on a GPU the device ones in one multi-tensor
+/// launch, the others one by one ([`adamw_update`]).
+pub fn update_group(group: &mut [Update<'_>], clip: &Clip, s: &Step) -> Result<()> {
+    let fuses = |u: &Update<'_>| {
+        matches!(u.moments, Moments::Device { .. })
+            && multi_tensor(u.var.as_tensor())
+            && multi_tensor(u.grad)
+    };
+    for u in group.iter_mut() {
+        if !fuses(u) {
+            adamw_update(u.var, u.grad, u.moments, clip, s)?;
+        }
+    }
+    let fused: Vec<(&Var, &Tensor, &Tensor, &Tensor)> = group
+        .iter()
+        .filter(|u| fuses(u))
+        .filter_map(|u| match &*u.moments {
+            Moments::Device { m, v } => Some((u.var, u.grad, m, v)),
+            Moments::Host { .. } => None,
+        })
+        .collect();
+    if !fused.is_empty() {
+        let Clip::Device(coefficient) = clip else {
+            return Err(Error::Other(
+                "adamw: device gradients with a host clipping coefficient".into(),
+            ));
+        };
+        multi::update(&fused, coefficient, s)?;
     }
     Ok(())
 }
@@ -285,6 +364,268 @@ impl candle_core::InplaceOp1 for HostUpdateWith<'_, '_> {
                 .for_each(|((theta, g), (m, v))| update(theta, g, m, v));
         }
         Ok(())
+    }
+}
+
+/// The multi-tensor launches of `kernels/adamw.cu` (CUDA builds; elsewhere nothing selects them).
+mod multi {
+    use candle_core::{Tensor, Var};
+
+    use super::Step;
+    use crate::error::Result;
+
+    #[cfg(feature = "cuda")]
+    pub use cuda::{clip, sum_squares, update};
+
+    #[cfg(not(feature = "cuda"))]
+    pub fn sum_squares(_: &[&Tensor]) -> Result<Tensor> {
+        Err(unavailable())
+    }
+
+    #[cfg(not(feature = "cuda"))]
+    pub fn clip(_: &Tensor, _: f64, _: f64) -> Result<Tensor> {
+        Err(unavailable())
+    }
+
+    #[cfg(not(feature = "cuda"))]
+    pub fn update(_: &[(&Var, &Tensor, &Tensor, &Tensor)], _: &Tensor, _: &Step) -> Result<()> {
+        Err(unavailable())
+    }
+
+    #[cfg(not(feature = "cuda"))]
+    fn unavailable() -> crate::error::Error {
+        crate::error::Error::Other("adamw: the multi-tensor kernels need a CUDA build".into())
+    }
+
+    #[cfg(feature = "cuda")]
+    mod cuda {
+        use candle_core::backend::BackendStorage;
+        use candle_core::cuda_backend::cudarc::driver::DevicePtr;
+        use candle_core::cuda_backend::CudaDevice;
+        use candle_core::{DType, Storage, Tensor, Var};
+
+        use crate::error::{Error, Result};
+        use crate::ops::adamw::Step;
+        use crate::ops::cuda::{adamw_chunks, alloc, launch, storage, to_u32, ADAMW};
+
+        /// The device address of a contiguous f32 CUDA tensor's first value, and its device.
+        fn address(t: &Tensor) -> Result<(u64, CudaDevice)> {
+            let (guard, layout) = t.storage_and_layout();
+            let Storage::Cuda(s) = &*guard else {
+                return Err(Error::Other(
+                    "adamw: a multi-tensor input is not on a GPU".into(),
+                ));
+            };
+            if !layout.is_contiguous() || t.dtype() != DType::F32 {
+                return Err(Error::Other(format!(
+                    "adamw: a multi-tensor input must be contiguous f32 ({:?})",
+                    t.dtype()
+                )));
+            }
+            let dev = s.device().clone();
+            let slice = s.as_cuda_slice::<f32>()?;
+            let stream = dev.cuda_stream();
+            let (ptr, _guard) = slice.device_ptr(&stream);
+            // The address outlives the read guard: the caller keeps `t` alive until its launches are scheduled,
+            // and candle's storage never moves.
+            Ok((ptr + 4 * layout.start_offset() as u64, dev))
+        }
+
+        /// Tables of addresses (one per list, in order), the lengths and the chunk table, as one device buffer of
+        /// u64 values, with the offset of each part: (buffer, [table offsets…, lens offset, chunks offset], chunks).
+        fn tables(
+            dev: &CudaDevice,
+            lists: &[Vec<u64>],
+            lens: &[usize],
+        ) -> Result<(
+            candle_core::cuda_backend::cudarc::driver::CudaSlice<u64>,
+            Vec<usize>,
+            usize,
+        )> {
+            let chunks = adamw_chunks(lens);
+            let mut host: Vec<u64> = Vec::new();
+            let mut offsets = Vec::new();
+            for list in lists {
+                offsets.push(host.len());
+                host.extend_from_slice(list);
+            }
+            offsets.push(host.len());
+            host.extend(lens.iter().map(|&n| n as u64));
+            offsets.push(host.len());
+            host.extend_from_slice(&chunks);
+            let buffer = dev.clone_htod(&host)?;
+            Ok((buffer, offsets, chunks.len() / 2))
+        }
+
+        /// Σ g² per chunk of every gradient (f64 partials, one launch).
+        pub fn sum_squares(grads: &[&Tensor]) -> Result<Tensor> {
+            let grads: Vec<Tensor> = grads
+                .iter()
+                .map(|g| g.contiguous())
+                .collect::<candle_core::Result<_>>()?;
+            let mut addresses = Vec::with_capacity(grads.len());
+            let mut dev = None;
+            for g in &grads {
+                let (a, d) = address(g)?;
+                addresses.push(a);
+                dev = Some(d);
+            }
+            let dev = dev.ok_or_else(|| Error::Other("adamw: no gradients".into()))?;
+            let lens: Vec<usize> = grads.iter().map(|g| g.elem_count()).collect();
+            let (table, at, count) = tables(&dev, &[addresses], &lens)?;
+            if count == 0 {
+                return Ok(Tensor::zeros(
+                    1,
+                    DType::F64,
+                    &candle_core::Device::Cuda(dev),
+                )?);
+            }
+            let mut partials = alloc::<f64>(&dev, count)?;
+            let (g_table, lens_v, chunks_v) = (
+                table.slice(at[0]..at[1]),
+                table.slice(at[1]..at[2]),
+                table.slice(at[2]..),
+            );
+            // adamw_sumsq(const unsigned long long* grads, const unsigned long long* chunks,
+            //             const unsigned long long* lens, double* partials)
+            launch!(
+                dev,
+                ADAMW,
+                "adamw_sumsq",
+                to_u32(count, "adamw")?,
+                [&g_table, &chunks_v, &lens_v, &mut partials]
+            );
+            drop(grads); // after the launch is scheduled (the addresses were read from them)
+            let storage = candle_core::CudaStorage::wrap_cuda_slice(partials, dev.clone());
+            Ok(Tensor::from_storage(
+                Storage::Cuda(storage),
+                count,
+                candle_core::op::BackpropOp::none(),
+                false,
+            ))
+        }
+
+        /// The clipping coefficient from the partials and the host gradients' Σ g² (one single-block launch).
+        pub fn clip(partials: &Tensor, host_squares: f64, max_norm: f64) -> Result<Tensor> {
+            let (guard, layout) = partials.storage_and_layout();
+            let Storage::Cuda(s) = &*guard else {
+                return Err(Error::Other("adamw: partials off the GPU".into()));
+            };
+            let dev = s.device().clone();
+            let p = s.as_cuda_slice::<f64>()?.slice(layout.start_offset()..);
+            let count = to_u32(partials.elem_count(), "adamw")?;
+            let mut squares = alloc::<f64>(&dev, 1)?;
+            let mut coefficient = alloc::<f32>(&dev, 1)?;
+            // adamw_clip(const double* partials, unsigned count, double host_squares, double max_norm,
+            //            double* squares, float* clip)
+            launch!(
+                dev,
+                ADAMW,
+                "adamw_clip",
+                1u32,
+                [
+                    &p,
+                    &count,
+                    &host_squares,
+                    &max_norm,
+                    &mut squares,
+                    &mut coefficient
+                ]
+            );
+            drop(guard);
+            Ok(Tensor::from_storage(
+                Storage::Cuda(storage(coefficient, &dev)),
+                (),
+                candle_core::op::BackpropOp::none(),
+                false,
+            ))
+        }
+
+        /// One launch updating every (θ, g, m, v) of a group in place.
+        pub fn update(
+            group: &[(&Var, &Tensor, &Tensor, &Tensor)],
+            clip: &Tensor,
+            s: &Step,
+        ) -> Result<()> {
+            let grads: Vec<Tensor> = group
+                .iter()
+                .map(|(_, g, _, _)| g.detach().contiguous())
+                .collect::<candle_core::Result<_>>()?;
+            let mut lists = vec![Vec::new(), Vec::new(), Vec::new(), Vec::new()];
+            let mut lens = Vec::with_capacity(group.len());
+            let mut dev = None;
+            for ((var, _, m, v), g) in group.iter().zip(&grads) {
+                let theta = var.as_tensor();
+                if g.elem_count() != theta.elem_count()
+                    || m.elem_count() != theta.elem_count()
+                    || v.elem_count() != theta.elem_count()
+                {
+                    return Err(Error::Other(format!(
+                        "adamw: a parameter {:?} with a gradient {:?}",
+                        theta.dims(),
+                        g.dims()
+                    )));
+                }
+                for (list, t) in lists.iter_mut().zip([theta, g, m, v]) {
+                    let (a, d) = address(t)?;
+                    list.push(a);
+                    dev = Some(d);
+                }
+                lens.push(theta.elem_count());
+            }
+            let dev = dev.ok_or_else(|| Error::Other("adamw: an empty group".into()))?;
+            let (table, at, count) = tables(&dev, &lists, &lens)?;
+            if count == 0 {
+                return Ok(());
+            }
+            let views: Vec<_> = (0..6)
+                .map(|i| table.slice(at[i]..at.get(i + 1).copied().unwrap_or(table.len())))
+                .collect();
+            let clip = clip.to_dtype(DType::F32)?.contiguous()?;
+            let (clip_guard, clip_layout) = clip.storage_and_layout();
+            let Storage::Cuda(cs) = &*clip_guard else {
+                return Err(Error::Other(
+                    "adamw: the clipping coefficient is off the GPU".into(),
+                ));
+            };
+            let c = cs
+                .as_cuda_slice::<f32>()?
+                .slice(clip_layout.start_offset()..);
+            let (b1, b2, decay, step_size, bias2_sqrt, eps) = (
+                s.beta1 as f32,
+                s.beta2 as f32,
+                s.decay as f32,
+                s.step_size as f32,
+                s.bias2_sqrt as f32,
+                s.eps as f32,
+            );
+            // adamw_update(const unsigned long long* params, const unsigned long long* grads,
+            //              const unsigned long long* ms, const unsigned long long* vs,
+            //              const unsigned long long* chunks, const unsigned long long* lens, const float* clip,
+            //              float beta1, float beta2, float decay, float step_size, float bias2_sqrt, float eps)
+            launch!(
+                dev,
+                ADAMW,
+                "adamw_update",
+                to_u32(count, "adamw")?,
+                [
+                    &views[0],
+                    &views[1],
+                    &views[2],
+                    &views[3],
+                    &views[5],
+                    &views[4],
+                    &c,
+                    &b1,
+                    &b2,
+                    &decay,
+                    &step_size,
+                    &bias2_sqrt,
+                    &eps
+                ]
+            );
+            Ok(())
+        }
     }
 }
 

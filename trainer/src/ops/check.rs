@@ -13,14 +13,11 @@
 //! CPU kernel to [`KERNEL_TOLERANCE`]; a generic composition, which rounds differently by construction (other
 //! summation orders, candle's libm erf, composed divisions), to [`GENERIC_TOLERANCE`].
 //!
-//! Two ops cannot be compared value for value on a GPU, and are checked for what they must satisfy instead:
-//! `dropout` (masks come from the device's generator there) — every output is 0 or x/(1 − p), the gradient is that
-//! same mask, the drop rate is p within 5σ; the masked ops (`linear`, `softmax_dropout`) get one host-drawn mask
-//! for both runs, so they are compared exactly.
+//! Dropout is compared value for value too: off the CPU its masks come from a counter-based generator whose
+//! factors the host computes exactly ([`dropout::Counter`]); the masked ops (`linear`, `softmax_dropout`) get one
+//! counter mask for both runs (its host factors for the CPU kernel), and `dropout`'s drop rate is checked to be p.
 
-use std::sync::Mutex;
-
-use candle_core::{DType, Device, Shape, Tensor, Var};
+use candle_core::{DType, Device, Tensor, Var};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
@@ -477,23 +474,24 @@ fn check_conv2d(device: &Device) -> Result<OpCheck> {
     Ok(report.finish())
 }
 
-/// Dropout's masks come from the device's own generator off the CPU: checked for what any mask must satisfy.
+/// Dropout draws its mask from the run's generator: host factors on the CPU, a counter (Philox) key elsewhere,
+/// whose factors the host computes exactly ([`dropout::Counter::factors`]). The reference is x times the factors
+/// [`Mask::draw`] gives for the device from the same seed, and the gradient those factors; the drop rate is p.
 fn check_dropout(device: &Device) -> Result<OpCheck> {
-    let mut report = Report::new("dropout", device, false)?;
+    let mut report = Report::new("dropout", device, true)?;
     let p = 0.3;
-    let scale = 1.0 / (1.0 - p);
     let x = seeded(&[64, 250], 1.0, 2.0, 51)?; // no value near 0: a zero output is a dropped element
     let var = Var::from_tensor(&x.to_device(device)?)?;
-    let mut rng = ChaCha8Rng::seed_from_u64(52);
-    let y = dropout::dropout(var.as_tensor(), p, &mut rng)?;
+    let y = dropout::dropout(var.as_tensor(), p, &mut ChaCha8Rng::seed_from_u64(52))?;
     let grad = y.sum_all()?.backward()?;
     let g = grad
         .get(var.as_tensor())
         .ok_or_else(|| Error::Other("dropout: no gradient".into()))?
         .to_device(&Device::Cpu)?;
     let y = y.to_device(&Device::Cpu)?;
-    // the mask the device drew, read off its output: 0 or 1/(1 − p)
-    let mask = (y.ne(0f32)?.to_dtype(DType::F32)? * scale)?;
+    let factors =
+        Mask::draw(x.shape(), p, device, &mut ChaCha8Rng::seed_from_u64(52))?.into_host()?;
+    let mask = Tensor::from_vec(factors, x.shape(), &Device::Cpu)?;
     report.compare(
         "p 0.3, (64, 250)",
         &[("y".into(), y.clone()), ("∂x".into(), g)],
@@ -587,46 +585,42 @@ fn check_linear(device: &Device) -> Result<OpCheck> {
     let x = seeded(&[9, 17], 1.0, 0.0, 91)?;
     let w = seeded(&[6, 17], 0.3, 0.0, 92)?;
     let b = seeded(&[6], 0.3, 0.0, 93)?;
-    let mut rng = ChaCha8Rng::seed_from_u64(94);
-    let mask = match Mask::draw(&Shape::from((9, 6)), 0.25, &Device::Cpu, &mut rng)? {
-        Mask::Host(values) => Tensor::from_vec(values, (9, 6), &Device::Cpu)?,
-        Mask::Device(t) => t,
-    };
+    // one counter mask for both runs: its host factors for the CPU kernel, the counter itself on the device
+    let counter = dropout::Counter { key: 94, p: 0.25 };
     for (relu, masked) in [(false, false), (true, true)] {
-        let host = move |s: &[Tensor]| -> Result<Option<Mask>> {
-            Ok(masked
-                .then(|| s[0].flatten_all().and_then(|m| m.to_vec1()))
-                .transpose()?
-                .map(Mask::Host))
+        let host = move || masked.then(|| Mask::Host(counter.factors(9 * 6)));
+        let device_mask = move || {
+            masked.then_some(Mask::Counter {
+                counter,
+                len: 9 * 6,
+            })
         };
-        let device_mask =
-            move |s: &[Tensor]| -> Option<Mask> { masked.then(|| Mask::Device(s[0].clone())) };
         case(
             &mut report,
             &format!("relu {relu} dropout {masked}"),
             device,
             &[("x", &x), ("W", &w), ("b", &b)],
-            &[&mask],
-            &|d, s| {
-                let mask = host(s)?.map(Mask::into_host).transpose()?;
+            &[],
+            &|d, _| {
+                let mask = host().map(Mask::into_host).transpose()?;
                 Ok(vec![linear::fused(&d[0], &d[1], &d[2], relu, mask)?])
             },
-            &|d, s| {
+            &|d, _| {
                 Ok(vec![linear::generic(
                     &d[0],
                     &d[1],
                     &d[2],
                     relu,
-                    device_mask(s),
+                    device_mask(),
                 )?])
             },
-            &|d, s| {
+            &|d, _| {
                 Ok(vec![linear::linear(
                     &d[0],
                     &d[1],
                     &d[2],
                     relu,
-                    device_mask(s),
+                    device_mask(),
                 )?])
             },
         )?;
@@ -736,45 +730,33 @@ fn check_softmax(device: &Device) -> Result<OpCheck> {
     Ok(report.finish())
 }
 
-/// One host-drawn mask for both runs (on a GPU the op would draw its own on the device).
+/// One counter mask for both runs: its host factors for the CPU kernel, the counter itself on the device (drawn
+/// inside the kernels there).
 fn check_softmax_dropout(device: &Device) -> Result<OpCheck> {
     let mut report = Report::new("softmax_dropout", device, true)?;
     let shape = [2, 3, 7, 300];
     let x = seeded(&shape, 3.0, 0.0, 131)?;
-    let rng = Mutex::new(ChaCha8Rng::seed_from_u64(132));
-    let mask = match Mask::draw(
-        &Shape::from(&shape[..]),
-        0.1,
-        &Device::Cpu,
-        &mut *dropout::lock(&rng)?,
-    )? {
-        Mask::Host(values) => Tensor::from_vec(values, shape.as_slice(), &Device::Cpu)?,
-        Mask::Device(t) => t,
-    };
+    let n = x.elem_count();
+    let counter = dropout::Counter { key: 132, p: 0.1 };
     for masked in [true, false] {
-        let device_mask =
-            move |s: &[Tensor]| -> Option<Mask> { masked.then(|| Mask::Device(s[0].clone())) };
+        let device_mask = move || masked.then_some(Mask::Counter { counter, len: n });
         case(
             &mut report,
             &format!("{shape:?} dropout {masked}"),
             device,
             &[("x", &x)],
-            &[&mask],
-            &|d, s| {
-                let host = if masked {
-                    Some(s[0].flatten_all()?.to_vec1::<f32>()?)
-                } else {
-                    None
-                };
+            &[],
+            &|d, _| {
+                let host = masked.then(|| counter.factors(n));
                 Ok(vec![softmax_dropout::cpu_kernel(&d[0], host)?])
             },
-            &|d, s| {
+            &|d, _| {
                 Ok(vec![softmax_dropout::generic_with_mask(
                     &d[0],
-                    device_mask(s),
+                    device_mask(),
                 )?])
             },
-            &|d, s| Ok(vec![softmax_dropout::with_mask(&d[0], device_mask(s))?]),
+            &|d, _| Ok(vec![softmax_dropout::with_mask(&d[0], device_mask())?]),
         )?;
     }
     Ok(report.finish())

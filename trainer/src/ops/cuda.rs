@@ -34,6 +34,21 @@ pub const GROUP_NORM_STEPS: u32 = 256;
 /// Values of one channel per block of the BatchNorm partial sums (`bn_*_partials`).
 pub const BATCH_NORM_CHUNK: u32 = 16 * BLOCK;
 
+/// Elements per block of the multi-tensor AdamW kernels: `ERC_ADAMW_CHUNK` in `kernels/adamw.cu`.
+pub const ADAMW_CHUNK: usize = 4096;
+
+/// The chunk table of a multi-tensor AdamW launch over tensors of lengths `lens`: (tensor, first element) per
+/// block, [`ADAMW_CHUNK`] elements per chunk (empty tensors have none).
+pub fn adamw_chunks(lens: &[usize]) -> Vec<u64> {
+    let mut chunks = Vec::new();
+    for (t, &len) in lens.iter().enumerate() {
+        for start in (0..len).step_by(ADAMW_CHUNK) {
+            chunks.extend([t as u64, start as u64]);
+        }
+    }
+    chunks
+}
+
 /// `n` as a kernel's `unsigned` parameter, or an error naming `op` for tensors beyond 2³² − 1.
 pub fn to_u32(n: usize, op: &str) -> candle_core::Result<u32> {
     u32::try_from(n)
@@ -76,18 +91,256 @@ pub fn batch_norm_partials(n: usize, c: usize, hw: usize) -> candle_core::Result
     Ok((to_u32(c * chunks as usize, "batch norm")?, chunks))
 }
 
+/// A 1-D or 2-D grid of blocks (`blockIdx.y` numbers planes, channels, tensors: whatever the kernel says).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Grid {
+    pub x: u32,
+    pub y: u32,
+}
+
+impl From<u32> for Grid {
+    fn from(x: u32) -> Grid {
+        Grid { x, y: 1 }
+    }
+}
+
+impl From<(u32, u32)> for Grid {
+    fn from((x, y): (u32, u32)) -> Grid {
+        Grid { x, y }
+    }
+}
+
+impl std::fmt::Display for Grid {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.y == 1 {
+            write!(f, "{}", self.x)
+        } else {
+            write!(f, "{}x{}", self.x, self.y)
+        }
+    }
+}
+
+/// Most blocks along a grid's y axis (CUDA's limit).
+pub const MAX_GRID_Y: u32 = 65_535;
+
+/// A kernel file: the name under which a device caches its loaded module, and the file (what the CPU emulator
+/// compiles); with the `cuda` feature, its PTX (`Module::ptx`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Module {
+    pub name: &'static str,
+    /// The `.cu` file under `trainer/kernels/`.
+    pub file: &'static str,
+}
+
+pub const SOFTMAX_DROPOUT: Module = Module {
+    name: "erc_train_softmax_dropout",
+    file: "softmax_dropout.cu",
+};
+pub const LAYER_NORM: Module = Module {
+    name: "erc_train_layer_norm",
+    file: "layer_norm.cu",
+};
+pub const GELU: Module = Module {
+    name: "erc_train_gelu",
+    file: "gelu.cu",
+};
+pub const GROUP_NORM: Module = Module {
+    name: "erc_train_group_norm",
+    file: "group_norm.cu",
+};
+pub const BATCH_NORM: Module = Module {
+    name: "erc_train_batch_norm",
+    file: "batch_norm.cu",
+};
+pub const LOSS: Module = Module {
+    name: "erc_train_loss",
+    file: "loss.cu",
+};
+pub const ADAMW: Module = Module {
+    name: "erc_train_adamw",
+    file: "adamw.cu",
+};
+pub const DROPOUT: Module = Module {
+    name: "erc_train_dropout",
+    file: "dropout.cu",
+};
+
+/// Every kernel file (the build checks that each `kernels/*.cu` is here, and the emulation test that each has a
+/// test).
+pub const MODULES: &[Module] = &[
+    ADAMW,
+    BATCH_NORM,
+    DROPOUT,
+    GELU,
+    GROUP_NORM,
+    LAYER_NORM,
+    LOSS,
+    SOFTMAX_DROPOUT,
+];
+
+// ---------------------------------------------------------------------------------------------------------------
+// Bodies written once for the GPU and its CPU emulation
+
+/// One operand of a [`Gemm`]: where its first matrix starts (in values from the buffer's start), its row stride,
+/// and the distance between consecutive matrices of a batch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Operand {
+    pub offset: usize,
+    pub ld: usize,
+    pub stride: usize,
+}
+
+impl Operand {
+    /// A single matrix at `offset` with row stride `ld`.
+    pub fn at(offset: usize, ld: usize) -> Operand {
+        Operand {
+            offset,
+            ld,
+            stride: 0,
+        }
+    }
+
+    /// Consecutive matrices `stride` values apart.
+    pub fn strided(self, stride: usize) -> Operand {
+        Operand { stride, ..self }
+    }
+}
+
+/// A batch of row-major matrix products `C_i = α·op(A_i)·op(B_i) + β·C_i` (`i < batch`; op(A) is m×k, op(B) k×n,
+/// C m×n; `trans_a` means A is stored k×m and read transposed, likewise `trans_b`). cuBLAS runs it (column-major,
+/// as `Cᵀ = op(B)ᵀ·op(A)ᵀ`), in TF32 when `precision: tf32` is set, like every candle matmul; the emulation test
+/// computes it in f64.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Gemm {
+    pub m: usize,
+    pub n: usize,
+    pub k: usize,
+    pub trans_a: bool,
+    pub trans_b: bool,
+    pub alpha: f32,
+    pub beta: f32,
+    pub a: Operand,
+    pub b: Operand,
+    pub c: Operand,
+    pub batch: usize,
+}
+
+impl Gemm {
+    /// C (m×n) = A (m×k) · B (k×n): one product, α = 1, β = 0 (set the other fields for more).
+    pub fn new(m: usize, n: usize, k: usize, a: Operand, b: Operand, c: Operand) -> Gemm {
+        Gemm {
+            m,
+            n,
+            k,
+            trans_a: false,
+            trans_b: false,
+            alpha: 1.0,
+            beta: 0.0,
+            a,
+            b,
+            c,
+            batch: 1,
+        }
+    }
+
+    /// How many values each operand's buffer must hold from its start: (A, B, C).
+    pub fn extents(&self) -> (usize, usize, usize) {
+        let extent = |o: &Operand, rows: usize, cols: usize| {
+            if rows == 0 || cols == 0 || self.batch == 0 {
+                return 0;
+            }
+            o.offset + (self.batch - 1) * o.stride + (rows - 1) * o.ld + cols
+        };
+        let (ar, ac) = if self.trans_a {
+            (self.k, self.m)
+        } else {
+            (self.m, self.k)
+        };
+        let (br, bc) = if self.trans_b {
+            (self.n, self.k)
+        } else {
+            (self.k, self.n)
+        };
+        (
+            extent(&self.a, ar, ac),
+            extent(&self.b, br, bc),
+            extent(&self.c, self.m, self.n),
+        )
+    }
+
+    /// An error naming `op` unless every operand's row stride covers its row and its buffer its extent.
+    pub fn check(&self, op: &str, lens: (usize, usize, usize)) -> candle_core::Result<()> {
+        let (ac, bc) = (
+            if self.trans_a { self.m } else { self.k },
+            if self.trans_b { self.k } else { self.n },
+        );
+        let (ea, eb, ec) = self.extents();
+        if self.a.ld < ac || self.b.ld < bc || self.c.ld < self.n {
+            candle_core::bail!("{op}: a product's row stride is shorter than its row: {self:?}")
+        }
+        if ea > lens.0 || eb > lens.1 || ec > lens.2 {
+            candle_core::bail!(
+                "{op}: a product reaches past its buffers ({ea}, {eb}, {ec} of {lens:?}): {self:?}"
+            )
+        }
+        Ok(())
+    }
+}
+
+/// A kernel argument of an [`Exec`] launch: a buffer read or written, or a number of the kernel parameter's exact
+/// type (`u32` for `unsigned`, `u64` for `unsigned long long`, `i32` for `int`).
+pub enum Arg<'a, B> {
+    In(&'a B),
+    Out(&'a mut B),
+    U32(u32),
+    U64(u64),
+    I32(i32),
+    F32(f32),
+}
+
+/// What a CUDA body needs from a device: f32 buffers, kernel launches and matrix products. The ops whose CUDA
+/// bodies chain kernels and cuBLAS products (conv2d, conv1d) are written once against this trait: the GPU runs
+/// them through `CudaExec`, the emulation test (`trainer/tests/kernels_on_cpu`) through its CPU emulator — the
+/// same launches, grids, offsets and leading dimensions.
+pub trait Exec {
+    /// A buffer of f32 values on the device.
+    type Buf;
+    /// A buffer of `n` values, uninitialised (every value is written before it is read).
+    fn alloc(&self, n: usize) -> candle_core::Result<Self::Buf>;
+    /// How many values `buf` holds.
+    fn len(&self, buf: &Self::Buf) -> usize;
+    /// Launches `kernel` of `module` on `grid` blocks of [`BLOCK`] threads, its arguments in order.
+    fn launch(
+        &self,
+        module: &Module,
+        kernel: &'static str,
+        grid: Grid,
+        args: &mut [Arg<'_, Self::Buf>],
+    ) -> candle_core::Result<()>;
+    /// `c ← α·op(a)·op(b) + β·c` as `g` says.
+    fn gemm(
+        &self,
+        g: &Gemm,
+        a: &Self::Buf,
+        b: &Self::Buf,
+        c: &mut Self::Buf,
+    ) -> candle_core::Result<()>;
+}
+
 #[cfg(feature = "cuda")]
 pub use device::*;
 
 #[cfg(feature = "cuda")]
 mod device {
+    use candle_core::cuda_backend::cudarc::cublas::{result as cublas, sys as cublas_sys};
     use candle_core::cuda_backend::cudarc::driver::{
-        CudaSlice, CudaView, DeviceRepr, LaunchConfig,
+        CudaSlice, CudaView, DevicePtr, DevicePtrMut, DeviceRepr, DeviceSlice, LaunchConfig,
+        PushKernelArg,
     };
-    use candle_core::cuda_backend::CudaDevice;
+    use candle_core::cuda_backend::{CudaDevice, WrapErr};
     use candle_core::{bail, CudaStorage, Layout, Result, Storage, Tensor};
 
-    use super::BLOCK;
+    use super::{Arg, Exec, Gemm, Grid, Module, BLOCK};
 
     /// The PTX of each `kernels/*.cu`, one `&str` constant per file (`LAYER_NORM` for `layer_norm.cu`), written
     /// by `build.rs`.
@@ -95,41 +348,18 @@ mod device {
         include!(concat!(env!("OUT_DIR"), "/kernels.rs"));
     }
 
-    /// A kernel file: its PTX and the name under which a device caches the loaded module.
-    pub struct Module {
-        pub name: &'static str,
-        pub ptx: &'static str,
+    impl Module {
+        /// The file's PTX, compiled by `build.rs`.
+        pub fn ptx(&self) -> &'static str {
+            ptx::by_file(self.file)
+        }
     }
 
-    pub const SOFTMAX_DROPOUT: Module = Module {
-        name: "erc_train_softmax_dropout",
-        ptx: ptx::SOFTMAX_DROPOUT,
-    };
-    pub const LAYER_NORM: Module = Module {
-        name: "erc_train_layer_norm",
-        ptx: ptx::LAYER_NORM,
-    };
-    pub const GELU: Module = Module {
-        name: "erc_train_gelu",
-        ptx: ptx::GELU,
-    };
-    pub const GROUP_NORM: Module = Module {
-        name: "erc_train_group_norm",
-        ptx: ptx::GROUP_NORM,
-    };
-    pub const BATCH_NORM: Module = Module {
-        name: "erc_train_batch_norm",
-        ptx: ptx::BATCH_NORM,
-    };
-    pub const LOSS: Module = Module {
-        name: "erc_train_loss",
-        ptx: ptx::LOSS,
-    };
-
     /// `grid` blocks of [`BLOCK`] threads, no dynamic shared memory (the kernels' shared arrays are static).
-    pub fn config(grid: u32) -> LaunchConfig {
+    pub fn config(grid: impl Into<Grid>) -> LaunchConfig {
+        let grid = grid.into();
         LaunchConfig {
-            grid_dim: (grid, 1, 1),
+            grid_dim: (grid.x, grid.y, 1),
             block_dim: (BLOCK, 1, 1),
             shared_mem_bytes: 0,
         }
@@ -145,7 +375,7 @@ mod device {
             use candle_core::cuda_backend::cudarc::driver::PushKernelArg as _;
             use candle_core::cuda_backend::WrapErr as _;
             let module = &$module;
-            let func = $dev.get_or_load_custom_func($kernel, module.name, module.ptx)?;
+            let func = $dev.get_or_load_custom_func($kernel, module.name, module.ptx())?;
             let mut builder = func.builder();
             $( builder.arg($arg); )*
             // SAFETY: see the macro's doc; each call site states the kernel's signature.
@@ -190,5 +420,164 @@ mod device {
     /// An op's output storage.
     pub fn storage(slice: CudaSlice<f32>, dev: &CudaDevice) -> CudaStorage {
         CudaStorage::wrap_cuda_slice(slice, dev.clone())
+    }
+
+    // -----------------------------------------------------------------------------------------------------------
+    // The Exec of a GPU
+
+    /// A buffer of a [`CudaExec`]: an op's input, borrowed from candle's storage, or a buffer the body made.
+    pub enum DevBuf<'a> {
+        View(CudaView<'a, f32>),
+        Owned(CudaSlice<f32>),
+    }
+
+    impl DevBuf<'_> {
+        fn len(&self) -> usize {
+            match self {
+                DevBuf::View(v) => v.len(),
+                DevBuf::Owned(s) => s.len(),
+            }
+        }
+    }
+
+    /// [`Exec`] on a CUDA device: kernels from our PTX, products on candle's cuBLAS handle (and stream).
+    pub struct CudaExec<'a> {
+        pub dev: &'a CudaDevice,
+    }
+
+    impl<'a> CudaExec<'a> {
+        pub fn new(dev: &'a CudaDevice) -> Self {
+            CudaExec { dev }
+        }
+
+        /// An op's contiguous f32 input, as a buffer of this Exec.
+        pub fn input(storage: &'a CudaStorage, layout: &Layout, op: &str) -> Result<DevBuf<'a>> {
+            Ok(DevBuf::View(input(storage, layout, op)?))
+        }
+
+        /// A buffer the body made, as an op's output storage.
+        pub fn into_storage(&self, buf: DevBuf<'a>, op: &str) -> Result<CudaStorage> {
+            match buf {
+                DevBuf::Owned(slice) => Ok(storage(slice, self.dev)),
+                DevBuf::View(_) => bail!("{op}: an input is not an output"),
+            }
+        }
+    }
+
+    impl<'a> Exec for CudaExec<'a> {
+        type Buf = DevBuf<'a>;
+
+        fn alloc(&self, n: usize) -> Result<DevBuf<'a>> {
+            Ok(DevBuf::Owned(alloc(self.dev, n)?))
+        }
+
+        fn len(&self, buf: &DevBuf<'a>) -> usize {
+            buf.len()
+        }
+
+        fn launch(
+            &self,
+            module: &Module,
+            kernel: &'static str,
+            grid: Grid,
+            args: &mut [Arg<'_, DevBuf<'a>>],
+        ) -> Result<()> {
+            let func = self
+                .dev
+                .get_or_load_custom_func(kernel, module.name, module.ptx())?;
+            let mut builder = func.builder();
+            for arg in args.iter_mut() {
+                match arg {
+                    Arg::In(DevBuf::View(v)) => builder.arg(v),
+                    Arg::In(DevBuf::Owned(s)) => builder.arg(s),
+                    Arg::Out(buf) => match &mut **buf {
+                        DevBuf::Owned(s) => builder.arg(s),
+                        DevBuf::View(_) => bail!("{kernel}: writes to an input"),
+                    },
+                    Arg::U32(v) => builder.arg(&*v),
+                    Arg::U64(v) => builder.arg(&*v),
+                    Arg::I32(v) => builder.arg(&*v),
+                    Arg::F32(v) => builder.arg(&*v),
+                };
+            }
+            // SAFETY: the bodies written against `Exec` pass each kernel its parameters in order, with the
+            // types the trait's `Arg` documents, and buffers as large as the kernel reads and writes (the
+            // emulation test runs the same launches under AddressSanitizer).
+            unsafe { builder.launch(config(grid)) }.w()?;
+            Ok(())
+        }
+
+        fn gemm(&self, g: &Gemm, a: &DevBuf<'a>, b: &DevBuf<'a>, c: &mut DevBuf<'a>) -> Result<()> {
+            g.check("gemm", (a.len(), b.len(), c.len()))?;
+            if g.batch == 0 || g.m == 0 || g.n == 0 {
+                return Ok(());
+            }
+            let int = |v: usize| {
+                i32::try_from(v).map_err(|_| {
+                    candle_core::Error::Msg(format!("gemm: {v} is beyond cuBLAS's int"))
+                })
+            };
+            let stream = self.dev.cuda_stream();
+            // The guards live until the product is scheduled (they order other streams' uses; candle has one).
+            let (a_ptr, _a_guard) = match a {
+                DevBuf::View(v) => v.device_ptr(&stream),
+                DevBuf::Owned(s) => s.device_ptr(&stream),
+            };
+            let (b_ptr, _b_guard) = match b {
+                DevBuf::View(v) => v.device_ptr(&stream),
+                DevBuf::Owned(s) => s.device_ptr(&stream),
+            };
+            let (c_ptr, _c_guard) = match c {
+                DevBuf::Owned(s) => s.device_ptr_mut(&stream),
+                DevBuf::View(_) => bail!("gemm: writes to an input"),
+            };
+            let at = |base: u64, offset: usize| base + 4 * offset as u64;
+            let op = |t: bool| {
+                if t {
+                    cublas_sys::cublasOperation_t::CUBLAS_OP_T
+                } else {
+                    cublas_sys::cublasOperation_t::CUBLAS_OP_N
+                }
+            };
+            let compute = if candle_core::cuda::gemm_reduced_precision_f32() {
+                cublas_sys::cublasComputeType_t::CUBLAS_COMPUTE_32F_FAST_TF32
+            } else {
+                cublas_sys::cublasComputeType_t::CUBLAS_COMPUTE_32F
+            };
+            let f32_type = cublas_sys::cudaDataType_t::CUDA_R_32F;
+            let blas = self.dev.cublas_handle();
+            // Row-major C = op(A)·op(B) is column-major Cᵀ = op(B)ᵀ·op(A)ᵀ: cuBLAS gets B first, n × m.
+            // SAFETY: `check` above keeps every matrix of the batch inside its buffer; the pointers stay valid
+            // until the product has run (the buffers outlive this call and the stream is candle's own).
+            unsafe {
+                cublas::gemm_strided_batched_ex(
+                    *blas.handle(),
+                    op(g.trans_b),
+                    op(g.trans_a),
+                    int(g.n)?,
+                    int(g.m)?,
+                    int(g.k)?,
+                    &g.alpha as *const f32 as *const _,
+                    at(b_ptr, g.b.offset) as *const _,
+                    f32_type,
+                    int(g.b.ld)?,
+                    g.b.stride as i64,
+                    at(a_ptr, g.a.offset) as *const _,
+                    f32_type,
+                    int(g.a.ld)?,
+                    g.a.stride as i64,
+                    &g.beta as *const f32 as *const _,
+                    at(c_ptr, g.c.offset) as *mut _,
+                    f32_type,
+                    int(g.c.ld)?,
+                    g.c.stride as i64,
+                    int(g.batch)?,
+                    compute,
+                    cublas_sys::cublasGemmAlgo_t::CUBLAS_GEMM_DEFAULT_TENSOR_OP,
+                )
+            }
+            .map_err(|e| candle_core::Error::Msg(format!("gemm: {e:?}")))?;
+            Ok(())
+        }
     }
 }

@@ -91,7 +91,15 @@ impl Kernel {
         if forced_generic() || t.dtype() != DType::F32 || t.elem_count() == 0 {
             return Kernel::Generic;
         }
-        match t.device() {
+        Kernel::select_device(t.device(), has_cuda)
+    }
+
+    /// The body for f32 work on `device` (what [`Kernel::select`] picks for a non-empty f32 tensor there).
+    pub fn select_device(device: &candle_core::Device, has_cuda: bool) -> Kernel {
+        if forced_generic() {
+            return Kernel::Generic;
+        }
+        match device {
             candle_core::Device::Cpu => Kernel::Cpu,
             candle_core::Device::Cuda(_) if has_cuda && cfg!(feature = "cuda") => Kernel::Cuda,
             _ => Kernel::Generic,

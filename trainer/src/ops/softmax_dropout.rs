@@ -9,17 +9,17 @@
 //! The dropout mask is drawn by [`Mask::draw`] as the composed path draws it (one `f64` per element, in
 //! order, from the same generator), so both paths give the same result. Generic: softmax, then dropout.
 //!
-//! CUDA (`kernels/softmax_dropout.cu`, one block per row): the mask is drawn on the device ([`Mask::Device`]) and
-//! is the op's second input; the backward is a second op that recomputes the probabilities from x (nothing is
-//! kept between the passes).
+//! CUDA (`kernels/softmax_dropout.cu`, one block per row): the mask is a [`Counter`] drawn inside the kernels; the
+//! backward is a second op that recomputes the probabilities from x and the mask from its key (nothing is kept
+//! between the passes).
 
 use std::sync::Mutex;
 
-use candle_core::{CpuStorage, CustomOp1, CustomOp2, CustomOp3, DType, Layout, Shape, Tensor};
+use candle_core::{CpuStorage, CustomOp1, CustomOp2, Layout, Shape, Tensor};
 use rand_chacha::ChaCha8Rng;
 use rayon::prelude::*;
 
-use super::dropout::{dropout_shared, lock, Mask};
+use super::dropout::{dropout_shared, lock, Counter, Mask};
 use super::{contiguous_f32, with_cpu_f32, Kernel};
 use crate::error::Result;
 
@@ -83,30 +83,12 @@ impl CustomOp1 for SoftmaxDropout {
         Ok((CpuStorage::F32(y), layout.shape().clone()))
     }
 
-    /// Without dropout (the mask, when there is one, is the second input of the [`CustomOp2`] form).
-    #[cfg(feature = "cuda")]
-    fn cuda_fwd(
-        &self,
-        storage: &candle_core::CudaStorage,
-        layout: &Layout,
-    ) -> candle_core::Result<(candle_core::CudaStorage, Shape)> {
-        if self.mask.is_some() {
-            candle_core::bail!("softmax-dropout: a host mask on a CUDA tensor");
-        }
-        cuda_forward(storage, layout, None)
-    }
-
     fn bwd(
         &self,
         arg: &Tensor,
         _res: &Tensor,
         grad_res: &Tensor,
     ) -> candle_core::Result<Option<Tensor>> {
-        if arg.device().is_cuda() {
-            return Ok(Some(
-                arg.apply_op2_no_bwd(&grad_res.contiguous()?, &SoftmaxDropoutGrad)?,
-            ));
-        }
         let n = arg.dims().last().copied().unwrap_or(1).max(1);
         let probs = self
             .probs
@@ -145,52 +127,44 @@ impl CustomOp1 for SoftmaxDropout {
     }
 }
 
-/// dropout(softmax(x)) with the mask as the second input: the CUDA kernel's form (the CPU kernel keeps its host
-/// mask in the op).
-impl CustomOp2 for SoftmaxDropout {
+/// dropout(softmax(x)) on a GPU, the mask (if any) drawn inside the kernels from its counter. CUDA only.
+struct SoftmaxDropoutCuda {
+    counter: Option<Counter>,
+}
+
+impl CustomOp1 for SoftmaxDropoutCuda {
     fn name(&self) -> &'static str {
-        "softmax-dropout-masked"
+        "softmax-dropout-cuda"
     }
 
-    fn cpu_fwd(
-        &self,
-        _: &CpuStorage,
-        _: &Layout,
-        _: &CpuStorage,
-        _: &Layout,
-    ) -> candle_core::Result<(CpuStorage, Shape)> {
+    fn cpu_fwd(&self, _: &CpuStorage, _: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
         candle_core::bail!(
-            "softmax-dropout: the CPU kernel takes its mask from the host (one input)"
+            "softmax-dropout-cuda runs on CUDA only (the CPU kernel keeps a host mask)"
         )
     }
 
     #[cfg(feature = "cuda")]
     fn cuda_fwd(
         &self,
-        x: &candle_core::CudaStorage,
-        x_layout: &Layout,
-        mask: &candle_core::CudaStorage,
-        mask_layout: &Layout,
+        storage: &candle_core::CudaStorage,
+        layout: &Layout,
     ) -> candle_core::Result<(candle_core::CudaStorage, Shape)> {
-        if x_layout.shape() != mask_layout.shape() {
-            candle_core::bail!(
-                "softmax-dropout: mask {:?} for x {:?}",
-                mask_layout.shape(),
-                x_layout.shape()
-            );
-        }
-        cuda_forward(x, x_layout, Some((mask, mask_layout)))
+        cuda_forward(storage, layout, self.counter)
     }
 
     fn bwd(
         &self,
-        x: &Tensor,
-        mask: &Tensor,
+        arg: &Tensor,
         _res: &Tensor,
         grad_res: &Tensor,
-    ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>)> {
-        let grad_x = x.apply_op3_no_bwd(mask, &grad_res.contiguous()?, &SoftmaxDropoutGrad)?;
-        Ok((Some(grad_x), None))
+    ) -> candle_core::Result<Option<Tensor>> {
+        let grad_x = arg.apply_op2_no_bwd(
+            &grad_res.contiguous()?,
+            &SoftmaxDropoutGrad {
+                counter: self.counter,
+            },
+        )?;
+        Ok(Some(grad_x))
     }
 }
 
@@ -199,7 +173,7 @@ impl CustomOp2 for SoftmaxDropout {
 fn cuda_forward(
     x: &candle_core::CudaStorage,
     layout: &Layout,
-    mask: Option<(&candle_core::CudaStorage, &Layout)>,
+    counter: Option<Counter>,
 ) -> candle_core::Result<(candle_core::CudaStorage, Shape)> {
     use super::cuda::{alloc, input, launch, storage, to_u32, SOFTMAX_DROPOUT};
     use candle_core::backend::BackendStorage;
@@ -209,7 +183,7 @@ fn cuda_forward(
     let xv = input(x, layout, OP)?;
     let mut y = alloc::<f32>(dev, xv.len())?;
     let (grid, width) = (to_u32(rows, OP)?, to_u32(width, OP)?);
-    match mask {
+    match counter {
         // softmax_fwd(const float* x, float* y, unsigned width)
         None => launch!(
             dev,
@@ -218,23 +192,28 @@ fn cuda_forward(
             grid,
             [&xv, &mut y, &width]
         ),
-        Some((m, m_layout)) => {
-            let mv = input(m, m_layout, OP)?;
-            // softmax_dropout_fwd(const float* x, const float* mask, float* y, unsigned width)
+        Some(c) => {
+            let (key, threshold, scale) = (c.key, c.threshold(), c.scale());
+            // softmax_dropout_fwd(const float* x, float* y, unsigned width, unsigned long long key,
+            //                     unsigned threshold, float scale)
             launch!(
                 dev,
                 SOFTMAX_DROPOUT,
                 "softmax_dropout_fwd",
                 grid,
-                [&xv, &mv, &mut y, &width]
+                [&xv, &mut y, &width, &key, &threshold, &scale]
             );
         }
     }
     Ok((storage(y, dev), layout.shape().clone()))
 }
 
-/// The backward on a GPU, stateless: ∂L/∂x from (x, ∂L/∂y) or (x, mask, ∂L/∂y), the probabilities recomputed.
-struct SoftmaxDropoutGrad;
+/// The backward on a GPU, stateless: ∂L/∂x from (x, ∂L/∂y), the probabilities recomputed from x and the mask from
+/// its counter.
+struct SoftmaxDropoutGrad {
+    #[cfg_attr(not(feature = "cuda"), allow(dead_code))]
+    counter: Option<Counter>,
+}
 
 impl CustomOp2 for SoftmaxDropoutGrad {
     fn name(&self) -> &'static str {
@@ -261,40 +240,7 @@ impl CustomOp2 for SoftmaxDropoutGrad {
         grad: &candle_core::CudaStorage,
         grad_layout: &Layout,
     ) -> candle_core::Result<(candle_core::CudaStorage, Shape)> {
-        cuda_backward(x, x_layout, None, grad, grad_layout)
-    }
-}
-
-impl CustomOp3 for SoftmaxDropoutGrad {
-    fn name(&self) -> &'static str {
-        "softmax-dropout-grad-masked"
-    }
-
-    fn cpu_fwd(
-        &self,
-        _: &CpuStorage,
-        _: &Layout,
-        _: &CpuStorage,
-        _: &Layout,
-        _: &CpuStorage,
-        _: &Layout,
-    ) -> candle_core::Result<(CpuStorage, Shape)> {
-        candle_core::bail!(
-            "softmax-dropout-grad runs on CUDA only (the CPU backward is the op's bwd)"
-        )
-    }
-
-    #[cfg(feature = "cuda")]
-    fn cuda_fwd(
-        &self,
-        x: &candle_core::CudaStorage,
-        x_layout: &Layout,
-        mask: &candle_core::CudaStorage,
-        mask_layout: &Layout,
-        grad: &candle_core::CudaStorage,
-        grad_layout: &Layout,
-    ) -> candle_core::Result<(candle_core::CudaStorage, Shape)> {
-        cuda_backward(x, x_layout, Some((mask, mask_layout)), grad, grad_layout)
+        cuda_backward(x, x_layout, self.counter, grad, grad_layout)
     }
 }
 
@@ -302,7 +248,7 @@ impl CustomOp3 for SoftmaxDropoutGrad {
 fn cuda_backward(
     x: &candle_core::CudaStorage,
     x_layout: &Layout,
-    mask: Option<(&candle_core::CudaStorage, &Layout)>,
+    counter: Option<Counter>,
     grad: &candle_core::CudaStorage,
     grad_layout: &Layout,
 ) -> candle_core::Result<(candle_core::CudaStorage, Shape)> {
@@ -322,7 +268,7 @@ fn cuda_backward(
     let gv = input(grad, grad_layout, OP)?;
     let mut dx = alloc::<f32>(dev, xv.len())?;
     let (grid, width) = (to_u32(rows, OP)?, to_u32(width, OP)?);
-    match mask {
+    match counter {
         // softmax_bwd(const float* x, const float* grad, float* dx, unsigned width)
         None => launch!(
             dev,
@@ -331,15 +277,16 @@ fn cuda_backward(
             grid,
             [&xv, &gv, &mut dx, &width]
         ),
-        Some((m, m_layout)) => {
-            let mv = input(m, m_layout, OP)?;
-            // softmax_dropout_bwd(const float* x, const float* mask, const float* grad, float* dx, unsigned width)
+        Some(c) => {
+            let (key, threshold, scale) = (c.key, c.threshold(), c.scale());
+            // softmax_dropout_bwd(const float* x, const float* grad, float* dx, unsigned width,
+            //                     unsigned long long key, unsigned threshold, float scale)
             launch!(
                 dev,
                 SOFTMAX_DROPOUT,
                 "softmax_dropout_bwd",
                 grid,
-                [&xv, &mv, &gv, &mut dx, &width]
+                [&xv, &gv, &mut dx, &width, &key, &threshold, &scale]
             );
         }
     }
@@ -402,22 +349,15 @@ pub(crate) fn cpu_kernel(x: &Tensor, mask: Option<Vec<f32>>) -> Result<Tensor> {
     Ok(x.contiguous()?.apply_op1(op)?)
 }
 
-/// The CUDA kernel: softmax alone (one input) or with the device mask as the second input.
+/// The CUDA kernels: softmax alone, or with the counter mask drawn inside them. A host mask on a GPU tensor (not
+/// what [`Mask::draw`] gives there) takes the composed path.
 fn cuda(x: &Tensor, mask: Option<Mask>) -> Result<Tensor> {
-    let x = x.contiguous()?;
-    let op = SoftmaxDropout {
-        mask: None,
-        probs: Mutex::new(Vec::new()),
+    let counter = match mask {
+        None => None,
+        Some(Mask::Counter { counter, len }) if len == x.elem_count() => Some(counter),
+        Some(other) => return generic_with_mask(x, Some(other)),
     };
-    Ok(match mask {
-        None => x.apply_op1(op)?,
-        Some(mask) => {
-            let mask = mask
-                .into_tensor(x.shape(), x.device(), DType::F32)?
-                .contiguous()?;
-            x.apply_op2(&mask, op)?
-        }
-    })
+    Ok(x.contiguous()?.apply_op1(SoftmaxDropoutCuda { counter })?)
 }
 
 #[cfg(test)]

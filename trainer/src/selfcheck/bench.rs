@@ -55,13 +55,13 @@ fn timed(
     iterations: usize,
     mut run: impl FnMut() -> Result<(f64, f64)>,
 ) -> Result<(f64, f64, Option<u64>)> {
-    let mut memory = PeakMemory::default();
     run()?;
-    memory.sample(device);
+    sync(device)?;
+    // the measured iterations are the region of the peak (reset after the warm-up, read after the last)
+    let memory = PeakMemory::start(device);
     let (mut f, mut b) = (0.0, 0.0);
     for _ in 0..iterations {
         let (fi, bi) = run()?;
-        memory.sample(device);
         f += fi;
         b += bi;
     }

@@ -71,6 +71,8 @@ pub fn open(spec: DeviceSpec) -> Result<Device> {
     }
     let probe = move || -> std::result::Result<Device, String> {
         let device = Device::new_cuda(ordinal).map_err(|e| e.to_string())?;
+        // before the first allocation of ours (see memory::configure_pool)
+        crate::train::memory::configure_pool(&device);
         let a = Tensor::ones((2, 2), DType::F32, &device).map_err(|e| e.to_string())?;
         a.matmul(&a).map_err(|e| e.to_string())?;
         Tensor::rand(0f32, 1f32, 4, &device).map_err(|e| e.to_string())?;

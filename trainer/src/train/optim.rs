@@ -15,7 +15,7 @@ use candle_core::{Tensor, Var};
 
 use crate::error::{Error, Result};
 use crate::nn::params::decays;
-use crate::ops::adamw::{adamw_update, GradNorm, Moments, Step};
+use crate::ops::adamw::{update_group, GradNorm, Moments, Step, Update};
 
 /// HF `get_linear_schedule_with_warmup` multiplier after `step` scheduler steps.
 pub fn lr_lambda(step: usize, warmup: usize, total: usize) -> f64 {
@@ -144,15 +144,17 @@ impl AdamW {
         Ok(())
     }
 
-    /// Clips the gradients to the global norm, then updates every parameter that has a gradient.
+    /// Clips the gradients to the global norm, then updates every parameter that has a gradient: one group
+    /// update per decay group (on a GPU, one launch each; the norm and the clipping coefficient two more).
     pub fn step(&mut self, grads: &GradStore) -> Result<StepInfo> {
         let c = self.config;
         let mut grad_norm = GradNorm::default();
-        for slot in &self.slots {
-            if let Some(g) = grads.get(slot.var.as_tensor()) {
-                grad_norm.add(g, &slot.moments)?;
-            }
-        }
+        let present: Vec<(&Tensor, &Moments)> = self
+            .slots
+            .iter()
+            .filter_map(|slot| grads.get(slot.var.as_tensor()).map(|g| (g, &slot.moments)))
+            .collect();
+        grad_norm.add_all(&present)?;
         let clip = grad_norm.clip(c.max_grad_norm)?;
         let lr = self.current_lr();
         self.step += 1;
@@ -165,13 +167,18 @@ impl AdamW {
             step_size: lr / (1.0 - c.beta1.powi(t)),
             bias2_sqrt: (1.0 - c.beta2.powi(t)).sqrt(),
         };
-        let (decayed, undecayed) = (step(1.0 - lr * c.weight_decay), step(1.0));
-        for slot in &mut self.slots {
-            let Some(g) = grads.get(slot.var.as_tensor()) else {
-                continue;
-            };
-            let s = if slot.decay { &decayed } else { &undecayed };
-            adamw_update(&slot.var, g, &mut slot.moments, &clip, s)?;
+        for (decayed, s) in [(true, step(1.0 - lr * c.weight_decay)), (false, step(1.0))] {
+            let mut group: Vec<Update<'_>> = self
+                .slots
+                .iter_mut()
+                .filter(|slot| slot.decay == decayed)
+                .filter_map(|Slot { var, moments, .. }| {
+                    grads
+                        .get(var.as_tensor())
+                        .map(|grad| Update { var, grad, moments })
+                })
+                .collect();
+            update_group(&mut group, &clip, &s)?;
         }
         Ok(StepInfo { grad_norm, lr })
     }

@@ -478,13 +478,14 @@ pub fn train(prepared: Prepared, options: &TrainOptions) -> Result<(PathBuf, Sum
         config.classifier_name
     );
     let metric = config.classifier_metric_for_best_model;
-    let mut memory = PeakMemory::default();
     let first_epoch = state.epoch + 1;
     for epoch in first_epoch..=epochs {
         if state.stopped_early {
             break;
         }
         let epoch_start = Instant::now();
+        // the epoch's training steps are the measured region of its peak memory
+        let memory = PeakMemory::start(device);
         let order = epoch_order(config, &prepared.train.labels, &mut rng.shuffle);
         let bar = progress_bar(&options.progress, steps_per_epoch as u64, epoch, epochs);
         rng.ctx.set_train(true);
@@ -526,9 +527,6 @@ pub fn train(prepared: Prepared, options: &TrainOptions) -> Result<(PathBuf, Sum
             samples += batch.len();
             missing.missing_visual += batch.missing.missing_visual;
             missing.missing_audio += batch.missing.missing_audio;
-            if batches % 10 == 1 {
-                memory.sample(device);
-            }
             let rate = samples as f64 / epoch_start.elapsed().as_secs_f64().max(1e-9);
             bar.set_message(format!(
                 "loss {:.4} · {rate:.1} samples/s · lr {:.2e}",
@@ -538,7 +536,7 @@ pub fn train(prepared: Prepared, options: &TrainOptions) -> Result<(PathBuf, Sum
             bar.inc(1);
         }
         drop(loader);
-        memory.sample(device);
+        let peak_memory_bytes = memory.bytes();
         bar.finish_and_clear();
         let train_elapsed = epoch_start.elapsed().as_secs_f64();
         state.train_seconds += train_elapsed;
@@ -578,7 +576,7 @@ pub fn train(prepared: Prepared, options: &TrainOptions) -> Result<(PathBuf, Sum
             data_wait_seconds: data_wait,
             compute_seconds: (train_elapsed - data_wait).max(0.0),
             eval_seconds: eval_start.elapsed().as_secs_f64(),
-            peak_memory_bytes: memory.bytes(),
+            peak_memory_bytes,
             valid_loss: eval.loss,
             valid_f1_weighted: eval.metrics.f1_weighted,
             valid_accuracy: eval.metrics.accuracy,

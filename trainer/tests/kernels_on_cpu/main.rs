@@ -20,10 +20,12 @@ use std::cell::RefCell;
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::sync::Mutex;
 
 use candle_core::{Device, Tensor, Var};
-use erc_train::ops::{self, cuda, Mask};
+use erc_train::ops::{self, cuda};
+
+mod adamw;
+mod exec;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
@@ -38,16 +40,19 @@ fn kernels_dir() -> PathBuf {
 // The emulated device
 
 /// A device buffer: a file of f32 or f64 values in the test's folder.
-struct Buf {
+pub struct Buf {
     path: PathBuf,
     len: usize,
     f64: bool,
 }
 
 /// A kernel argument: a buffer read (`in:`) or written (`out:`, or `inout:` once it exists), or a number.
+#[derive(Clone)]
 enum Arg<'a> {
     R(&'a Buf),
     W(&'a Buf),
+    /// A table of buffer addresses (`const unsigned long long*`): each buffer read and written back.
+    T(Vec<&'a Buf>),
     U32(u32),
     U64(u64),
     I32(i32),
@@ -169,6 +174,28 @@ impl Emu {
         }
     }
 
+    /// A buffer of u64 values (tables of a multi-tensor launch).
+    fn upload_u64(&self, values: &[u64]) -> Buf {
+        let path = self.path();
+        let bytes: Vec<u8> = values.iter().flat_map(|v| v.to_le_bytes()).collect();
+        std::fs::write(&path, bytes).unwrap();
+        Buf {
+            path,
+            len: values.len(),
+            f64: true,
+        }
+    }
+
+    fn read_f64(&self, b: &Buf) -> Vec<f64> {
+        assert!(b.f64);
+        let bytes = std::fs::read(&b.path).unwrap();
+        assert_eq!(bytes.len(), 8 * b.len);
+        bytes
+            .chunks_exact(8)
+            .map(|c| f64::from_le_bytes(c.try_into().unwrap()))
+            .collect()
+    }
+
     fn alloc_f64(&self, len: usize) -> Buf {
         Buf {
             path: self.path(),
@@ -177,7 +204,8 @@ impl Emu {
         }
     }
 
-    fn launch(&self, kernel: &str, grid: u32, args: &[Arg<'_>]) {
+    fn launch(&self, kernel: &str, grid: impl Into<cuda::Grid>, args: &[Arg<'_>]) {
+        let grid = grid.into();
         assert!(
             self.kernels.contains(kernel),
             "{}: no kernel {kernel}",
@@ -192,6 +220,16 @@ impl Emu {
                 }
                 Arg::W(b) if b.path.exists() => format!("inout:{}", b.path.display()),
                 Arg::W(b) => format!("out:{}:{}", b.len, b.path.display()),
+                Arg::T(bufs) => {
+                    let paths: Vec<String> = bufs
+                        .iter()
+                        .map(|b| {
+                            assert!(b.path.exists(), "{kernel}: a table entry nothing wrote");
+                            b.path.display().to_string()
+                        })
+                        .collect();
+                    format!("table:{}", paths.join(","))
+                }
                 Arg::U32(v) => v.to_string(),
                 Arg::U64(v) => v.to_string(),
                 Arg::I32(v) => v.to_string(),
@@ -368,31 +406,24 @@ fn block_constants_agree_with_the_kernels() {
     let common = std::fs::read_to_string(kernels_dir().join("common.cuh")).unwrap();
     assert!(common.contains(&format!("#define ERC_BLOCK {}\n", cuda::BLOCK)));
     assert!(common.contains(&format!("#define ERC_COLS {}\n", cuda::COLS)));
-    // every .cu file has a test below
+    // every .cu file is a module of `ops::cuda` (and each has a test in this file or its modules)
     let mut files: Vec<String> = std::fs::read_dir(kernels_dir())
         .unwrap()
         .map(|e| e.unwrap().file_name().to_string_lossy().to_string())
         .filter(|f| f.ends_with(".cu"))
         .collect();
     files.sort();
-    assert_eq!(
-        files,
-        [
-            "batch_norm.cu",
-            "gelu.cu",
-            "group_norm.cu",
-            "layer_norm.cu",
-            "loss.cu",
-            "softmax_dropout.cu"
-        ]
-    );
+    let mut modules: Vec<String> = cuda::MODULES.iter().map(|m| m.file.to_string()).collect();
+    modules.sort();
+    assert_eq!(files, modules);
 }
 
 #[test]
 fn softmax_dropout_kernels_match_the_cpu_kernel() {
     let emu = Emu::new("softmax_dropout.cu");
     let mut errors = Errors::new(emu.file);
-    // widths above, below and not a multiple of the block
+    // widths above, below and not a multiple of the block; the mask drawn inside the kernels from its counter,
+    // the reference the CPU softmax times the counter's host factors
     for (shape, p) in [
         (vec![2, 3, 5, 300], 0.1),
         (vec![4, 9, 7], 0.5),
@@ -400,43 +431,51 @@ fn softmax_dropout_kernels_match_the_cpu_kernel() {
     ] {
         let x = seeded(&shape, 4.0, 0.0, 1);
         let upstream = seeded(&shape, 1.0, 0.0, 2);
-        let rng = Mutex::new(ChaCha8Rng::seed_from_u64(3));
+        let counter = ops::dropout::Counter { key: 3, p };
+        let mask =
+            Tensor::from_vec(counter.factors(x.elem_count()), x.shape(), &Device::Cpu).unwrap();
         let (y_ref, g_ref) = cpu_forward_backward(&[&x], &upstream, |t| {
-            ops::softmax_dropout(&t[0], p, true, &rng).unwrap()
+            let probs = ops::softmax(&t[0]).unwrap();
+            if p > 0.0 {
+                (&probs * &mask).unwrap()
+            } else {
+                probs
+            }
         });
         let width = *shape.last().unwrap();
         let rows = x.elem_count() / width;
-        let mask = (p > 0.0).then(|| {
-            let mut rng = ChaCha8Rng::seed_from_u64(3);
-            let mask = Mask::draw(x.shape(), p, &Device::Cpu, &mut rng).unwrap();
-            emu.upload(&mask.into_host().unwrap())
-        });
         let (xb, gb) = (emu.upload_tensor(&x), emu.upload_tensor(&upstream));
         let (y, dx) = (emu.alloc_f32(x.elem_count()), emu.alloc_f32(x.elem_count()));
-        let w = Arg::U32(u32_of(width));
-        match &mask {
-            Some(m) => {
-                emu.launch(
-                    "softmax_dropout_fwd",
-                    u32_of(rows),
-                    &[Arg::R(&xb), Arg::R(m), Arg::W(&y), w],
-                );
-                let w = Arg::U32(u32_of(width));
-                emu.launch(
-                    "softmax_dropout_bwd",
-                    u32_of(rows),
-                    &[Arg::R(&xb), Arg::R(m), Arg::R(&gb), Arg::W(&dx), w],
-                );
-            }
-            None => {
-                emu.launch("softmax_fwd", u32_of(rows), &[Arg::R(&xb), Arg::W(&y), w]);
-                let w = Arg::U32(u32_of(width));
-                emu.launch(
-                    "softmax_bwd",
-                    u32_of(rows),
-                    &[Arg::R(&xb), Arg::R(&gb), Arg::W(&dx), w],
-                );
-            }
+        let w = || Arg::U32(u32_of(width));
+        if p > 0.0 {
+            let drop = || {
+                [
+                    Arg::U64(counter.key),
+                    Arg::U32(counter.threshold()),
+                    Arg::F32(counter.scale()),
+                ]
+            };
+            emu.launch(
+                "softmax_dropout_fwd",
+                u32_of(rows),
+                &[[Arg::R(&xb), Arg::W(&y), w()].as_slice(), &drop()].concat(),
+            );
+            emu.launch(
+                "softmax_dropout_bwd",
+                u32_of(rows),
+                &[
+                    [Arg::R(&xb), Arg::R(&gb), Arg::W(&dx), w()].as_slice(),
+                    &drop(),
+                ]
+                .concat(),
+            );
+        } else {
+            emu.launch("softmax_fwd", u32_of(rows), &[Arg::R(&xb), Arg::W(&y), w()]);
+            emu.launch(
+                "softmax_bwd",
+                u32_of(rows),
+                &[Arg::R(&xb), Arg::R(&gb), Arg::W(&dx), w()],
+            );
         }
         let n = x.elem_count();
         let case = format!("{shape:?} p {p}");
@@ -445,6 +484,65 @@ fn softmax_dropout_kernels_match_the_cpu_kernel() {
             format!("{case}: ∂x"),
             &emu.tensor(&dx, 0..n, &shape),
             &g_ref[0],
+        );
+    }
+    errors.finish(&emu);
+}
+
+/// The counter-based dropout: the kernel's factors are the host generator's (`Counter::factors`), bit for bit,
+/// for sizes that are and are not multiples of a Philox block, and applying them to ∂L/∂y is the backward.
+#[test]
+fn dropout_kernels_draw_the_host_generators_masks() {
+    let emu = Emu::new("dropout.cu");
+    let mut errors = Errors::new(emu.file);
+    for (n, p, key) in [
+        (1027usize, 0.3, 11u64),
+        (8, 0.5, u64::MAX),
+        (5000, 0.0, 7),
+        (33, 1.0, 3),
+    ] {
+        let counter = ops::dropout::Counter { key, p };
+        let factors = counter.factors(n);
+        let x = seeded(&[n], 2.0, 0.0, 5);
+        let xb = emu.upload_tensor(&x);
+        let (mask, y) = (emu.alloc_f32(n), emu.alloc_f32(n));
+        let groups = n.div_ceil(4);
+        let drop = [
+            Arg::U64(key),
+            Arg::U32(counter.threshold()),
+            Arg::F32(counter.scale()),
+        ];
+        emu.launch(
+            "dropout_mask",
+            cuda::elementwise(groups),
+            &[[Arg::W(&mask), Arg::U64(n as u64)].as_slice(), &drop].concat(),
+        );
+        emu.launch(
+            "dropout_apply",
+            cuda::elementwise(groups),
+            &[
+                [Arg::R(&xb), Arg::W(&y), Arg::U64(n as u64)].as_slice(),
+                &drop,
+            ]
+            .concat(),
+        );
+        assert_eq!(
+            emu.read_f32(&mask),
+            factors,
+            "n {n} p {p}: the kernel's mask"
+        );
+        let expected: Vec<f32> = x
+            .to_vec1::<f32>()
+            .unwrap()
+            .iter()
+            .zip(&factors)
+            .map(|(x, f)| x * f)
+            .collect();
+        let expected = Tensor::from_vec(expected, n, &Device::Cpu).unwrap();
+        errors.check(
+            format!("n {n} p {p}: y"),
+            &emu.tensor(&y, 0..n, &[n]),
+            &expected,
         );
     }
     errors.finish(&emu);
