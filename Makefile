@@ -12,11 +12,12 @@ DEMO_DIALOGUES ?= 24
 DEMO_SEED      ?= 7
 DEMO_CONFIG    ?= configs/demo-glove-waveform.yml
 
-.PHONY: all build test test-generic demo bench glove models cuda gpu-data gpu-bundle gpu-rehearse reproduce-table4 clean fmt lint help
+.PHONY: all system-deps build test test-generic demo bench glove models cuda gpu-data gpu-bundle gpu-rehearse reproduce-table4 clean fmt lint help
 
 all: build
 
 help:
+	@echo "make system-deps - check (and where possible install) the system packages: scripts/system-deps.sh"
 	@echo "make build   - build meld-etl and erc-train (release)"
 	@echo "make test    - build, then run every test (unit, fixtures, end-to-end), then make test-generic"
 	@echo "make test-generic - parity, gradient and one end-to-end test with every op on its generic path (ERC_OPS=generic)"
@@ -28,16 +29,22 @@ help:
 	@echo "make reproduce-table4 DATA=data [OUT=runs/table4] [DEVICE=cpu|cuda] [ROWS=01-04,24] [DRY_RUN=1]"
 	@echo "              - the report's 30 experiments (resumable), our numbers beside the paper's in OUT/table4.md"
 	@echo "make gpu-bundle - what scripts/gpu-check.sh needs on a GPU machine, into gpu/ (CUDA binary, small dataset)"
-	@echo "make gpu-rehearse - scripts/gpu-check.sh on the CPU with small sizes (needs torch in .venv)"
+	@echo "make gpu-rehearse - scripts/gpu-check.sh on the CPU, deadline 240 s, killed once half way (needs torch in .venv)"
 	@echo "make clean   - remove build outputs and generated data"
 
-build:
+# The system packages the build, the tests and the demo need (scripts/system-deps.sh owns the list): checked
+# first, installed where that needs no password, else named with the command that installs them — before cargo
+# starts, not as a bindgen error twenty minutes into the build.
+system-deps:
+	@bash scripts/system-deps.sh
+
+build: system-deps
 	$(CARGO) build --release --workspace --bins
 
 # The end-to-end tests run the binaries, so they are built first — together with the test targets, in one cargo
 # invocation, so that dependencies are compiled once with one set of unified features (building the binaries
 # alone, then the tests, can resolve features differently and rebuild candle/polars a second time).
-test: models
+test: system-deps models
 	$(CARGO) build --release --workspace --all-targets
 	$(CARGO) test --release --workspace
 	$(MAKE) test-generic
@@ -111,12 +118,17 @@ gpu-data: build
 	$(PYTHON) scripts/glove-for-data.py gpu/work/data gpu/glove.txt
 	rm -rf gpu/work
 
+# What travels to the GPU machine must stay within the device tool's 64 MiB carry limit.
 gpu-bundle: cuda gpu-data
 	gzip -9 -c $(CUDA_BIN)/erc-train > gpu/erc-train.gz
 	@du -sh gpu/*
+	@size=$$(du -cb gpu/erc-train.gz gpu/data.tar.gz gpu/glove.txt | tail -1 | cut -f1); \
+	if [ $$size -gt 67108864 ]; then echo "make gpu-bundle: gpu/ is $$size bytes, over the 64 MiB that travels" >&2; exit 1; fi
 
+# The GPU check on the CPU with its 240 s deadline: a run killed half way, then a whole one; OUT must keep to
+# what comes back from a GPU machine (scripts/gpu-rehearse.sh).
 gpu-rehearse: gpu-data
-	bash scripts/gpu-check.sh --rehearse gpu-results
+	bash scripts/gpu-rehearse.sh gpu-results
 
 # The report's Table 4: every row (or ROWS) on DATA, resumable (rerun the same command after an interruption).
 # DEVICE=cuda uses the CUDA build (make cuda); extra erc-train table4 flags go in TABLE4_FLAGS

@@ -57,7 +57,14 @@ struct SelfcheckArgs {
     fixtures: PathBuf,
     /// Sections: ops, parity, bench.
     #[arg(long, value_delimiter = ',', default_value = "ops,parity,bench")]
-    sections: Vec<String>,
+    sections: Vec<erc_train::selfcheck::Section>,
+    /// Benchmark workloads: gpt2, wav2vec2, resnet50, step.
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "gpt2,wav2vec2,resnet50,step"
+    )]
+    workloads: Vec<erc_train::selfcheck::bench::Workload>,
     /// Small inputs (a rehearsal on a CPU) instead of the reference's sizes.
     #[arg(long)]
     quick: bool,
@@ -65,11 +72,19 @@ struct SelfcheckArgs {
     precisions: Vec<Precision>,
     #[arg(long, default_value_t = 3)]
     iterations: usize,
+    /// ResNet-50's batch (the reference trained at 64).
     #[arg(long, default_value_t = 64)]
     resnet_batch: usize,
-    /// Where the results go (JSON).
+    /// Appends every result to this file as one JSON line the moment it is known.
     #[arg(long)]
-    json: Option<PathBuf>,
+    jsonl: Option<PathBuf>,
+    /// Writes the benchmark plan (the workloads both benchmarks run, scripts/bench_gpu_torch.py --plan) to this
+    /// file and runs nothing else.
+    #[arg(long)]
+    plan: Option<PathBuf>,
+    /// A failed benchmark row does not change the exit status (checks still do).
+    #[arg(long)]
+    allow_bench_failures: bool,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -463,28 +478,55 @@ fn table4(args: Table4Args) -> Result<()> {
 }
 
 fn selfcheck(args: SelfcheckArgs) -> Result<()> {
+    use erc_train::selfcheck::bench::{Plan, Scale};
+    use std::io::Write as _;
+    let scale = if args.quick {
+        Scale::Quick
+    } else {
+        Scale::Full
+    };
+    let plan = Plan::new(scale, args.iterations, args.resnet_batch)?;
+    if let Some(path) = &args.plan {
+        std::fs::write(path, serde_json::to_string_pretty(&plan)?)
+            .with_context(|| format!("writing {}", path.display()))?;
+        return Ok(());
+    }
     let (device, _) = device(args.device)?;
     let options = erc_train::selfcheck::SelfcheckOptions {
         fixtures: args.fixtures,
-        ops: args.sections.iter().any(|s| s == "ops"),
-        parity: args.sections.iter().any(|s| s == "parity"),
-        bench: args.sections.iter().any(|s| s == "bench"),
-        scale: if args.quick {
-            erc_train::selfcheck::bench::Scale::Quick
-        } else {
-            erc_train::selfcheck::bench::Scale::Full
-        },
+        sections: args.sections,
+        plan,
+        workloads: args.workloads,
         precisions: args.precisions,
-        iterations: args.iterations,
-        resnet_batch: args.resnet_batch,
     };
-    let (ok, results) = erc_train::selfcheck::run(&device, &options)?;
-    if let Some(path) = &args.json {
-        std::fs::write(path, serde_json::to_string_pretty(&results)?)
-            .with_context(|| format!("writing {}", path.display()))?;
+    let mut file = match &args.jsonl {
+        Some(path) => Some(
+            std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(path)
+                .with_context(|| format!("opening {}", path.display()))?,
+        ),
+        None => None,
+    };
+    let mut sink = |value: serde_json::Value| -> erc_train::error::Result<()> {
+        if let (Some(file), Some(path)) = (file.as_mut(), &args.jsonl) {
+            // one write per line, flushed: a stopped run keeps every line it wrote
+            writeln!(file, "{value}")
+                .and_then(|_| file.flush())
+                .map_err(|e| erc_train::error::Error::io(path, e))?;
+        }
+        Ok(())
+    };
+    let outcome = erc_train::selfcheck::run(&device, &options, &mut sink)?;
+    if outcome.failed_checks > 0 {
+        bail!("{} check(s) failed (see above)", outcome.failed_checks);
     }
-    if !ok {
-        bail!("a parity check failed (see above)");
+    if outcome.failed_benchmarks > 0 && !args.allow_bench_failures {
+        bail!(
+            "{} benchmark row(s) failed (see above; --allow-bench-failures to accept)",
+            outcome.failed_benchmarks
+        );
     }
     Ok(())
 }

@@ -1,7 +1,10 @@
 //! `erc-train selfcheck`: what a GPU machine must confirm, runnable from the binary alone (GPU machines have no
 //! Rust toolchain): every op's device path against its CPU kernel ([`crate::ops::check`]), the backbones'
-//! [`parity`] with PyTorch on the device, and the [`bench`] timings that
-//! `scripts/gpu-check.sh` sets beside PyTorch's. `--device cpu` rehearses the same on the CPU.
+//! [`parity`] with PyTorch on the device, and the [`bench`] timings that `scripts/gpu-check.sh` sets beside
+//! PyTorch's. `--device cpu` rehearses the same on the CPU.
+//!
+//! Every result is handed to a sink as one JSON object the moment it is known (the binary appends each as a line
+//! to `--jsonl`), so a run stopped at any point keeps everything it measured.
 
 pub mod bench;
 pub mod parity;
@@ -14,32 +17,59 @@ use serde_json::json;
 use crate::config::Precision;
 use crate::error::Result;
 
+/// The parts of a self-check.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Section {
+    /// Every op on the device against its CPU kernel ([`crate::ops::check`]).
+    Ops,
+    /// GPT-2, wav2vec2 and ResNet-50 outputs and weight gradients against PyTorch's (tiny checkpoints).
+    Parity,
+    /// Forward + backward timings ([`bench`]).
+    Bench,
+}
+
+impl std::str::FromStr for Section {
+    type Err = String;
+
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        match s {
+            "ops" => Ok(Section::Ops),
+            "parity" => Ok(Section::Parity),
+            "bench" => Ok(Section::Bench),
+            other => Err(format!("section `{other}`: expected ops, parity or bench")),
+        }
+    }
+}
+
 /// What to run.
 #[derive(Debug, Clone)]
 pub struct SelfcheckOptions {
     /// The backbone fixtures (`trainer/tests/fixtures/backbones`).
     pub fixtures: PathBuf,
-    /// Every op on the device against its CPU kernel ([`crate::ops::check`]).
-    pub ops: bool,
-    pub parity: bool,
-    pub bench: bool,
-    pub scale: bench::Scale,
+    pub sections: Vec<Section>,
+    pub plan: bench::Plan,
+    pub workloads: Vec<bench::Workload>,
     pub precisions: Vec<Precision>,
-    pub iterations: usize,
-    /// ResNet-50's batch (the reference trained it at 64).
-    pub resnet_batch: usize,
 }
 
-/// Runs the checks on `device`, prints a table per section and returns everything as JSON; `ok` is false when a
-/// parity check failed.
-pub fn run(device: &Device, opts: &SelfcheckOptions) -> Result<(bool, serde_json::Value)> {
-    let mut ok = true;
-    let mut out = serde_json::Map::new();
-    out.insert("device".into(), json!(format!("{device:?}")));
-    if opts.ops {
+/// What failed, by kind: a check (ops, parity) or a benchmark row.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Outcome {
+    pub failed_checks: usize,
+    pub failed_benchmarks: usize,
+}
+
+/// Runs the sections on `device`, printing a line per result and handing each to `sink` as it is known.
+pub fn run(
+    device: &Device,
+    opts: &SelfcheckOptions,
+    sink: &mut dyn FnMut(serde_json::Value) -> Result<()>,
+) -> Result<Outcome> {
+    let mut outcome = Outcome::default();
+    let device_name = format!("{device:?}");
+    if opts.sections.contains(&Section::Ops) {
         crate::train::device::set_tf32(device, false);
         println!("ops on the device against their CPU kernels (forward values and gradients)");
-        let mut rows = Vec::new();
         match crate::ops::check::compare_with_cpu(device) {
             Ok(checks) => {
                 for c in &checks {
@@ -51,23 +81,24 @@ pub fn run(device: &Device, opts: &SelfcheckOptions) -> Result<(bool, serde_json
                         c.max_rel_error,
                         c.tolerance
                     );
-                    ok &= c.passed;
-                    rows.push(json!({
-                        "op": c.op, "body": c.body, "max_rel_error": c.max_rel_error,
-                        "tolerance": c.tolerance, "passed": c.passed, "detail": c.detail,
-                    }));
+                    outcome.failed_checks += usize::from(!c.passed);
+                    sink(json!({
+                        "section": "ops", "device": device_name, "op": c.op, "body": c.body,
+                        "max_rel_error": c.max_rel_error, "tolerance": c.tolerance, "passed": c.passed,
+                        "detail": c.detail,
+                    }))?;
                 }
             }
             Err(e) => {
-                ok = false;
+                outcome.failed_checks += 1;
                 println!("  FAILED: {e}");
-                rows.push(json!({ "error": e.to_string() }));
+                sink(
+                    json!({ "section": "ops", "device": device_name, "passed": false, "error": e.to_string() }),
+                )?;
             }
         }
-        out.insert("ops".into(), serde_json::Value::Array(rows));
     }
-    if opts.parity {
-        let mut sections = serde_json::Map::new();
+    if opts.sections.contains(&Section::Parity) {
         type Check = fn(&std::path::Path, &Device) -> Result<Vec<parity::Compared>>;
         let checks: [(&str, Check); 3] = [
             ("gpt2", parity::gpt2),
@@ -80,7 +111,7 @@ pub fn run(device: &Device, opts: &SelfcheckOptions) -> Result<(bool, serde_json
         );
         for (name, check) in checks {
             crate::train::device::set_tf32(device, false);
-            let (verdict, value) = match check(&opts.fixtures, device) {
+            let value = match check(&opts.fixtures, device) {
                 Ok(rows) => {
                     let worst = rows
                         .iter()
@@ -88,32 +119,31 @@ pub fn run(device: &Device, opts: &SelfcheckOptions) -> Result<(bool, serde_json
                         .map(|r| r.error)
                         .fold(0.0, f64::max);
                     let verdict = parity::verdict(&rows);
-                    let value = json!({
-                        "tensors": rows.len(),
-                        "worst_relative_error": worst,
-                        "passed": verdict.is_ok(),
-                        "failures": verdict.as_ref().err(),
-                    });
-                    (verdict.map(|_| worst), value)
+                    match &verdict {
+                        Ok(_) => println!("  {name:<10} ok      worst {worst:.2e}"),
+                        Err(why) => {
+                            println!("  {name:<10} FAILED  {}", why.lines().next().unwrap_or(""))
+                        }
+                    }
+                    json!({
+                        "tensors": rows.len(), "worst_relative_error": worst,
+                        "passed": verdict.is_ok(), "failures": verdict.as_ref().err(),
+                    })
                 }
-                Err(e) => (
-                    Err(e.to_string()),
-                    json!({ "passed": false, "error": e.to_string() }),
-                ),
+                Err(e) => {
+                    println!("  {name:<10} FAILED  {e}");
+                    json!({ "passed": false, "error": e.to_string() })
+                }
             };
-            match &verdict {
-                Ok(worst) => println!("  {name:<10} ok      worst {worst:.2e}"),
-                Err(why) => {
-                    ok = false;
-                    println!("  {name:<10} FAILED  {}", why.lines().next().unwrap_or(""));
-                }
-            }
-            sections.insert(name.into(), value);
+            outcome.failed_checks += usize::from(value["passed"] != json!(true));
+            let mut value = value;
+            value["section"] = json!("parity");
+            value["backbone"] = json!(name);
+            value["device"] = json!(device_name);
+            sink(value)?;
         }
-        out.insert("parity".into(), serde_json::Value::Object(sections));
     }
-    if opts.bench {
-        let mut rows = Vec::new();
+    if opts.sections.contains(&Section::Bench) {
         println!(
             "{:<30} {:<6} {:<22} {:>10} {:>10} {:>10} {:>12} {:>10}",
             "forward+backward",
@@ -125,45 +155,48 @@ pub fn run(device: &Device, opts: &SelfcheckOptions) -> Result<(bool, serde_json
             "samples/s",
             "peak mem"
         );
+        // precision-major: every workload's fp32 row comes before any tf32 row (a run cut short keeps the
+        // reference precision of each)
         for precision in &opts.precisions {
             let name = match precision {
                 Precision::Fp32 => "fp32",
                 Precision::Tf32 => "tf32",
             };
             crate::train::device::set_tf32(device, *precision == Precision::Tf32);
-            for row in [
-                bench::gpt2(device, opts.scale, name, opts.iterations),
-                bench::wav2vec2(device, opts.scale, name, opts.iterations),
-                bench::resnet50(device, opts.scale, name, opts.iterations, opts.resnet_batch),
-                bench::full_step(device, opts.scale, name, opts.iterations),
-            ] {
-                match &row.error {
-                    None => println!(
+            for &workload in &opts.workloads {
+                let row = bench::run(device, &opts.plan, workload, name);
+                match (&row.error, row.forward_s, row.backward_s, row.total_s) {
+                    (None, Some(f), Some(b), Some(t)) => println!(
                         "{:<30} {:<6} {:<22} {:>10.4} {:>10.4} {:>10.4} {:>12.1} {:>10}",
                         row.name,
                         row.precision,
                         row.batch,
-                        row.forward_s,
-                        row.backward_s,
-                        row.total_s,
-                        row.samples_per_s,
+                        f,
+                        b,
+                        t,
+                        row.samples_per_s.unwrap_or(f64::NAN),
                         row.peak_memory_bytes
                             .map_or("?".into(), crate::train::memory::human)
                     ),
-                    Some(e) => println!(
-                        "{:<30} {:<6} {:<22} failed: {e}",
-                        row.name, row.precision, row.batch
-                    ),
+                    _ => {
+                        outcome.failed_benchmarks += 1;
+                        println!(
+                            "{:<30} {:<6} {:<22} failed: {}",
+                            row.name,
+                            row.precision,
+                            row.batch,
+                            row.error.as_deref().unwrap_or("no timing")
+                        )
+                    }
                 }
-                rows.push(row);
+                let mut value = serde_json::to_value(&row)
+                    .map_err(|e| crate::error::Error::Other(e.to_string()))?;
+                value["section"] = json!("bench");
+                value["device"] = json!(device_name);
+                sink(value)?;
             }
         }
         crate::train::device::set_tf32(device, false);
-        out.insert(
-            "bench".into(),
-            serde_json::to_value(&rows).unwrap_or_default(),
-        );
     }
-    out.insert("ok".into(), json!(ok));
-    Ok((ok, serde_json::Value::Object(out)))
+    Ok(outcome)
 }
