@@ -298,54 +298,95 @@ fn case(
 // ---------------------------------------------------------------------------------------------------------------
 // The ops, in the order of their files
 
+/// A whole optimiser step as the trainer takes it: the gradient norm of every gradient at once, the clipping
+/// coefficient, then one group update per decay group ([`adamw::GradNorm::add_all`], [`adamw::update_group`]: on
+/// a GPU the multi-tensor kernels), over tensors shorter and longer than a kernel chunk, two steps (the second
+/// with non-zero moments), gradients clipped.
 fn check_adamw(device: &Device) -> Result<OpCheck> {
-    let mut report = Report::new("adamw", device, false)?;
-    let param = seeded(&[37, 19], 1.0, 0.0, 1)?;
-    let grads = [
-        seeded(&[37, 19], 0.5, 0.0, 2)?,
-        seeded(&[37, 19], 0.5, 0.1, 3)?,
-    ];
-    let step = |t: i32| adamw::Step {
+    let mut report = Report::new("adamw", device, true)?;
+    let shapes: [&[usize]; 3] = [&[37, 19], &[3, super::cuda::ADAMW_CHUNK + 5], &[7]];
+    let params: Vec<Tensor> = shapes
+        .iter()
+        .enumerate()
+        .map(|(i, s)| seeded(s, 1.0, 0.0, 1 + i as u64))
+        .collect::<Result<_>>()?;
+    let grads: Vec<Vec<Tensor>> = (0..2)
+        .map(|t| {
+            shapes
+                .iter()
+                .enumerate()
+                .map(|(i, s)| seeded(s, 0.5, 0.1 * t as f32, 10 + 3 * t as u64 + i as u64))
+                .collect::<Result<_>>()
+        })
+        .collect::<Result<_>>()?;
+    let step = |t: i32, decay: f64| adamw::Step {
         beta1: 0.9,
         beta2: 0.999,
         eps: 1e-8,
-        decay: 1.0 - 1e-3 * 0.01,
+        decay,
         step_size: 1e-3 / (1.0 - 0.9f64.powi(t)),
         bias2_sqrt: (1.0 - 0.999f64.powi(t)).sqrt(),
     };
-    // Two steps (the second with non-zero moments), gradients clipped (max norm below their norm).
+    // tensor 1 is in the undecayed group
+    let decayed = [true, false, true];
     let steps = |device: &Device, host_moments: bool| -> Result<Vec<(String, Tensor)>> {
-        let var = Var::from_tensor(&param.to_device(device)?)?;
-        let mut moments = if host_moments {
-            // the CPU kernel's host moments, whatever ERC_OPS says
-            let n = var.as_tensor().elem_count();
-            adamw::Moments::Host {
-                m: vec![0.0; n],
-                v: vec![0.0; n],
-            }
-        } else {
-            adamw::Moments::Device {
-                m: var.as_tensor().zeros_like()?,
-                v: var.as_tensor().zeros_like()?,
-            }
-        };
-        for (t, g) in grads.iter().enumerate() {
-            let g = g.to_device(device)?;
+        let vars: Vec<Var> = params
+            .iter()
+            .map(|p| Var::from_tensor(&p.to_device(device)?).map_err(Error::from))
+            .collect::<Result<_>>()?;
+        let mut moments: Vec<adamw::Moments> = vars
+            .iter()
+            .map(|var| {
+                let n = var.as_tensor().elem_count();
+                Ok(if host_moments {
+                    // the CPU kernel's host moments, whatever ERC_OPS says
+                    adamw::Moments::Host {
+                        m: vec![0.0; n],
+                        v: vec![0.0; n],
+                    }
+                } else {
+                    adamw::Moments::Device {
+                        m: var.as_tensor().zeros_like()?,
+                        v: var.as_tensor().zeros_like()?,
+                    }
+                })
+            })
+            .collect::<Result<_>>()?;
+        let mut out = Vec::new();
+        for (t, step_grads) in grads.iter().enumerate() {
+            let g: Vec<Tensor> = step_grads
+                .iter()
+                .map(|g| g.to_device(device).map_err(Error::from))
+                .collect::<Result<_>>()?;
             let mut norm = adamw::GradNorm::default();
-            norm.add(&g, &moments)?;
+            let pairs: Vec<(&Tensor, &adamw::Moments)> = g.iter().zip(moments.iter()).collect();
+            norm.add_all(&pairs)?;
             let clip = norm.clip(1.0)?;
-            adamw::adamw_update(&var, &g, &mut moments, &clip, &step(t as i32 + 1))?;
+            out.push((format!("step {} norm", t + 1), Tensor::new(&[norm.value()? as f32], &Device::Cpu)?));
+            for group in [true, false] {
+                let s = step(t as i32 + 1, if group { 1.0 - 1e-3 * 0.01 } else { 1.0 });
+                let mut updates: Vec<adamw::Update<'_>> = vars
+                    .iter()
+                    .zip(&g)
+                    .zip(moments.iter_mut())
+                    .zip(decayed)
+                    .filter(|(_, d)| *d == group)
+                    .map(|(((var, grad), moments), _)| adamw::Update { var, grad, moments })
+                    .collect();
+                adamw::update_group(&mut updates, &clip, &s)?;
+            }
         }
-        let (m, v) = moments.to_tensors(var.as_tensor())?;
-        Ok(vec![
-            ("θ".to_string(), var.as_tensor().clone()),
-            ("m".to_string(), m),
-            ("v".to_string(), v),
-        ])
+        for (i, (var, moments)) in vars.iter().zip(&moments).enumerate() {
+            let (m, v) = moments.to_tensors(var.as_tensor())?;
+            out.push((format!("θ{i}"), var.as_tensor().clone()));
+            out.push((format!("m{i}"), m));
+            out.push((format!("v{i}"), v));
+        }
+        Ok(out)
     };
     let expected = steps(&Device::Cpu, true)?;
     let ours = steps(device, false)?;
-    report.compare("2 steps (37, 19), clipped", &ours, &expected)?;
+    report.compare("2 steps, 3 tensors in 2 groups, clipped", &ours, &expected)?;
     Ok(report.finish())
 }
 
