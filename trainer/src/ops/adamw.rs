@@ -369,10 +369,12 @@ impl candle_core::InplaceOp1 for HostUpdateWith<'_, '_> {
 
 /// The multi-tensor launches of `kernels/adamw.cu` (CUDA builds; elsewhere nothing selects them).
 mod multi {
-    use candle_core::{Tensor, Var};
-
+    #[cfg(not(feature = "cuda"))]
     use super::Step;
+    #[cfg(not(feature = "cuda"))]
     use crate::error::Result;
+    #[cfg(not(feature = "cuda"))]
+    use candle_core::{Tensor, Var};
 
     #[cfg(feature = "cuda")]
     pub use cuda::{clip, sum_squares, update};

@@ -362,7 +362,10 @@ fn check_adamw(device: &Device) -> Result<OpCheck> {
             let pairs: Vec<(&Tensor, &adamw::Moments)> = g.iter().zip(moments.iter()).collect();
             norm.add_all(&pairs)?;
             let clip = norm.clip(1.0)?;
-            out.push((format!("step {} norm", t + 1), Tensor::new(&[norm.value()? as f32], &Device::Cpu)?));
+            out.push((
+                format!("step {} norm", t + 1),
+                Tensor::new(&[norm.value()? as f32], &Device::Cpu)?,
+            ));
             for group in [true, false] {
                 let s = step(t as i32 + 1, if group { 1.0 - 1e-3 * 0.01 } else { 1.0 });
                 let mut updates: Vec<adamw::Update<'_>> = vars

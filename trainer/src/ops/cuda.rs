@@ -334,8 +334,7 @@ pub use device::*;
 mod device {
     use candle_core::cuda_backend::cudarc::cublas::{result as cublas, sys as cublas_sys};
     use candle_core::cuda_backend::cudarc::driver::{
-        CudaSlice, CudaView, DevicePtr, DevicePtrMut, DeviceRepr, DeviceSlice, LaunchConfig,
-        PushKernelArg,
+        CudaSlice, CudaView, DevicePtr, DevicePtrMut, DeviceRepr, LaunchConfig, PushKernelArg,
     };
     use candle_core::cuda_backend::{CudaDevice, WrapErr};
     use candle_core::{bail, CudaStorage, Layout, Result, Storage, Tensor};

@@ -412,7 +412,6 @@ mod tests {
         let before: Vec<_> = (0..3).map(|_| step_masks(&mut first)).collect();
         // the checkpoint's copy of the generator, written and read back as the resume path does
         let saved = serde_json::to_string(&RngState::of(&first)).unwrap();
-        drop(first);
         let mut resumed = serde_json::from_str::<RngState>(&saved)
             .unwrap()
             .restore()
