@@ -699,7 +699,7 @@ fn check_focal(device: &Device) -> Result<OpCheck> {
 }
 
 fn check_pool(device: &Device) -> Result<OpCheck> {
-    let mut report = Report::new("pool", device, false)?;
+    let mut report = Report::new("pool", device, true)?;
     let x = seeded(&[2, 3, 11, 10], 1.0, 0.0, 111)?;
     case(
         &mut report,

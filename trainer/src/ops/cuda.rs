@@ -164,6 +164,10 @@ pub const DROPOUT: Module = Module {
     name: "erc_train_dropout",
     file: "dropout.cu",
 };
+pub const POOL: Module = Module {
+    name: "erc_train_pool",
+    file: "pool.cu",
+};
 
 /// Every kernel file (the build checks that each `kernels/*.cu` is here, and the emulation test that each has a
 /// test).
@@ -175,6 +179,7 @@ pub const MODULES: &[Module] = &[
     GROUP_NORM,
     LAYER_NORM,
     LOSS,
+    POOL,
     SOFTMAX_DROPOUT,
 ];
 

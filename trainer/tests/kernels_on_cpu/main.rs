@@ -26,6 +26,7 @@ use erc_train::ops::{self, cuda};
 
 mod adamw;
 mod exec;
+mod pool;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
