@@ -164,6 +164,10 @@ pub const DROPOUT: Module = Module {
     name: "erc_train_dropout",
     file: "dropout.cu",
 };
+pub const CONV2D: Module = Module {
+    name: "erc_train_conv2d",
+    file: "conv2d.cu",
+};
 pub const POOL: Module = Module {
     name: "erc_train_pool",
     file: "pool.cu",
@@ -174,6 +178,7 @@ pub const POOL: Module = Module {
 pub const MODULES: &[Module] = &[
     ADAMW,
     BATCH_NORM,
+    CONV2D,
     DROPOUT,
     GELU,
     GROUP_NORM,

@@ -25,6 +25,7 @@ use candle_core::{Device, Tensor, Var};
 use erc_train::ops::{self, cuda};
 
 mod adamw;
+mod conv2d;
 mod exec;
 mod pool;
 use rand::{Rng, SeedableRng};
