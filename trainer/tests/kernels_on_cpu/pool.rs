@@ -1,6 +1,8 @@
 //! `kernels/pool.cu`: the 3×3/s2/p1 max-pool forward and its gather backward against the CPU kernel
 //! (`ops::max_pool_3x3_s2`), bit for bit — values, and ∂x summed in the CPU kernel's order — on odd and even sizes,
-//! ties (ReLU zeros, repeated values: the first maximum takes the gradient) and NaNs.
+//! ties (ReLU zeros, repeated values: the first maximum takes the gradient) and NaNs. Under `ERC_OPS=generic` the
+//! op is its generic composition, which sums in another order and treats NaN otherwise: then to the tolerance,
+//! without the NaN case.
 
 use candle_core::{Device, Tensor};
 use erc_train::ops::{self, cuda};
@@ -12,6 +14,7 @@ fn max_pool_kernels_match_the_cpu_kernel_bit_for_bit() {
     let emu = Emu::new("pool.cu");
     let mut errors = Errors::new(emu.file);
     let out = |n: usize| (n - 1) / 2 + 1;
+    let cpu_kernel = !ops::forced_generic();
     for (case, dims) in [
         ("ties", [3, 2, 7, 8]),
         ("ties", [2, 3, 6, 9]),
@@ -20,6 +23,9 @@ fn max_pool_kernels_match_the_cpu_kernel_bit_for_bit() {
         ("ties", [1, 2, 2, 3]),
         ("NaN", [2, 2, 7, 6]),
     ] {
+        if case == "NaN" && !cpu_kernel {
+            continue;
+        }
         let [b, c, h, w] = dims;
         let n = b * c * h * w;
         let mut x = match case {
@@ -73,8 +79,10 @@ fn max_pool_kernels_match_the_cpu_kernel_bit_for_bit() {
         let bits = |v: &[f32]| v.iter().map(|f| f.to_bits()).collect::<Vec<u32>>();
         let (y_ours, dx_ours) = (emu.read_f32(&y), emu.read_f32(&dx));
         let flat = |t: &Tensor| t.flatten_all().unwrap().to_vec1::<f32>().unwrap();
-        assert_eq!(bits(&y_ours), bits(&flat(&y_ref)), "{name}: y");
-        assert_eq!(bits(&dx_ours), bits(&flat(&g_ref[0])), "{name}: ∂x");
+        if cpu_kernel {
+            assert_eq!(bits(&y_ours), bits(&flat(&y_ref)), "{name}: y");
+            assert_eq!(bits(&dx_ours), bits(&flat(&g_ref[0])), "{name}: ∂x");
+        }
         if case != "NaN" {
             errors.check(format!("{name}: y"), &emu.tensor(&y, 0..m, &y_dims), &y_ref);
         }
