@@ -21,7 +21,11 @@ fn main() {
         println!("cargo::rerun-if-env-changed={var}");
     }
 
-    let kernels_dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("kernels");
+    // Read when the script runs, not when it is compiled: cargo reuses one compiled build script for every
+    // checkout of the package that builds into the same target dir (worktrees), and each must compile its own
+    // kernels.
+    let manifest_dir = env::var("CARGO_MANIFEST_DIR").expect("cargo sets CARGO_MANIFEST_DIR");
+    let kernels_dir = Path::new(&manifest_dir).join("kernels");
     let out_dir = PathBuf::from(env::var("OUT_DIR").expect("cargo sets OUT_DIR"));
     let nvcc = nvcc();
     let arch = format!("compute_{}", compute_cap());

@@ -164,17 +164,27 @@ pub const DROPOUT: Module = Module {
     name: "erc_train_dropout",
     file: "dropout.cu",
 };
+pub const CONV2D: Module = Module {
+    name: "erc_train_conv2d",
+    file: "conv2d.cu",
+};
+pub const POOL: Module = Module {
+    name: "erc_train_pool",
+    file: "pool.cu",
+};
 
 /// Every kernel file (the build checks that each `kernels/*.cu` is here, and the emulation test that each has a
 /// test).
 pub const MODULES: &[Module] = &[
     ADAMW,
     BATCH_NORM,
+    CONV2D,
     DROPOUT,
     GELU,
     GROUP_NORM,
     LAYER_NORM,
     LOSS,
+    POOL,
     SOFTMAX_DROPOUT,
 ];
 

@@ -6,8 +6,14 @@
 //! order on ties, as PyTorch does. CPU kernel: one pass per plane each way. Generic: the nine shifted windows
 //! stacked, the first maximum picked with a gather (whose backward is the matching scatter-add), all on the
 //! tensor's device — no round trip through host memory.
+//!
+//! CUDA (`kernels/pool.cu`): one thread per output forward. The backward is a second op over (x, ∂L/∂y),
+//! stateless: one thread per input element gathers from the ≤ 2×2 windows that contain it, recomputing each
+//! window's first maximum exactly as [`argmax_plane`] (NaN included) and adding the gradients of the windows
+//! whose maximum it is in row-major output order — the CPU kernel's sums, bit for bit, without the atomics a
+//! scatter from the outputs would need and without an argmax tensor kept between the passes.
 
-use candle_core::{CpuStorage, CustomOp1, DType, Layout, Shape, Tensor};
+use candle_core::{CpuStorage, CustomOp1, CustomOp2, DType, Layout, Shape, Tensor};
 
 use super::Kernel;
 use crate::error::Result;
@@ -93,12 +99,45 @@ impl CustomOp1 for MaxPool3x3S2 {
         Ok((CpuStorage::F32(out), Shape::from((b, c, oh, ow))))
     }
 
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        storage: &candle_core::CudaStorage,
+        layout: &Layout,
+    ) -> candle_core::Result<(candle_core::CudaStorage, Shape)> {
+        use super::cuda::{alloc, elementwise, input, launch, storage as wrap, POOL};
+        use candle_core::backend::BackendStorage;
+        let (b, c, h, w) = layout.shape().dims4()?;
+        let (oh, ow) = (out_size(h), out_size(w));
+        let dev = storage.device();
+        let x = input(storage, layout, self.name())?;
+        let n = b * c * oh * ow;
+        let mut y = alloc::<f32>(dev, n)?;
+        let [h_u, w_u, oh_u, ow_u] = plane_args(h, w)?;
+        let n_u = n as u64;
+        // max_pool_fwd(const float* x, float* y, unsigned h, unsigned w, unsigned oh, unsigned ow,
+        //              unsigned long long n)
+        launch!(
+            dev,
+            POOL,
+            "max_pool_fwd",
+            elementwise(n),
+            [&x, &mut y, &h_u, &w_u, &oh_u, &ow_u, &n_u]
+        );
+        Ok((wrap(y, dev), Shape::from((b, c, oh, ow))))
+    }
+
     fn bwd(
         &self,
         arg: &Tensor,
         _res: &Tensor,
         grad_res: &Tensor,
     ) -> candle_core::Result<Option<Tensor>> {
+        if arg.device().is_cuda() {
+            return Ok(Some(
+                arg.apply_op2_no_bwd(&grad_res.contiguous()?, &MaxPoolGrad)?,
+            ));
+        }
         let (b, c, h, w) = arg.dims4()?;
         let (oh, ow) = (out_size(h), out_size(w));
         let input = arg.flatten_all()?.to_vec1::<f32>()?;
@@ -128,11 +167,80 @@ impl CustomOp1 for MaxPool3x3S2 {
     }
 }
 
+/// The kernels' plane sizes (H, W, H', W'); an error for a plane beyond their 32-bit in-plane indices.
+#[cfg_attr(not(feature = "cuda"), allow(dead_code))]
+fn plane_args(h: usize, w: usize) -> candle_core::Result<[u32; 4]> {
+    super::cuda::to_u32(h * w, "max-pool-3x3-s2")?;
+    Ok([h, w, out_size(h), out_size(w)].map(|n| n as u32))
+}
+
+/// The backward on a GPU: (x, ∂L/∂y) → ∂L/∂x.
+#[cfg_attr(not(feature = "cuda"), allow(dead_code))]
+struct MaxPoolGrad;
+
+impl CustomOp2 for MaxPoolGrad {
+    fn name(&self) -> &'static str {
+        "max-pool-3x3-s2-grad"
+    }
+
+    fn cpu_fwd(
+        &self,
+        _: &CpuStorage,
+        _: &Layout,
+        _: &CpuStorage,
+        _: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        candle_core::bail!(
+            "max-pool-3x3-s2-grad runs on CUDA only (the CPU backward is the op's bwd)"
+        )
+    }
+
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        x: &candle_core::CudaStorage,
+        x_layout: &Layout,
+        grad: &candle_core::CudaStorage,
+        grad_layout: &Layout,
+    ) -> candle_core::Result<(candle_core::CudaStorage, Shape)> {
+        use super::cuda::{alloc, elementwise, input, launch, storage, POOL};
+        use candle_core::backend::BackendStorage;
+        let (b, c, h, w) = x_layout.shape().dims4()?;
+        let (oh, ow) = (out_size(h), out_size(w));
+        if grad_layout.dims() != [b, c, oh, ow] {
+            candle_core::bail!(
+                "max-pool backward: gradient {:?} for x {:?}",
+                grad_layout.dims(),
+                x_layout.dims()
+            );
+        }
+        let dev = x.device();
+        let (xv, gv) = (
+            input(x, x_layout, self.name())?,
+            input(grad, grad_layout, self.name())?,
+        );
+        let n = xv.len();
+        let mut dx = alloc::<f32>(dev, n)?;
+        let [h_u, w_u, oh_u, ow_u] = plane_args(h, w)?;
+        let n_u = n as u64;
+        // max_pool_bwd(const float* x, const float* grad, float* dx, unsigned h, unsigned w, unsigned oh,
+        //              unsigned ow, unsigned long long n)
+        launch!(
+            dev,
+            POOL,
+            "max_pool_bwd",
+            elementwise(n),
+            [&xv, &gv, &mut dx, &h_u, &w_u, &oh_u, &ow_u, &n_u]
+        );
+        Ok((storage(dx, dev), x_layout.shape().clone()))
+    }
+}
+
 /// Max-pool 3×3, stride 2, padding 1 over (B, C, H, W) → (B, C, ⌊(H − 1)/2⌋ + 1, ⌊(W − 1)/2⌋ + 1),
 /// differentiable.
 pub fn max_pool_3x3_s2(x: &Tensor) -> Result<Tensor> {
     x.dims4()?;
-    match Kernel::select(x, false) {
+    match Kernel::select(x, true) {
         Kernel::Generic => generic(x),
         _ => kernel(x),
     }

@@ -25,7 +25,9 @@ use candle_core::{Device, Tensor, Var};
 use erc_train::ops::{self, cuda};
 
 mod adamw;
+mod conv2d;
 mod exec;
+mod pool;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
