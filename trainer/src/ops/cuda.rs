@@ -213,6 +213,10 @@ pub const BATCH_NORM: Module = Module {
     name: "erc_train_batch_norm",
     file: "batch_norm.cu",
 };
+pub const CONV1D: Module = Module {
+    name: "erc_train_conv1d",
+    file: "conv1d.cu",
+};
 pub const LOSS: Module = Module {
     name: "erc_train_loss",
     file: "loss.cu",
@@ -231,6 +235,7 @@ pub const DROPOUT: Module = Module {
 pub const MODULES: &[Module] = &[
     ADAMW,
     BATCH_NORM,
+    CONV1D,
     DROPOUT,
     GELU,
     GROUP_NORM,

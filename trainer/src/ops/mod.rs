@@ -10,10 +10,13 @@
 //!   with its own closed-form backward;
 //! * [`Kernel::Cuda`] — the same node's `cuda_fwd` over PTX compiled from `trainer/kernels/<op>.cu` (builds with
 //!   the `cuda` feature), for the ops that have one: `softmax_dropout`, `layer_norm`, `gelu` (both forms),
-//!   `group_norm` (+ GELU), `batch_norm` (+ ReLU) and the losses of `loss`. Their backward on a GPU is a second
-//!   custom op (`…Grad`, `cuda_fwd` only), applied from the node's `bwd` when the tensors are on a CUDA device:
-//!   stateless (statistics or probabilities are recomputed from x, or read from the forward's own output), γ/β
-//!   gradients as deterministic column sums (no atomics). [`cuda`] holds the PTX, the launch shapes and helpers;
+//!   `group_norm` (+ GELU), `batch_norm` (+ ReLU), `conv1d` and the losses of `loss`. Their backward on a GPU is
+//!   a second custom op (`…Grad`, `cuda_fwd` only), applied from the node's `bwd` when the tensors are on a CUDA
+//!   device: stateless (statistics or probabilities are recomputed from x, or read from the forward's own
+//!   output), γ/β gradients as deterministic column sums (no atomics). `conv1d`'s body chains column kernels
+//!   and cuBLAS products (batched over the groups, written in place into the channels-last output), written once
+//!   against [`cuda::Exec`] so that the emulation test runs the GPU's very launches and products; its GELU is
+//!   `gelu`'s kernel after the product, not fused. [`cuda`] holds the PTX, the launch shapes and helpers;
 //! * [`Kernel::Generic`] — the same maths composed of candle ops whose backward is right, on any device and
 //!   dtype. It is the reference every kernel is tested against, and what runs for an op without a kernel on the
 //!   tensor's device.

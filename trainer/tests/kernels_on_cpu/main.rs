@@ -25,6 +25,7 @@ use candle_core::{Device, Tensor, Var};
 use erc_train::ops::{self, cuda};
 
 mod adamw;
+mod conv1d;
 mod exec;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
