@@ -1,5 +1,5 @@
 //! 1-D convolution on channels-last sequences (B, L, C), as unfold + one matrix product per group, for training
-//! on the CPU (wav2vec 2.0's feature encoder and positional convolution).
+//! on the CPU and on CUDA GPUs (wav2vec 2.0's feature encoder and positional convolution).
 //!
 //! Why not candle's `conv1d`: in candle 0.11 its forward is right but its gradients are wrong (the kernel gradient
 //! as soon as the batch or the input channels exceed 1, and the input gradient at stride 1 without padding), and a
@@ -684,7 +684,8 @@ fn check(
 }
 
 /// Convolution of a channels-last x (B, L, C_in) with a bias-free weight (C_out, C_in/groups, k) → (B, T, C_out),
-/// `T = ⌊(L + 2p − k)/s⌋ + 1`, followed by GELU (erf) when `gelu` (fused into the same node by the kernel).
+/// `T = ⌊(L + 2p − k)/s⌋ + 1`, followed by GELU (erf) when `gelu` (fused into the same node by the CPU kernel,
+/// `ops::gelu_erf`'s kernel after the CUDA body).
 pub fn conv1d(
     x: &Tensor,
     w: &Tensor,
