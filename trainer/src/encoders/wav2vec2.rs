@@ -222,7 +222,7 @@ impl Activation {
     fn forward(self, x: &Tensor) -> Result<Tensor> {
         Ok(match self {
             Activation::GeluErf => gelu_erf(x)?,
-            Activation::GeluTanh => x.gelu()?,
+            Activation::GeluTanh => crate::ops::gelu_tanh(x)?,
             Activation::Relu => x.relu()?,
         })
     }

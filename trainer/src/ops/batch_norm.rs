@@ -16,7 +16,9 @@
 //! mean, variance and 1/√(σ² + eps) it normalised with — narrowed here into y and the statistics; in training the
 //! running statistics move by tensor ops on the device (nothing comes back to the host). The backward is a second
 //! op that reads x, that packed output and ∂L/∂y (no state kept between the passes) and returns
-//! `[∂x | ∂γ | ∂β]` packed. Channel sums run in deterministic stages (partials per chunk, then per channel).
+//! `[∂x | ∂γ | ∂β]` packed. Every kernel that reads x runs on a 2-D grid — the channel in `blockIdx.y`, chunks of
+//! its N·H·W values in x, walked with 32-bit counters (no 64-bit division per value); channel sums run in
+//! deterministic stages (partials per chunk, then one block per channel adding them by a fixed tree).
 
 use std::sync::{Arc, Mutex};
 
@@ -371,8 +373,8 @@ impl CustomOp3 for BatchNormOp {
         b_layout: &Layout,
     ) -> candle_core::Result<(candle_core::CudaStorage, Shape)> {
         use super::cuda::{
-            alloc, batch_norm_partials, elementwise, input, launch, per_thread, storage, to_u32,
-            with_tensor, BATCH_NORM, BATCH_NORM_CHUNK,
+            alloc, batch_norm_launches, input, launch, per_block, per_thread, storage, to_u32,
+            with_tensor, BATCH_NORM, BATCH_NORM_CHUNK, MAX_GRID_Y,
         };
         use candle_core::backend::BackendStorage;
         const OP: &str = "batch norm";
@@ -384,71 +386,76 @@ impl CustomOp3 for BatchNormOp {
             input(b, b_layout, OP)?,
         );
         let (hw, len) = (h * w_, xv.len());
-        let (c_u, hw_u, count, len_u, relu) = (
+        let (launches, chunks) = batch_norm_launches(n, channels, hw, MAX_GRID_Y)?;
+        let (c_u, hw_u, count, count_u64, len_u, relu) = (
             to_u32(channels, OP)?,
             to_u32(hw, OP)?,
+            to_u32(n * hw, OP)?,
             (n * hw) as u64,
             len as u64,
             self.relu as i32,
         );
         let mut out = alloc::<f32>(dev, len + 3 * channels)?;
         if self.train {
-            let (grid, chunks) = batch_norm_partials(n, channels, hw)?;
             let mut partials = alloc::<f64>(dev, channels * chunks as usize)?;
-            // bn_sum_partials(const float* x, double* partials, unsigned channels, unsigned hw,
-            //                 unsigned long long count, unsigned chunk, unsigned chunks)
-            launch!(
-                dev,
-                BATCH_NORM,
-                "bn_sum_partials",
-                grid,
-                [
-                    &xv,
-                    &mut partials,
-                    &c_u,
-                    &hw_u,
-                    &count,
-                    &BATCH_NORM_CHUNK,
-                    &chunks
-                ]
-            );
-            // bn_mean(const double* partials, float* out, unsigned channels, unsigned chunks,
-            //         unsigned long long count, unsigned long long len)
+            for (y0, grid) in &launches {
+                // bn_sum_partials(const float* x, double* partials, unsigned channels, unsigned hw,
+                //                 unsigned count, unsigned chunk, unsigned y0)
+                launch!(
+                    dev,
+                    BATCH_NORM,
+                    "bn_sum_partials",
+                    *grid,
+                    [
+                        &xv,
+                        &mut partials,
+                        &c_u,
+                        &hw_u,
+                        &count,
+                        &BATCH_NORM_CHUNK,
+                        y0
+                    ]
+                );
+            }
+            // bn_mean(const double* partials, float* out, unsigned chunks, unsigned long long count,
+            //         unsigned long long len)
             launch!(
                 dev,
                 BATCH_NORM,
                 "bn_mean",
-                per_thread(channels)?,
-                [&partials, &mut out, &c_u, &chunks, &count, &len_u]
+                per_block(channels)?,
+                [&partials, &mut out, &chunks, &count_u64, &len_u]
             );
-            // bn_sqdev_partials(const float* x, const float* out, double* partials, unsigned channels,
-            //                   unsigned hw, unsigned long long count, unsigned chunk, unsigned chunks,
-            //                   unsigned long long len)
-            launch!(
-                dev,
-                BATCH_NORM,
-                "bn_sqdev_partials",
-                grid,
-                [
-                    &xv,
-                    &out,
-                    &mut partials,
-                    &c_u,
-                    &hw_u,
-                    &count,
-                    &BATCH_NORM_CHUNK,
-                    &chunks,
-                    &len_u
-                ]
-            );
+            for (y0, grid) in &launches {
+                // bn_sqdev_partials(const float* x, const float* out, double* partials, unsigned channels,
+                //                   unsigned hw, unsigned count, unsigned chunk, unsigned long long len,
+                //                   unsigned y0)
+                launch!(
+                    dev,
+                    BATCH_NORM,
+                    "bn_sqdev_partials",
+                    *grid,
+                    [
+                        &xv,
+                        &out,
+                        &mut partials,
+                        &c_u,
+                        &hw_u,
+                        &count,
+                        &BATCH_NORM_CHUNK,
+                        &len_u,
+                        y0
+                    ]
+                );
+            }
             // bn_var(const double* partials, float* out, unsigned channels, unsigned chunks,
             //        unsigned long long count, unsigned long long len, double eps)
             launch!(
                 dev,
                 BATCH_NORM,
                 "bn_var",
-                per_thread(channels)?,
-                [&partials, &mut out, &c_u, &chunks, &count, &len_u, &EPS]
+                per_block(channels)?,
+                [&partials, &mut out, &c_u, &chunks, &count_u64, &len_u, &EPS]
             );
         } else {
             let Some((mean, var)) = &self.running else {
@@ -469,15 +476,29 @@ impl CustomOp3 for BatchNormOp {
                 })
             })?;
         }
-        // bn_fwd(const float* x, const float* gamma, const float* beta, float* out, unsigned channels,
-        //        unsigned hw, unsigned long long len, int relu)
-        launch!(
-            dev,
-            BATCH_NORM,
-            "bn_fwd",
-            elementwise(len),
-            [&xv, &gamma, &beta, &mut out, &c_u, &hw_u, &len_u, &relu]
-        );
+        for (y0, grid) in &launches {
+            // bn_fwd(const float* x, const float* gamma, const float* beta, float* out, unsigned channels,
+            //        unsigned hw, unsigned count, unsigned chunk, unsigned long long len, int relu, unsigned y0)
+            launch!(
+                dev,
+                BATCH_NORM,
+                "bn_fwd",
+                *grid,
+                [
+                    &xv,
+                    &gamma,
+                    &beta,
+                    &mut out,
+                    &c_u,
+                    &hw_u,
+                    &count,
+                    &BATCH_NORM_CHUNK,
+                    &len_u,
+                    &relu,
+                    y0
+                ]
+            );
+        }
         Ok((storage(out, dev), Shape::from(len + 3 * channels)))
     }
 
@@ -629,8 +650,8 @@ impl CustomOp3 for BatchNormGrad {
         grad_layout: &Layout,
     ) -> candle_core::Result<(candle_core::CudaStorage, Shape)> {
         use super::cuda::{
-            alloc, batch_norm_partials, elementwise, input, launch, per_thread, storage, to_u32,
-            with_tensor, BATCH_NORM, BATCH_NORM_CHUNK,
+            alloc, batch_norm_launches, input, launch, per_block, storage, to_u32, with_tensor,
+            BATCH_NORM, BATCH_NORM_CHUNK, MAX_GRID_Y,
         };
         use candle_core::backend::BackendStorage;
         const OP: &str = "batch norm backward";
@@ -649,38 +670,41 @@ impl CustomOp3 for BatchNormGrad {
                 x_layout.shape()
             );
         }
-        let (grid, chunks) = batch_norm_partials(n, channels, hw)?;
-        let (c_u, hw_u, count, len_u, relu, train) = (
+        let (launches, chunks) = batch_norm_launches(n, channels, hw, MAX_GRID_Y)?;
+        let (c_u, hw_u, count, count_u64, len_u, relu, train) = (
             to_u32(channels, OP)?,
             to_u32(hw, OP)?,
+            to_u32(n * hw, OP)?,
             (n * hw) as u64,
             len as u64,
             self.relu as i32,
             self.train as i32,
         );
         let mut partials = alloc::<f64>(dev, 2 * channels * chunks as usize)?;
-        // bn_bwd_partials(const float* x, const float* res, const float* grad, double* partials,
-        //                 unsigned channels, unsigned hw, unsigned long long count, unsigned chunk,
-        //                 unsigned chunks, unsigned long long len, int relu)
-        launch!(
-            dev,
-            BATCH_NORM,
-            "bn_bwd_partials",
-            grid,
-            [
-                &xv,
-                &resv,
-                &gradv,
-                &mut partials,
-                &c_u,
-                &hw_u,
-                &count,
-                &BATCH_NORM_CHUNK,
-                &chunks,
-                &len_u,
-                &relu
-            ]
-        );
+        for (y0, grid) in &launches {
+            // bn_bwd_partials(const float* x, const float* res, const float* grad, double* partials,
+            //                 unsigned channels, unsigned hw, unsigned count, unsigned chunk,
+            //                 unsigned long long len, int relu, unsigned y0)
+            launch!(
+                dev,
+                BATCH_NORM,
+                "bn_bwd_partials",
+                *grid,
+                [
+                    &xv,
+                    &resv,
+                    &gradv,
+                    &mut partials,
+                    &c_u,
+                    &hw_u,
+                    &count,
+                    &BATCH_NORM_CHUNK,
+                    &len_u,
+                    &relu,
+                    y0
+                ]
+            );
+        }
         let mut out = alloc::<f32>(dev, len + 2 * channels)?;
         let mut coef = alloc::<f32>(dev, 2 * channels)?;
         // bn_bwd_finish(const double* partials, const float* res, float* out, float* coef, unsigned channels,
@@ -689,20 +713,37 @@ impl CustomOp3 for BatchNormGrad {
             dev,
             BATCH_NORM,
             "bn_bwd_finish",
-            per_thread(channels)?,
-            [&partials, &resv, &mut out, &mut coef, &c_u, &chunks, &count, &len_u]
+            per_block(channels)?,
+            [&partials, &resv, &mut out, &mut coef, &c_u, &chunks, &count_u64, &len_u]
         );
         with_tensor(&self.gamma, OP, |gamma| {
-            // bn_bwd_dx(const float* x, const float* res, const float* grad, const float* gamma,
-            //           const float* coef, float* out, unsigned channels, unsigned hw, unsigned long long len,
-            //           int relu, int train)
-            launch!(
-                dev,
-                BATCH_NORM,
-                "bn_bwd_dx",
-                elementwise(len),
-                [&xv, &resv, &gradv, &gamma, &coef, &mut out, &c_u, &hw_u, &len_u, &relu, &train]
-            );
+            for (y0, grid) in &launches {
+                // bn_bwd_dx(const float* x, const float* res, const float* grad, const float* gamma,
+                //           const float* coef, float* out, unsigned channels, unsigned hw, unsigned count,
+                //           unsigned chunk, unsigned long long len, int relu, int train, unsigned y0)
+                launch!(
+                    dev,
+                    BATCH_NORM,
+                    "bn_bwd_dx",
+                    *grid,
+                    [
+                        &xv,
+                        &resv,
+                        &gradv,
+                        &gamma,
+                        &coef,
+                        &mut out,
+                        &c_u,
+                        &hw_u,
+                        &count,
+                        &BATCH_NORM_CHUNK,
+                        &len_u,
+                        &relu,
+                        &train,
+                        y0
+                    ]
+                );
+            }
             Ok(())
         })?;
         Ok((storage(out, dev), Shape::from(len + 2 * channels)))

@@ -467,7 +467,7 @@ fn check_concat_l2(device: &Device) -> Result<OpCheck> {
 }
 
 fn check_conv1d(device: &Device) -> Result<OpCheck> {
-    let mut report = Report::new("conv1d", device, false)?;
+    let mut report = Report::new("conv1d", device, true)?;
     let x = seeded(&[2, 29, 6], 1.0, 0.0, 31)?;
     for (stride, padding, groups, gelu) in [(2, 1, 2, true), (1, 0, 1, false)] {
         let w = seeded(&[4, 6 / groups, 3], 0.5, 0.0, 32)?;

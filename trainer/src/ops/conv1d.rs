@@ -1,5 +1,5 @@
 //! 1-D convolution on channels-last sequences (B, L, C), as unfold + one matrix product per group, for training
-//! on the CPU (wav2vec 2.0's feature encoder and positional convolution).
+//! on the CPU and on CUDA GPUs (wav2vec 2.0's feature encoder and positional convolution).
 //!
 //! Why not candle's `conv1d`: in candle 0.11 its forward is right but its gradients are wrong (the kernel gradient
 //! as soon as the batch or the input channels exceed 1, and the input gradient at stride 1 without padding), and a
@@ -16,18 +16,37 @@
 //!
 //! `cols[g, b·T + t, j·C_g + c] = x[b, t·s − p + j, g·C_g + c]` (0 outside), then per group
 //! `y_g = cols_g · W_gᵀ` with `W_g[o, j·C_g + c] = w[g·O_g + o, c, j]` (PyTorch's (C_out, C_in/groups, k) weight).
+//!
+//! CUDA (`kernels/conv1d.cu` + cuBLAS, [`forward_on`] / [`backward_on`], written once against [`Exec`] so that
+//! the emulation test runs the very launches and products the GPU gets): chunks of whole batch elements, at most
+//! [`CUDA_WORKSPACE`] column values at a time (always at least one element). Per chunk `conv1d_columns` writes
+//! every group's columns, then ONE product batched over the groups writes `z = cols_g · W_gᵀ` straight into the
+//! (B·T, C_out) output at column g·O_g with row stride C_out — no transposes, no concatenation. The backward is a
+//! second op on (x, w, ∂z) returning `[∂x | ∂w]`: per chunk the columns again, `∂W_g (+)= ∂z_gᵀ · cols_g` (β = 1
+//! after the first chunk), `∂cols_g = ∂z_g · W_g` over the columns, and `conv1d_gather`, whose every ∂x element
+//! sums the column gradients copied from it in a fixed order (no atomics: deterministic) — whole batch elements
+//! per chunk make that a plain write of complete ∂x rows. The padding is the kernels' bounds (the generic path's
+//! zero `cat` around x, and its k strided copies, never exist: for wav2vec2's positional conv, k = 128, they were
+//! 128 copies of the input). GELU is not fused on a GPU: the convolution is products, and [`super::gelu_erf`]'s
+//! kernel follows it (one pass each way; candle's `gelu_erf` would cost ~8 full-size ops backward).
 
 use std::sync::Mutex;
 
 use candle_core::{CpuStorage, CustomOp2, Layout, Shape, Tensor};
 use rayon::prelude::*;
 
+use super::cuda::{self, Arg, Exec, Gemm, Operand};
 use super::gelu::{gelu, gelu_grad};
 use super::{with_cpu_f32, Kernel};
 use crate::error::{Error, Result};
 
 /// Values per block of columns (16 MB): the patches are built, multiplied and dropped one block at a time.
 const BLOCK_VALUES: usize = 4 << 20;
+
+/// Column values per chunk of the CUDA body (256 MB; a chunk holds at least one batch element, however large):
+/// wav2vec2's second layer (2 × 14 999 steps × 3·512) fits in one chunk, the positional conv (k = 128, 768
+/// channels) takes one batch element per chunk.
+pub const CUDA_WORKSPACE: usize = 64 << 20;
 
 thread_local! {
     /// [`BLOCK_VALUES`], lowered by tests to exercise several blocks on small inputs.
@@ -54,6 +73,25 @@ struct Conv1dOp {
 }
 
 impl Conv1dOp {
+    /// The convolution's shapes for an x of shape `x` and a rearranged weight of shape `w`.
+    fn shape(&self, x: &Shape, w: &Shape) -> candle_core::Result<Conv1dShape> {
+        let shape = Conv1dShape::new(
+            x.dims3()?,
+            w.dims3()?,
+            self.kernel,
+            self.stride,
+            self.padding,
+        )?;
+        if shape.steps != self.t_out {
+            candle_core::bail!(
+                "conv1d: {shape:?} gives {} steps, not {}",
+                shape.steps,
+                self.t_out
+            )
+        }
+        Ok(shape)
+    }
+
     /// Output steps per block for columns of `row` values.
     fn block_steps(&self, row: usize) -> usize {
         (self.block_values / row.max(1)).clamp(1, self.t_out.max(1))
@@ -175,6 +213,35 @@ impl CustomOp2 for Conv1dOp {
         Ok((CpuStorage::F32(y), Shape::from((b, t_out, c_out))))
     }
 
+    /// The convolution alone (the op never fuses GELU here: [`fused`] applies [`super::gelu_erf`] after it).
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        x: &candle_core::CudaStorage,
+        x_layout: &Layout,
+        w: &candle_core::CudaStorage,
+        w_layout: &Layout,
+    ) -> candle_core::Result<(candle_core::CudaStorage, Shape)> {
+        use super::cuda::CudaExec;
+        use candle_core::backend::BackendStorage;
+        if self.gelu {
+            candle_core::bail!(
+                "conv1d: the CUDA body does not fuse GELU (ops::conv1d applies gelu_erf after it)"
+            )
+        }
+        let shape = self.shape(x_layout.shape(), w_layout.shape())?;
+        let exec = CudaExec::new(x.device());
+        let (xb, wb) = (
+            CudaExec::input(x, x_layout, "conv1d")?,
+            CudaExec::input(w, w_layout, "conv1d weight")?,
+        );
+        let z = forward_on(&exec, &xb, &wb, &shape, CUDA_WORKSPACE)?;
+        Ok((
+            exec.into_storage(z, "conv1d")?,
+            Shape::from((shape.batch, shape.steps, shape.c_out())),
+        ))
+    }
+
     /// Per block: `∂L/∂cols = ∂L/∂z · W_g`, gathered back onto the input steps each column entry was copied from,
     /// and `∂L/∂W_g += ∂L/∂zᵀ · cols` (columns rebuilt from x), with `∂L/∂z = ∂L/∂y ⊙ GELU′(z)` when fused.
     fn bwd(
@@ -184,6 +251,25 @@ impl CustomOp2 for Conv1dOp {
         _res: &Tensor,
         grad_res: &Tensor,
     ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>)> {
+        if x_t.device().is_cuda() {
+            // The first layer's input is data: no ∂x (nor ∂cols) to compute.
+            let input_grad = x_t.track_op();
+            let op = Conv1dGrad {
+                shape: self.shape(x_t.shape(), w_t.shape())?,
+                input_grad,
+            };
+            let packed = x_t.apply_op3_no_bwd(w_t, &grad_res.contiguous()?, &op)?;
+            let len_x = if input_grad { x_t.elem_count() } else { 0 };
+            let grad_x = if input_grad {
+                Some(packed.narrow(0, 0, len_x)?.reshape(x_t.shape())?)
+            } else {
+                None
+            };
+            let grad_w = packed
+                .narrow(0, len_x, w_t.elem_count())?
+                .reshape(w_t.shape())?;
+            return Ok((grad_x, Some(grad_w)));
+        }
         let (b, l, c) = x_t.dims3()?;
         let (groups, o_g, row) = w_t.dims3()?;
         let (k, s, p, t_out) = (self.kernel, self.stride, self.padding, self.t_out);
@@ -288,6 +374,298 @@ impl CustomOp2 for Conv1dOp {
     }
 }
 
+/// The backward on a GPU: (x, rearranged w, ∂L/∂z) → `[∂x | ∂w]` flat (`[∂w]` without `input_grad`), by
+/// [`backward_on`].
+#[cfg_attr(not(feature = "cuda"), allow(dead_code))]
+struct Conv1dGrad {
+    shape: Conv1dShape,
+    /// Whether x needs a gradient (not the first layer's, whose input is the waveform).
+    input_grad: bool,
+}
+
+impl candle_core::CustomOp3 for Conv1dGrad {
+    fn name(&self) -> &'static str {
+        "conv1d-channels-last-grad"
+    }
+
+    fn cpu_fwd(
+        &self,
+        _: &CpuStorage,
+        _: &Layout,
+        _: &CpuStorage,
+        _: &Layout,
+        _: &CpuStorage,
+        _: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        candle_core::bail!(
+            "conv1d-channels-last-grad runs on CUDA only (the CPU backward is the op's bwd)"
+        )
+    }
+
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        x: &candle_core::CudaStorage,
+        x_layout: &Layout,
+        w: &candle_core::CudaStorage,
+        w_layout: &Layout,
+        grad: &candle_core::CudaStorage,
+        grad_layout: &Layout,
+    ) -> candle_core::Result<(candle_core::CudaStorage, Shape)> {
+        use super::cuda::CudaExec;
+        use candle_core::backend::BackendStorage;
+        const OP: &str = "conv1d backward";
+        let exec = CudaExec::new(x.device());
+        let (xb, wb, gb) = (
+            CudaExec::input(x, x_layout, OP)?,
+            CudaExec::input(w, w_layout, OP)?,
+            CudaExec::input(grad, grad_layout, OP)?,
+        );
+        let packed = backward_on(
+            &exec,
+            (&xb, &wb, &gb),
+            &self.shape,
+            CUDA_WORKSPACE,
+            self.input_grad,
+        )?;
+        let len = exec.len(&packed);
+        Ok((exec.into_storage(packed, OP)?, Shape::from(len)))
+    }
+}
+
+/// The shapes of one convolution as the CUDA body reads them: x (B, L, C) channels-last, the weight rearranged to
+/// (groups, O_g, k·C_g), T output steps.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Conv1dShape {
+    pub batch: usize,
+    pub length: usize,
+    pub channels: usize,
+    pub groups: usize,
+    /// O_g: output channels per group.
+    pub out_per_group: usize,
+    pub kernel: usize,
+    pub stride: usize,
+    pub padding: usize,
+    /// T = ⌊(L + 2p − k)/s⌋ + 1.
+    pub steps: usize,
+}
+
+impl Conv1dShape {
+    /// From x's (B, L, C), the rearranged weight's (groups, O_g, k·C_g), the kernel size, stride and padding; an
+    /// error naming them when they do not fit together.
+    pub fn new(
+        (batch, length, channels): (usize, usize, usize),
+        (groups, out_per_group, row): (usize, usize, usize),
+        kernel: usize,
+        stride: usize,
+        padding: usize,
+    ) -> candle_core::Result<Conv1dShape> {
+        if groups == 0
+            || stride == 0
+            || kernel == 0
+            || !channels.is_multiple_of(groups)
+            || row != kernel * (channels / groups)
+            || length + 2 * padding < kernel
+        {
+            candle_core::bail!(
+                "conv1d: input ({batch}, {length}, {channels}), weight ({groups}, {out_per_group}, {row}), kernel \
+                 {kernel}, stride {stride}, padding {padding} do not fit"
+            )
+        }
+        Ok(Conv1dShape {
+            batch,
+            length,
+            channels,
+            groups,
+            out_per_group,
+            kernel,
+            stride,
+            padding,
+            steps: (length + 2 * padding - kernel) / stride + 1,
+        })
+    }
+
+    /// C_g: input channels per group.
+    pub fn group_channels(&self) -> usize {
+        self.channels / self.groups
+    }
+
+    /// k·C_g: the length of a row of columns (and of the weight).
+    pub fn row(&self) -> usize {
+        self.kernel * self.group_channels()
+    }
+
+    pub fn c_out(&self) -> usize {
+        self.groups * self.out_per_group
+    }
+
+    /// The chunks `(first batch element, elements)` of whole batch elements whose columns (all groups) fit
+    /// `workspace` values, at least one element each.
+    pub fn chunks(&self, workspace: usize) -> Vec<(usize, usize)> {
+        let per_element = (self.steps * self.row() * self.groups).max(1);
+        let size = (workspace / per_element).clamp(1, self.batch.max(1));
+        (0..self.batch)
+            .step_by(size)
+            .map(|b0| (b0, size.min(self.batch - b0)))
+            .collect()
+    }
+
+    /// An error unless the kernels' 32-bit indices cover a chunk of `nb` batch elements: its columns per group,
+    /// its ∂x per group and its slice of x.
+    fn check_chunk(&self, nb: usize) -> candle_core::Result<()> {
+        const OP: &str = "conv1d";
+        cuda::to_u32_indexed(nb * self.steps * self.row(), OP)?;
+        cuda::to_u32_indexed(nb * self.length * self.group_channels(), OP)?;
+        cuda::to_u32(nb * self.length * self.channels, OP)?;
+        cuda::to_u32(self.length + 2 * self.padding, OP)?;
+        Ok(())
+    }
+}
+
+/// Which way `kernels/conv1d.cu` moves values between x and the columns of a chunk.
+#[derive(Debug, Clone, Copy)]
+enum Move {
+    /// `conv1d_columns`: x → columns.
+    Columns,
+    /// `conv1d_gather`: column gradients → ∂x, each element summing the entries copied from it.
+    Gather,
+}
+
+/// `how`'s kernel for the chunk `(b0, nb)` from `src` into `dst`: every group, one plane each.
+fn move_columns<E: Exec>(
+    exec: &E,
+    how: Move,
+    (src, dst): (&E::Buf, &mut E::Buf),
+    s: &Conv1dShape,
+    (b0, nb): (usize, usize),
+) -> candle_core::Result<()> {
+    const OP: &str = "conv1d";
+    // the positions of a plane: a group's columns, or a group's channels of the chunk's ∂x rows
+    let (kernel, per_group) = match how {
+        Move::Columns => ("conv1d_columns", nb * s.steps * s.row()),
+        Move::Gather => ("conv1d_gather", nb * s.length * s.group_channels()),
+    };
+    let x0 = (b0 * s.length * s.channels) as u64;
+    let dims = [
+        cuda::to_u32(nb, OP)?,
+        cuda::to_u32(s.length, OP)?,
+        cuda::to_u32(s.channels, OP)?,
+        cuda::to_u32(s.group_channels(), OP)?,
+        cuda::to_u32(s.steps, OP)?,
+        cuda::to_u32(s.kernel, OP)?,
+        cuda::to_u32(s.stride, OP)?,
+        cuda::to_u32(s.padding, OP)?,
+    ];
+    for (y0, grid) in
+        cuda::plane_launches(cuda::elementwise(per_group), s.groups, cuda::MAX_GRID_Y)?
+    {
+        // conv1d_columns(const float* x, float* cols, …) / conv1d_gather(const float* dcols, float* dx, …), then
+        // (unsigned long long x0, unsigned nb, unsigned l, unsigned c, unsigned cg, unsigned t, unsigned k,
+        //  unsigned s, unsigned p, unsigned y0)
+        let mut args = vec![Arg::In(src), Arg::Out(&mut *dst), Arg::U64(x0)];
+        args.extend(dims.iter().map(|&d| Arg::U32(d)));
+        args.push(Arg::U32(y0));
+        exec.launch(&cuda::CONV1D, kernel, grid, &mut args)?;
+    }
+    Ok(())
+}
+
+/// The forward on an [`Exec`] device: x (B, L, C) and the rearranged weight (groups, O_g, k·C_g) →
+/// z (B·T, C_out). Per chunk of whole batch elements (columns of at most `workspace` values): the columns of every
+/// group, then one product batched over the groups, `z[b·T + t, g·O_g + o] = Σ cols_g[b·T + t, ·]·W_g[o, ·]`,
+/// written in place in z (row stride C_out, group g at column g·O_g).
+pub fn forward_on<E: Exec>(
+    exec: &E,
+    x: &E::Buf,
+    w: &E::Buf,
+    s: &Conv1dShape,
+    workspace: usize,
+) -> candle_core::Result<E::Buf> {
+    let (t, row, o_g, c_out) = (s.steps, s.row(), s.out_per_group, s.c_out());
+    let chunks = s.chunks(workspace);
+    let largest = chunks.first().map_or(0, |c| c.1);
+    s.check_chunk(largest)?;
+    let mut z = exec.alloc(s.batch * t * c_out)?;
+    let mut cols = exec.alloc(s.groups * largest * t * row)?;
+    for (b0, nb) in chunks {
+        move_columns(exec, Move::Columns, (x, &mut cols), s, (b0, nb))?;
+        let product = Gemm {
+            trans_b: true,
+            batch: s.groups,
+            ..Gemm::new(
+                nb * t,
+                o_g,
+                row,
+                Operand::at(0, row).strided(nb * t * row),
+                Operand::at(0, row).strided(o_g * row),
+                Operand::at(b0 * t * c_out, c_out).strided(o_g),
+            )
+        };
+        exec.gemm(&product, &cols, w, &mut z)?;
+    }
+    Ok(z)
+}
+
+/// The backward on an [`Exec`] device: (x, rearranged w, ∂z (B·T, C_out)) → `[∂x | ∂w]` flat, or `[∂w]` when
+/// x needs no gradient. Per chunk of whole batch elements: the columns again; `∂W_g (+)= ∂z_gᵀ·cols_g` (one
+/// product batched over the groups, β = 1 after the first chunk); then, for ∂x, `∂cols_g = ∂z_g·W_g` written over
+/// the columns and gathered onto the chunk's rows of ∂x (each element summing the entries copied from it).
+pub fn backward_on<E: Exec>(
+    exec: &E,
+    (x, w, grad_z): (&E::Buf, &E::Buf, &E::Buf),
+    s: &Conv1dShape,
+    workspace: usize,
+    input_grad: bool,
+) -> candle_core::Result<E::Buf> {
+    let (t, row, o_g, c_out) = (s.steps, s.row(), s.out_per_group, s.c_out());
+    let chunks = s.chunks(workspace);
+    let largest = chunks.first().map_or(0, |c| c.1);
+    s.check_chunk(largest)?;
+    let len_x = if input_grad {
+        s.batch * s.length * s.channels
+    } else {
+        0
+    };
+    let mut out = exec.alloc(len_x + s.groups * o_g * row)?;
+    let mut cols = exec.alloc(s.groups * largest * t * row)?;
+    for (i, &(b0, nb)) in chunks.iter().enumerate() {
+        // ∂z_g of the chunk: rows b0·T …, columns g·O_g …
+        let grad_g = Operand::at(b0 * t * c_out, c_out).strided(o_g);
+        let cols_g = Operand::at(0, row).strided(nb * t * row);
+        move_columns(exec, Move::Columns, (x, &mut cols), s, (b0, nb))?;
+        let grad_w = Gemm {
+            trans_a: true,
+            beta: if i == 0 { 0.0 } else { 1.0 },
+            batch: s.groups,
+            ..Gemm::new(
+                o_g,
+                row,
+                nb * t,
+                grad_g,
+                cols_g,
+                Operand::at(len_x, row).strided(o_g * row),
+            )
+        };
+        exec.gemm(&grad_w, grad_z, &cols, &mut out)?;
+        if input_grad {
+            let grad_cols = Gemm {
+                batch: s.groups,
+                ..Gemm::new(
+                    nb * t,
+                    row,
+                    o_g,
+                    grad_g,
+                    Operand::at(0, row).strided(o_g * row),
+                    cols_g,
+                )
+            };
+            exec.gemm(&grad_cols, grad_z, w, &mut cols)?;
+            move_columns(exec, Move::Gather, (&cols, &mut out), s, (b0, nb))?;
+        }
+    }
+    Ok(out)
+}
+
 fn check(
     x_dims: &[usize],
     w_dims: &[usize],
@@ -306,7 +684,8 @@ fn check(
 }
 
 /// Convolution of a channels-last x (B, L, C_in) with a bias-free weight (C_out, C_in/groups, k) → (B, T, C_out),
-/// `T = ⌊(L + 2p − k)/s⌋ + 1`, followed by GELU (erf) when `gelu` (fused into the same node by the kernel).
+/// `T = ⌊(L + 2p − k)/s⌋ + 1`, followed by GELU (erf) when `gelu` (fused into the same node by the CPU kernel,
+/// `ops::gelu_erf`'s kernel after the CUDA body).
 pub fn conv1d(
     x: &Tensor,
     w: &Tensor,
@@ -329,13 +708,14 @@ pub fn conv1d(
             w.dims()
         )));
     }
-    match Kernel::select(x, false) {
+    match Kernel::select(x, true) {
         Kernel::Generic => generic(x, w, stride, padding, groups, gelu),
         _ => fused(x, w, stride, padding, groups, gelu),
     }
 }
 
-/// [`composed`] between transposes (and `gelu_erf`).
+/// [`composed`] between transposes, and [`super::gelu_erf`] (whose backward is one kernel pass where it has one,
+/// not candle's ~8 full-size ops).
 pub(crate) fn generic(
     x: &Tensor,
     w: &Tensor,
@@ -344,11 +724,13 @@ pub(crate) fn generic(
     groups: usize,
     gelu: bool,
 ) -> Result<Tensor> {
-    let y = composed(&x.transpose(1, 2)?, w, stride, padding, groups)?.transpose(1, 2)?;
-    Ok(if gelu { y.gelu_erf()? } else { y })
+    let y = composed(&x.transpose(1, 2)?, w, stride, padding, groups)?;
+    let y = if gelu { super::gelu_erf(&y)? } else { y };
+    Ok(y.transpose(1, 2)?)
 }
 
-/// The kernel (shapes checked by [`conv1d`]).
+/// The kernel (shapes checked by [`conv1d`]): the op, with GELU fused into it on the CPU and applied after it by
+/// [`super::gelu_erf`] elsewhere (the CUDA body's output comes from a product, not from a pass GELU could join).
 pub(crate) fn fused(
     x: &Tensor,
     w: &Tensor,
@@ -358,24 +740,36 @@ pub(crate) fn fused(
     gelu: bool,
 ) -> Result<Tensor> {
     let (_, l, _) = x.dims3()?;
-    let (c_out, c_in_g, k) = w.dims3()?;
+    let k = w.dim(2)?;
     let t = (l + 2 * padding - k) / stride + 1;
-    // (C_out, C_g, k) → (groups, O_g, k·C_g) in the columns' (j, c) order; small next to the activations.
-    let w = w
-        .permute((0, 2, 1))?
-        .contiguous()?
-        .reshape((groups, c_out / groups, k * c_in_g))?;
+    let fuse_gelu = gelu && x.device().is_cpu();
     let op = Conv1dOp {
         kernel: k,
         stride,
         padding,
         groups,
         t_out: t,
-        gelu,
+        gelu: fuse_gelu,
         block_values: BLOCK_VALUES_IN_USE.with(|b| b.get()),
         pre_activation: Mutex::new(Vec::new()),
     };
-    Ok(x.contiguous()?.apply_op2(&w, op)?)
+    let y = x
+        .contiguous()?
+        .apply_op2(&rearranged_weight(w, groups)?, op)?;
+    if gelu && !fuse_gelu {
+        super::gelu_erf(&y)
+    } else {
+        Ok(y)
+    }
+}
+
+/// PyTorch's weight (C_out, C_g, k) → (groups, O_g, k·C_g), in the columns' (j, c) order (small next to the
+/// activations). The op's gradient of it comes back through the same tensor ops.
+pub fn rearranged_weight(w: &Tensor, groups: usize) -> Result<Tensor> {
+    let (c_out, c_in_g, k) = w.dims3()?;
+    Ok(w.permute((0, 2, 1))?
+        .contiguous()?
+        .reshape((groups, c_out / groups, k * c_in_g))?)
 }
 
 /// The same convolution on a channels-first x (B, C_in, L) → (B, C_out, T), composed of ops whose backward candle

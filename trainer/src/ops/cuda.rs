@@ -5,13 +5,18 @@
 //! One `.cu` file per op with a CUDA body (which ops: [`crate::ops`]), f32, in blocks of [`BLOCK`] threads
 //! (1-D), with shared headers (`common.cuh`: block reductions, `gelu.cuh`). `build.rs` compiles each file to PTX
 //! (no fast-math) and writes one `&str` constant per file, `ptx::LAYER_NORM` for `layer_norm.cu`; `Module` names
-//! each for the device's module cache. Three launch shapes:
+//! each for the device's module cache. Four launch shapes:
 //!
 //! * **rows** — one block per row of a row-wise reduction (softmax, LayerNorm, a loss's rows), grid = rows;
 //! * **elementwise** — grid-stride loops, grid = [`elementwise`] (at most [`MAX_GRID`] blocks);
+//! * **planes** — 2-D grids whose `blockIdx.y` is a plane (a channel, a (batch element, chunk of steps), a
+//!   convolution group) and whose x covers the positions inside it with 32-bit index math: a thread's plane
+//!   constants are loaded once and no value costs a 64-bit division. Taller than [`MAX_GRID_Y`] planes, a kernel
+//!   runs as several launches, each told its first plane ([`plane_launches`]);
 //! * **column sums** — reductions over rows (γ/β gradients, per-channel statistics), deterministic: per block
 //!   [`COLS`] adjacent columns × `BLOCK / COLS` row lanes, or one block per (channel, chunk of values), writing
-//!   partials that a per-channel kernel adds in a fixed order. No atomics, no warp shuffles.
+//!   partials that one block per channel (or per (b, c)) adds by a fixed-order tree. No atomics, no warp
+//!   shuffles.
 //!
 //! The shapes are plain functions here, compiled in every build, because the CPU emulation test
 //! (`trainer/tests/kernels_on_cpu.rs`) launches each kernel with the very grid the `cuda_fwd` bodies use.
@@ -77,20 +82,6 @@ pub fn layer_norm_partials(rows: usize, d: usize) -> candle_core::Result<(u32, u
     Ok((to_u32(grid, "layer norm")?, chunks))
 }
 
-/// GroupNorm's partial-sum launch over x (B, T, C): (grid, chunks) with grid = B · ⌈C/COLS⌉ · chunks.
-pub fn group_norm_partials(b: usize, t: usize, c: usize) -> candle_core::Result<(u32, u32)> {
-    let chunks = chunks(t, GROUP_NORM_STEPS)?;
-    let grid = b * c.div_ceil(COLS as usize) * chunks as usize;
-    Ok((to_u32(grid, "group norm")?, chunks))
-}
-
-/// BatchNorm's partial-sum launch over x (N, C, H, W): (grid, chunks) with grid = C · chunks, chunks covering
-/// the N·H·W values of a channel.
-pub fn batch_norm_partials(n: usize, c: usize, hw: usize) -> candle_core::Result<(u32, u32)> {
-    let chunks = chunks(n * hw, BATCH_NORM_CHUNK)?;
-    Ok((to_u32(c * chunks as usize, "batch norm")?, chunks))
-}
-
 /// A 1-D or 2-D grid of blocks (`blockIdx.y` numbers planes, channels, tensors: whatever the kernel says).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Grid {
@@ -123,6 +114,76 @@ impl std::fmt::Display for Grid {
 /// Most blocks along a grid's y axis (CUDA's limit).
 pub const MAX_GRID_Y: u32 = 65_535;
 
+/// `n` as the length of a range that a kernel walks with `unsigned` indices (a plane, a channel's values), with
+/// room for one more grid stride so that the loop's index cannot wrap; an error naming `op` beyond.
+pub fn to_u32_indexed(n: usize, op: &str) -> candle_core::Result<u32> {
+    let limit = (u32::MAX - MAX_GRID * BLOCK) as usize;
+    if n > limit {
+        candle_core::bail!("{op}: {n} values in one plane are beyond a kernel's 32-bit indices")
+    }
+    Ok(n as u32)
+}
+
+/// The launches of a kernel over `planes` planes (`blockIdx.y`) of `x` blocks each: grids at most `max_y` tall,
+/// each with its first plane, which the kernel adds to `blockIdx.y` (its `y0` parameter). `max_y` is
+/// [`MAX_GRID_Y`]; the emulation tests lower it to cross launches on small inputs.
+pub fn plane_launches(x: u32, planes: usize, max_y: u32) -> candle_core::Result<Vec<(u32, Grid)>> {
+    let planes = to_u32(planes, "plane launch")?;
+    let max_y = max_y.clamp(1, MAX_GRID_Y);
+    Ok((0..planes)
+        .step_by(max_y as usize)
+        .map(|y0| {
+            (
+                y0,
+                Grid {
+                    x: x.max(1),
+                    y: (planes - y0).min(max_y),
+                },
+            )
+        })
+        .collect())
+}
+
+/// One block per item (a channel, a (b, c) pair) of a per-item reduction: the grid's x (up to 2³¹ − 1 blocks).
+pub fn per_block(n: usize) -> candle_core::Result<u32> {
+    let blocks = to_u32(n.max(1), "per-block launch")?;
+    if blocks > i32::MAX as u32 {
+        candle_core::bail!("per-block launch: {n} blocks are beyond a grid's x")
+    }
+    Ok(blocks)
+}
+
+/// GroupNorm's launches over x (B, T, C) for the kernels that read it (partial sums, forward, ∂x): blocks of
+/// [`COLS`] channels × [`GROUP_NORM_STEPS`] steps, x = ⌈C/COLS⌉ column blocks, one plane per (b, chunk of steps)
+/// (`b·chunks + chunk`); with `chunks` = ⌈T / GROUP_NORM_STEPS⌉.
+pub fn group_norm_launches(
+    b: usize,
+    t: usize,
+    c: usize,
+    max_y: u32,
+) -> candle_core::Result<(Vec<(u32, Grid)>, u32)> {
+    const OP: &str = "group norm";
+    let chunks = chunks(t, GROUP_NORM_STEPS)?;
+    // the kernels' b·T + step and b·C + c are 32-bit; a thread's index in x is 64-bit
+    to_u32(b * t, OP)?;
+    to_u32(b * c, OP)?;
+    let x = to_u32(c.div_ceil(COLS as usize), OP)?;
+    Ok((plane_launches(x, b * chunks as usize, max_y)?, chunks))
+}
+
+/// BatchNorm's launches over x (N, C, H, W) for the kernels that read it (partial sums, forward, ∂x): one plane
+/// per channel, x = the chunks of [`BATCH_NORM_CHUNK`] of its N·H·W values; with `chunks`.
+pub fn batch_norm_launches(
+    n: usize,
+    c: usize,
+    hw: usize,
+    max_y: u32,
+) -> candle_core::Result<(Vec<(u32, Grid)>, u32)> {
+    to_u32_indexed(n * hw, "batch norm")?;
+    let chunks = chunks(n * hw, BATCH_NORM_CHUNK)?;
+    Ok((plane_launches(chunks, c, max_y)?, chunks))
+}
+
 /// A kernel file: the name under which a device caches its loaded module, and the file (what the CPU emulator
 /// compiles); with the `cuda` feature, its PTX (`Module::ptx`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -152,6 +213,10 @@ pub const BATCH_NORM: Module = Module {
     name: "erc_train_batch_norm",
     file: "batch_norm.cu",
 };
+pub const CONV1D: Module = Module {
+    name: "erc_train_conv1d",
+    file: "conv1d.cu",
+};
 pub const LOSS: Module = Module {
     name: "erc_train_loss",
     file: "loss.cu",
@@ -178,6 +243,7 @@ pub const POOL: Module = Module {
 pub const MODULES: &[Module] = &[
     ADAMW,
     BATCH_NORM,
+    CONV1D,
     CONV2D,
     DROPOUT,
     GELU,

@@ -9,9 +9,11 @@
 //! it ~8 more backward. Here the forward is two passes over x and the backward two passes over (x, ∂L/∂y), with
 //! the gradients of x, γ and β. Generic: candle-nn's `GroupNorm` (and `gelu_erf`) between transposes.
 //!
-//! CUDA (`kernels/group_norm.cu`): per-(b, c) sums in two deterministic stages (partials per chunk of steps, then
-//! per channel), an elementwise pass for y; the backward is a second op, stateless (statistics recomputed from x),
-//! returning `[∂x | ∂γ | ∂β]` packed.
+//! CUDA (`kernels/group_norm.cu`): every kernel that reads x runs on a 2-D grid — (b, chunk of steps) in
+//! `blockIdx.y`, blocks of 32 adjacent channels in x, each thread moving down its channel by adds (no 64-bit
+//! division per value); per-(b, c) sums in two deterministic stages (partials per chunk of steps, then one block
+//! per (b, c) or per channel adding them by a fixed tree), a pass for y; the backward is a second op, stateless
+//! (statistics recomputed from x), returning `[∂x | ∂γ | ∂β]` packed.
 
 use std::sync::Mutex;
 
@@ -135,7 +137,10 @@ impl CustomOp3 for GroupNormOp {
         beta: &candle_core::CudaStorage,
         beta_layout: &Layout,
     ) -> candle_core::Result<(candle_core::CudaStorage, Shape)> {
-        use super::cuda::{alloc, elementwise, input, launch, storage, to_u32, GROUP_NORM};
+        use super::cuda::{
+            alloc, group_norm_launches, input, launch, storage, to_u32, GROUP_NORM,
+            GROUP_NORM_STEPS, MAX_GRID_Y,
+        };
         use candle_core::backend::BackendStorage;
         const OP: &str = "group norm";
         let dev = x.device();
@@ -145,23 +150,33 @@ impl CustomOp3 for GroupNormOp {
             input(gamma, gamma_layout, OP)?,
             input(beta, beta_layout, OP)?,
         );
-        let stats = cuda_stats(dev, &xv, (b, t, c), self.eps)?;
+        let (launches, chunks) = group_norm_launches(b, t, c, MAX_GRID_Y)?;
+        let stats = cuda_stats(dev, &xv, (b, t, c), (&launches, chunks), self.eps)?;
         let mut y = alloc::<f32>(dev, xv.len())?;
-        let (t_u, c_u, n, gelu) = (
-            to_u32(t, OP)?,
-            to_u32(c, OP)?,
-            xv.len() as u64,
-            self.gelu as i32,
-        );
-        // gn_fwd(const float* x, const float* gamma, const float* beta, const float* stats, float* y, unsigned t,
-        //        unsigned c, unsigned long long n, int gelu)
-        launch!(
-            dev,
-            GROUP_NORM,
-            "gn_fwd",
-            elementwise(xv.len()),
-            [&xv, &gv, &bv, &stats, &mut y, &t_u, &c_u, &n, &gelu]
-        );
+        let (t_u, c_u, gelu) = (to_u32(t, OP)?, to_u32(c, OP)?, self.gelu as i32);
+        for (y0, grid) in &launches {
+            // gn_fwd(const float* x, const float* gamma, const float* beta, const float* stats, float* y,
+            //        unsigned t, unsigned c, unsigned chunk, unsigned chunks, int gelu, unsigned y0)
+            launch!(
+                dev,
+                GROUP_NORM,
+                "gn_fwd",
+                *grid,
+                [
+                    &xv,
+                    &gv,
+                    &bv,
+                    &stats,
+                    &mut y,
+                    &t_u,
+                    &c_u,
+                    &GROUP_NORM_STEPS,
+                    &chunks,
+                    &gelu,
+                    y0
+                ]
+            );
+        }
         Ok((storage(y, dev), x_layout.shape().clone()))
     }
 
@@ -267,37 +282,39 @@ impl CustomOp3 for GroupNormOp {
     }
 }
 
-/// Per (b, c) the f32 mean and 1/√(σ² + eps), as `[mean, inv]` pairs: `gn_partials` then `gn_stats`.
+/// Per (b, c) the f32 mean and 1/√(σ² + eps), as `[mean, inv]` pairs: `gn_partials` over `launches` (from
+/// [`super::cuda::group_norm_launches`], with its `chunks`), then `gn_stats`, one block per (b, c).
 #[cfg(feature = "cuda")]
 fn cuda_stats(
     dev: &candle_core::cuda_backend::CudaDevice,
     x: &candle_core::cuda_backend::cudarc::driver::CudaView<'_, f32>,
     (b, t, c): (usize, usize, usize),
+    (launches, chunks): (&[(u32, super::cuda::Grid)], u32),
     eps: f64,
 ) -> candle_core::Result<candle_core::cuda_backend::cudarc::driver::CudaSlice<f32>> {
-    use super::cuda::{
-        alloc, group_norm_partials, launch, per_thread, to_u32, GROUP_NORM, GROUP_NORM_STEPS,
-    };
+    use super::cuda::{alloc, launch, per_block, to_u32, GROUP_NORM, GROUP_NORM_STEPS};
     const OP: &str = "group norm";
-    let (grid, chunks) = group_norm_partials(b, t, c)?;
     let mut partials = alloc::<f64>(dev, 2 * b * c * chunks as usize)?;
-    let (t_u, c_u, bc) = (to_u32(t, OP)?, to_u32(c, OP)?, to_u32(b * c, OP)?);
-    // gn_partials(const float* x, double* partials, unsigned t, unsigned c, unsigned chunk, unsigned chunks)
-    launch!(
-        dev,
-        GROUP_NORM,
-        "gn_partials",
-        grid,
-        [x, &mut partials, &t_u, &c_u, &GROUP_NORM_STEPS, &chunks]
-    );
+    let (t_u, c_u) = (to_u32(t, OP)?, to_u32(c, OP)?);
+    for (y0, grid) in launches {
+        // gn_partials(const float* x, double* partials, unsigned t, unsigned c, unsigned chunk, unsigned chunks,
+        //             unsigned y0)
+        launch!(
+            dev,
+            GROUP_NORM,
+            "gn_partials",
+            *grid,
+            [x, &mut partials, &t_u, &c_u, &GROUP_NORM_STEPS, &chunks, y0]
+        );
+    }
     let mut stats = alloc::<f32>(dev, 2 * b * c)?;
-    // gn_stats(const double* partials, float* stats, unsigned bc, unsigned chunks, unsigned t, double eps)
+    // gn_stats(const double* partials, float* stats, unsigned chunks, unsigned t, double eps)
     launch!(
         dev,
         GROUP_NORM,
         "gn_stats",
-        per_thread(b * c)?,
-        [&partials, &mut stats, &bc, &chunks, &t_u, &eps]
+        per_block(b * c)?,
+        [&partials, &mut stats, &chunks, &t_u, &eps]
     );
     Ok(stats)
 }
@@ -339,8 +356,8 @@ impl CustomOp3 for GroupNormGrad {
         grad_layout: &Layout,
     ) -> candle_core::Result<(candle_core::CudaStorage, Shape)> {
         use super::cuda::{
-            alloc, elementwise, group_norm_partials, input, launch, per_thread, storage, to_u32,
-            with_tensor, GROUP_NORM, GROUP_NORM_STEPS,
+            alloc, group_norm_launches, input, launch, per_block, storage, to_u32, with_tensor,
+            GROUP_NORM, GROUP_NORM_STEPS, MAX_GRID_Y,
         };
         use candle_core::backend::BackendStorage;
         const OP: &str = "group norm backward";
@@ -352,40 +369,42 @@ impl CustomOp3 for GroupNormGrad {
             input(grad, grad_layout, OP)?,
         );
         let len = xv.len();
-        let stats = cuda_stats(dev, &xv, (b, t, c), self.eps)?;
-        let (grid, chunks) = group_norm_partials(b, t, c)?;
-        let (b_u, t_u, c_u, n, gelu) = (
+        let (launches, chunks) = group_norm_launches(b, t, c, MAX_GRID_Y)?;
+        let stats = cuda_stats(dev, &xv, (b, t, c), (&launches, chunks), self.eps)?;
+        let (b_u, t_u, c_u, gelu) = (
             to_u32(b, OP)?,
             to_u32(t, OP)?,
             to_u32(c, OP)?,
-            len as u64,
             self.gelu as i32,
         );
         let mut out = alloc::<f32>(dev, len + 2 * c)?;
         with_tensor(&self.beta, OP, |bv| {
             let mut partials = alloc::<f64>(dev, 2 * b * c * chunks as usize)?;
-            // gn_bwd_partials(const float* x, const float* grad, const float* gamma, const float* beta,
-            //                 const float* stats, double* partials, unsigned t, unsigned c, unsigned chunk,
-            //                 unsigned chunks, int gelu)
-            launch!(
-                dev,
-                GROUP_NORM,
-                "gn_bwd_partials",
-                grid,
-                [
-                    &xv,
-                    &gradv,
-                    &gv,
-                    &bv,
-                    &stats,
-                    &mut partials,
-                    &t_u,
-                    &c_u,
-                    &GROUP_NORM_STEPS,
-                    &chunks,
-                    &gelu
-                ]
-            );
+            for (y0, grid) in &launches {
+                // gn_bwd_partials(const float* x, const float* grad, const float* gamma, const float* beta,
+                //                 const float* stats, double* partials, unsigned t, unsigned c, unsigned chunk,
+                //                 unsigned chunks, int gelu, unsigned y0)
+                launch!(
+                    dev,
+                    GROUP_NORM,
+                    "gn_bwd_partials",
+                    *grid,
+                    [
+                        &xv,
+                        &gradv,
+                        &gv,
+                        &bv,
+                        &stats,
+                        &mut partials,
+                        &t_u,
+                        &c_u,
+                        &GROUP_NORM_STEPS,
+                        &chunks,
+                        &gelu,
+                        y0
+                    ]
+                );
+            }
             let mut means = alloc::<f32>(dev, 2 * b * c)?;
             let (mut dx, mut params) = out.split_at_mut(len);
             let (mut dgamma, mut dbeta) = params.split_at_mut(c);
@@ -395,7 +414,7 @@ impl CustomOp3 for GroupNormGrad {
                 dev,
                 GROUP_NORM,
                 "gn_bwd_finish",
-                per_thread(c)?,
+                per_block(c)?,
                 [
                     &partials,
                     &mut means,
@@ -407,16 +426,32 @@ impl CustomOp3 for GroupNormGrad {
                     &t_u
                 ]
             );
-            // gn_bwd_dx(const float* x, const float* grad, const float* gamma, const float* beta,
-            //           const float* stats, const float* means, float* dx, unsigned t, unsigned c,
-            //           unsigned long long n, int gelu)
-            launch!(
-                dev,
-                GROUP_NORM,
-                "gn_bwd_dx",
-                elementwise(len),
-                [&xv, &gradv, &gv, &bv, &stats, &means, &mut dx, &t_u, &c_u, &n, &gelu]
-            );
+            for (y0, grid) in &launches {
+                // gn_bwd_dx(const float* x, const float* grad, const float* gamma, const float* beta,
+                //           const float* stats, const float* means, float* dx, unsigned t, unsigned c,
+                //           unsigned chunk, unsigned chunks, int gelu, unsigned y0)
+                launch!(
+                    dev,
+                    GROUP_NORM,
+                    "gn_bwd_dx",
+                    *grid,
+                    [
+                        &xv,
+                        &gradv,
+                        &gv,
+                        &bv,
+                        &stats,
+                        &means,
+                        &mut dx,
+                        &t_u,
+                        &c_u,
+                        &GROUP_NORM_STEPS,
+                        &chunks,
+                        &gelu,
+                        y0
+                    ]
+                );
+            }
             Ok(())
         })?;
         Ok((storage(out, dev), Shape::from(len + 2 * c)))

@@ -10,11 +10,16 @@
 //!   with its own closed-form backward;
 //! * [`Kernel::Cuda`] — the same node's `cuda_fwd` over PTX compiled from `trainer/kernels/<op>.cu` (builds with
 //!   the `cuda` feature), for the ops that have one: `softmax_dropout`, `layer_norm`, `gelu` (both forms),
-//!   `group_norm` (+ GELU), `batch_norm` (+ ReLU), the losses of `loss`, `conv2d` (im2col kernels and cuBLAS
-//!   products, through [`cuda::Exec`]) and `max_pool_3x3_s2`. Their backward on a GPU is a second custom op
-//!   (`…Grad`, `cuda_fwd` only), applied from the node's `bwd` when the tensors are on a CUDA device: stateless
-//!   (statistics, probabilities or window maxima are recomputed from x, or read from the forward's own output),
-//!   parameter gradients as deterministic sums (no atomics). [`cuda`] holds the PTX, the launch shapes and helpers;
+//!   `group_norm` (+ GELU), `batch_norm` (+ ReLU), the losses of `loss`, `conv1d`, `conv2d`, `max_pool_3x3_s2`,
+//!   `dropout` (counter-based masks drawn in the kernel) and `adamw` (multi-tensor launches). Their backward on a
+//!   GPU is a second custom op (`…Grad`, `cuda_fwd` only), applied from the node's `bwd` when the tensors are on
+//!   a CUDA device: stateless (statistics, probabilities, window maxima or dropout masks are recomputed from x or
+//!   their key, or read from the forward's own output), parameter gradients as deterministic sums (no atomics).
+//!   The convolutions chain layout kernels and cuBLAS products (conv2d: im2col into a bounded workspace, one
+//!   strided-batched product written straight into NCHW; conv1d: channels-last columns, products batched over the
+//!   groups written in place), written once against [`cuda::Exec`] so that the emulation test runs the GPU's very
+//!   launches and products; conv1d's GELU is `gelu`'s kernel after the product. [`cuda`] holds the PTX, the
+//!   launch shapes and helpers;
 //! * [`Kernel::Generic`] — the same maths composed of candle ops whose backward is right, on any device and
 //!   dtype. It is the reference every kernel is tested against, and what runs for an op without a kernel on the
 //!   tensor's device.

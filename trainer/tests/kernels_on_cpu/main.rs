@@ -25,6 +25,7 @@ use candle_core::{Device, Tensor, Var};
 use erc_train::ops::{self, cuda};
 
 mod adamw;
+mod conv1d;
 mod conv2d;
 mod exec;
 mod pool;
@@ -690,13 +691,29 @@ fn gelu_kernels_match_the_cpu_kernel() {
     errors.finish(&emu);
 }
 
+/// `kernel` once per launch of a plane grid, its `y0` (the launch's first plane) after `args`.
+fn launch_planes(emu: &Emu, kernel: &str, launches: &[(u32, cuda::Grid)], args: &[Arg<'_>]) {
+    for &(y0, grid) in launches {
+        let mut with_y0 = args.to_vec();
+        with_y0.push(Arg::U32(y0));
+        emu.launch(kernel, grid, &with_y0);
+    }
+}
+
 #[test]
 fn group_norm_kernels_match_the_cpu_kernel() {
     let emu = Emu::new("group_norm.cu");
     let mut errors = Errors::new(emu.file);
     let eps = 1e-5;
-    // T over several chunks (the last partial), C over two column blocks (the second partial), B > 1
-    for (b, t, c, gelu) in [(2, 600, 5, true), (3, 37, 40, false), (1, 257, 33, true)] {
+    // T over several chunks (the last partial), C over two column blocks (the second partial), B > 1; with grids
+    // at most 2 planes tall, the (b, chunk) planes run as several launches (a chunk boundary inside a launch and
+    // between launches)
+    for (b, t, c, gelu, max_y) in [
+        (2, 600, 5, true, cuda::MAX_GRID_Y),
+        (3, 37, 40, false, cuda::MAX_GRID_Y),
+        (1, 257, 33, true, cuda::MAX_GRID_Y),
+        (3, 600, 40, true, 2),
+    ] {
         let shape = [b, t, c];
         let x = seeded(&shape, 3.0, 1.5, 31);
         let gamma = seeded(&[c], 0.3, 1.0, 32);
@@ -712,15 +729,21 @@ fn group_norm_kernels_match_the_cpu_kernel() {
             emu.upload_tensor(&upstream),
         );
         let len = x.elem_count();
-        let (grid, chunks) = cuda::group_norm_partials(b, t, c).unwrap();
+        let (launches, chunks) = cuda::group_norm_launches(b, t, c, max_y).unwrap();
+        assert_eq!(
+            launches.len(),
+            (b * chunks as usize).div_ceil(max_y as usize),
+            "one launch per {max_y} planes"
+        );
         let (t_a, c_a, steps) = (u32_of(t), u32_of(c), cuda::GROUP_NORM_STEPS);
         let gelu_a = gelu as i32;
         // statistics, as both directions compute them
         let stats_of = |emu: &Emu| {
             let partials = emu.alloc_f64(2 * b * c * chunks as usize);
-            emu.launch(
+            launch_planes(
+                emu,
                 "gn_partials",
-                grid,
+                &launches,
                 &[
                     Arg::R(&xb),
                     Arg::W(&partials),
@@ -733,11 +756,10 @@ fn group_norm_kernels_match_the_cpu_kernel() {
             let stats = emu.alloc_f32(2 * b * c);
             emu.launch(
                 "gn_stats",
-                cuda::per_thread(b * c).unwrap(),
+                cuda::per_block(b * c).unwrap(),
                 &[
                     Arg::R(&partials),
                     Arg::W(&stats),
-                    Arg::U32(u32_of(b * c)),
                     Arg::U32(chunks),
                     Arg::U32(t_a),
                     Arg::F64(eps),
@@ -747,9 +769,10 @@ fn group_norm_kernels_match_the_cpu_kernel() {
         };
         let stats = stats_of(&emu);
         let y = emu.alloc_f32(len);
-        emu.launch(
+        launch_planes(
+            &emu,
             "gn_fwd",
-            cuda::elementwise(len),
+            &launches,
             &[
                 Arg::R(&xb),
                 Arg::R(&gmb),
@@ -758,16 +781,18 @@ fn group_norm_kernels_match_the_cpu_kernel() {
                 Arg::W(&y),
                 Arg::U32(t_a),
                 Arg::U32(c_a),
-                Arg::U64(len as u64),
+                Arg::U32(steps),
+                Arg::U32(chunks),
                 Arg::I32(gelu_a),
             ],
         );
         // backward
         let stats = stats_of(&emu);
         let partials = emu.alloc_f64(2 * b * c * chunks as usize);
-        emu.launch(
+        launch_planes(
+            &emu,
             "gn_bwd_partials",
-            grid,
+            &launches,
             &[
                 Arg::R(&xb),
                 Arg::R(&gb),
@@ -785,7 +810,7 @@ fn group_norm_kernels_match_the_cpu_kernel() {
         let (means, dgamma, dbeta) = (emu.alloc_f32(2 * b * c), emu.alloc_f32(c), emu.alloc_f32(c));
         emu.launch(
             "gn_bwd_finish",
-            cuda::per_thread(c).unwrap(),
+            cuda::per_block(c).unwrap(),
             &[
                 Arg::R(&partials),
                 Arg::W(&means),
@@ -798,9 +823,10 @@ fn group_norm_kernels_match_the_cpu_kernel() {
             ],
         );
         let dx = emu.alloc_f32(len);
-        emu.launch(
+        launch_planes(
+            &emu,
             "gn_bwd_dx",
-            cuda::elementwise(len),
+            &launches,
             &[
                 Arg::R(&xb),
                 Arg::R(&gb),
@@ -811,11 +837,12 @@ fn group_norm_kernels_match_the_cpu_kernel() {
                 Arg::W(&dx),
                 Arg::U32(t_a),
                 Arg::U32(c_a),
-                Arg::U64(len as u64),
+                Arg::U32(steps),
+                Arg::U32(chunks),
                 Arg::I32(gelu_a),
             ],
         );
-        let case = format!("({b}, {t}, {c}) gelu {gelu}");
+        let case = format!("({b}, {t}, {c}) gelu {gelu}, {} launches", launches.len());
         let ours = [
             emu.tensor(&y, 0..len, &shape),
             emu.tensor(&dx, 0..len, &shape),
@@ -832,13 +859,18 @@ fn batch_norm_kernels_match_the_cpu_kernel() {
     let emu = Emu::new("batch_norm.cu");
     let mut errors = Errors::new(emu.file);
     let (eps, momentum) = (1e-5, 0.1);
-    // one chunk per channel with an odd plane; two chunks per channel (N·H·W > BATCH_NORM_CHUNK)
-    for (shape, train, relu) in [
-        ([3, 5, 7, 9], true, false),
-        ([3, 5, 7, 9], true, true),
-        ([2, 3, 50, 45], true, true),
-        ([3, 5, 7, 9], false, true),
-        ([2, 3, 50, 45], false, false),
+    // Planes smaller than a block (a thread's walk wraps planes), of exactly a block and of one value (no wrap),
+    // larger than a block; one chunk per channel, and two (N·H·W > BATCH_NORM_CHUNK) with the chunk boundary
+    // inside a plane; with grids at most 2 channels tall, the channels run as several launches.
+    for (shape, train, relu, max_y) in [
+        ([3, 5, 7, 9], true, false, cuda::MAX_GRID_Y),
+        ([3, 5, 7, 9], true, true, 2),
+        ([2, 3, 50, 45], true, true, cuda::MAX_GRID_Y),
+        ([3, 5, 40, 37], true, false, 2),
+        ([3, 4, 16, 16], true, true, cuda::MAX_GRID_Y),
+        ([300, 3, 1, 1], true, false, 2),
+        ([3, 5, 7, 9], false, true, cuda::MAX_GRID_Y),
+        ([2, 3, 50, 45], false, false, 2),
     ] {
         let [n, c, h, w] = shape;
         let (hw, len) = (h * w, n * c * h * w);
@@ -866,60 +898,61 @@ fn batch_norm_kernels_match_the_cpu_kernel() {
             emu.upload_tensor(&gamma),
             emu.upload_tensor(&beta),
         );
-        let (c_a, hw_a, count, len_a, chunk) = (
+        let (c_a, hw_a, count, count_a, len_a, chunk) = (
             u32_of(c),
             u32_of(hw),
             (n * hw) as u64,
+            u32_of(n * hw),
             len as u64,
             cuda::BATCH_NORM_CHUNK,
         );
-        let (grid, chunks) = cuda::batch_norm_partials(n, c, hw).unwrap();
+        let (launches, chunks) = cuda::batch_norm_launches(n, c, hw, max_y).unwrap();
+        assert_eq!(launches.len(), c.div_ceil(max_y as usize));
         let out = emu.alloc_f32(len + 3 * c);
         if train {
             let partials = emu.alloc_f64(c * chunks as usize);
-            emu.launch(
+            launch_planes(
+                &emu,
                 "bn_sum_partials",
-                grid,
+                &launches,
                 &[
                     Arg::R(&xb),
                     Arg::W(&partials),
                     Arg::U32(c_a),
                     Arg::U32(hw_a),
-                    Arg::U64(count),
+                    Arg::U32(count_a),
                     Arg::U32(chunk),
-                    Arg::U32(chunks),
                 ],
             );
             emu.launch(
                 "bn_mean",
-                cuda::per_thread(c).unwrap(),
+                cuda::per_block(c).unwrap(),
                 &[
                     Arg::R(&partials),
                     Arg::W(&out),
-                    Arg::U32(c_a),
                     Arg::U32(chunks),
                     Arg::U64(count),
                     Arg::U64(len_a),
                 ],
             );
-            emu.launch(
+            launch_planes(
+                &emu,
                 "bn_sqdev_partials",
-                grid,
+                &launches,
                 &[
                     Arg::R(&xb),
                     Arg::R(&out),
                     Arg::W(&partials),
                     Arg::U32(c_a),
                     Arg::U32(hw_a),
-                    Arg::U64(count),
+                    Arg::U32(count_a),
                     Arg::U32(chunk),
-                    Arg::U32(chunks),
                     Arg::U64(len_a),
                 ],
             );
             emu.launch(
                 "bn_var",
-                cuda::per_thread(c).unwrap(),
+                cuda::per_block(c).unwrap(),
                 &[
                     Arg::R(&partials),
                     Arg::W(&out),
@@ -948,9 +981,10 @@ fn batch_norm_kernels_match_the_cpu_kernel() {
                 ],
             );
         }
-        emu.launch(
+        launch_planes(
+            &emu,
             "bn_fwd",
-            cuda::elementwise(len),
+            &launches,
             &[
                 Arg::R(&xb),
                 Arg::R(&gmb),
@@ -958,6 +992,8 @@ fn batch_norm_kernels_match_the_cpu_kernel() {
                 Arg::W(&out),
                 Arg::U32(c_a),
                 Arg::U32(hw_a),
+                Arg::U32(count_a),
+                Arg::U32(chunk),
                 Arg::U64(len_a),
                 Arg::I32(relu as i32),
             ],
@@ -967,9 +1003,10 @@ fn batch_norm_kernels_match_the_cpu_kernel() {
         padded.extend(std::iter::repeat_n(0.0, 3 * c));
         let gb = emu.upload(&padded);
         let partials = emu.alloc_f64(2 * c * chunks as usize);
-        emu.launch(
+        launch_planes(
+            &emu,
             "bn_bwd_partials",
-            grid,
+            &launches,
             &[
                 Arg::R(&xb),
                 Arg::R(&out),
@@ -977,9 +1014,8 @@ fn batch_norm_kernels_match_the_cpu_kernel() {
                 Arg::W(&partials),
                 Arg::U32(c_a),
                 Arg::U32(hw_a),
-                Arg::U64(count),
+                Arg::U32(count_a),
                 Arg::U32(chunk),
-                Arg::U32(chunks),
                 Arg::U64(len_a),
                 Arg::I32(relu as i32),
             ],
@@ -987,7 +1023,7 @@ fn batch_norm_kernels_match_the_cpu_kernel() {
         let (grads, coef) = (emu.alloc_f32(len + 2 * c), emu.alloc_f32(2 * c));
         emu.launch(
             "bn_bwd_finish",
-            cuda::per_thread(c).unwrap(),
+            cuda::per_block(c).unwrap(),
             &[
                 Arg::R(&partials),
                 Arg::R(&out),
@@ -999,9 +1035,10 @@ fn batch_norm_kernels_match_the_cpu_kernel() {
                 Arg::U64(len_a),
             ],
         );
-        emu.launch(
+        launch_planes(
+            &emu,
             "bn_bwd_dx",
-            cuda::elementwise(len),
+            &launches,
             &[
                 Arg::R(&xb),
                 Arg::R(&out),
@@ -1011,14 +1048,17 @@ fn batch_norm_kernels_match_the_cpu_kernel() {
                 Arg::W(&grads),
                 Arg::U32(c_a),
                 Arg::U32(hw_a),
+                Arg::U32(count_a),
+                Arg::U32(chunk),
                 Arg::U64(len_a),
                 Arg::I32(relu as i32),
                 Arg::I32(train as i32),
             ],
         );
         let case = format!(
-            "{shape:?} {} relu {relu}",
-            if train { "train" } else { "eval" }
+            "{shape:?} {} relu {relu}, {} launches × {chunks} chunks",
+            if train { "train" } else { "eval" },
+            launches.len()
         );
         let ours = [
             emu.tensor(&out, 0..len, &shape),
