@@ -6,9 +6,10 @@
 //! One file, `RUN/resume.safetensors`: the tensors (`param.<name>`, `adam_m.<name>`, `adam_v.<name>`) and, in
 //! the safetensors metadata, the rest as JSON ([`LoopState`]). It is written to a temporary name, flushed and
 //! renamed at the end of every epoch, so a run killed at any moment leaves either the previous epoch's
-//! checkpoint or the new one, never a torn file. On the CPU a resumed run ends with the same metrics as an
-//! uninterrupted one; on a GPU the device's own dropout generator cannot be saved, so the continuation draws
-//! other masks.
+//! checkpoint or the new one, never a torn file. A resumed run draws the dropout masks of an uninterrupted one
+//! on every device: on the CPU the masks come from the saved generators themselves, on a GPU from a counter-based
+//! generator keyed by draws of those generators (`ops::dropout::Counter`); on the CPU it ends with the same
+//! metrics to the last digit.
 
 use std::collections::{BTreeMap, HashMap};
 use std::io::Write;
