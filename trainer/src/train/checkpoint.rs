@@ -4,7 +4,10 @@
 //! and the epoch records so far.
 //!
 //! One file, `RUN/resume.safetensors`: the tensors (`param.<name>`, `adam_m.<name>`, `adam_v.<name>`) and, in
-//! the safetensors metadata, the rest as JSON ([`LoopState`]). It is written to a temporary name, flushed and
+//! the safetensors metadata, the rest as JSON ([`LoopState`]) and the SHA-256 of the tensor data: a truncated
+//! file, a flipped byte or a torn write is refused with an error naming the file, never loaded. A finished run's
+//! checkpoint may be reduced to its state alone ([`write_finished`]: no tensors, a few KB instead of the model
+//! and its optimiser moments), which is all a finished run needs to be evaluated again. It is written to a temporary name, flushed and
 //! renamed at the end of every epoch, so a run killed at any moment leaves either the previous epoch's
 //! checkpoint or the new one, never a torn file. A resumed run draws the dropout masks of an uninterrupted one
 //! on every device: on the CPU the masks come from the saved generators themselves, on a GPU from a counter-based
@@ -12,7 +15,6 @@
 //! metrics to the last digit.
 
 use std::collections::{BTreeMap, HashMap};
-use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use candle_core::{Device, Tensor};
@@ -27,8 +29,11 @@ use crate::error::{Error, Result};
 pub const FILE: &str = "resume.safetensors";
 /// The metadata key holding the [`LoopState`] JSON.
 const STATE_KEY: &str = "erc_train_resume";
-/// Bumped when the layout changes; an older checkpoint is refused with a message, not misread.
-pub const FORMAT: u32 = 1;
+/// The metadata key holding the SHA-256 (hex) of the file's tensor data (everything after the header).
+const SUM_KEY: &str = "erc_train_tensors_sha256";
+/// Bumped when the layout changes; an older checkpoint is refused with a message, not misread. 2: the tensor
+/// data's checksum.
+pub const FORMAT: u32 = 2;
 
 /// A ChaCha generator's exact position: its seed, stream and word position.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
@@ -100,6 +105,11 @@ pub struct Checkpoint {
 }
 
 impl Checkpoint {
+    /// Whether the checkpoint holds the model and optimiser (not a finished run's state alone).
+    pub fn has_tensors(&self) -> bool {
+        !self.tensors.is_empty()
+    }
+
     /// The tensor saved under `name`, moved to `device`.
     pub fn tensor(&self, name: &str, device: &Device) -> Result<Tensor> {
         let t = self.tensors.get(name).ok_or_else(|| {
@@ -123,39 +133,97 @@ impl Checkpoint {
     }
 }
 
-/// Writes the checkpoint atomically (temporary file, flush, rename).
+/// Writes the checkpoint atomically (temporary file, flush, rename), with the checksum of its tensor data.
 pub fn write(run: &Path, state: &LoopState, tensors: &[(String, Tensor)]) -> Result<()> {
     let path = run.join(FILE);
-    let tmp = run.join(format!("{FILE}.tmp"));
     let json = serde_json::to_string(state).map_err(|e| Error::Other(e.to_string()))?;
-    let metadata = HashMap::from([(STATE_KEY.to_string(), json)]);
+    // The checksum covers the data that follows the header, so it is known only once the file is laid out: the
+    // header is written with a placeholder of the checksum's length, then the placeholder is overwritten.
+    let placeholder = "0".repeat(64);
+    let metadata = HashMap::from([
+        (STATE_KEY.to_string(), json),
+        (SUM_KEY.to_string(), placeholder.clone()),
+    ]);
     // safetensors wants contiguous CPU data; the tensors are read back from the device once per epoch.
     let host = tensors
         .iter()
         .map(|(name, t)| Ok((name.clone(), t.to_device(&Device::Cpu)?.contiguous()?)))
         .collect::<Result<Vec<_>>>()?;
-    let bytes = safetensors::serialize(host.iter().map(|(n, t)| (n.as_str(), t)), Some(metadata))
-        .map_err(|e| {
-        Error::Other(format!(
-            "{}: cannot encode the resume checkpoint: {e}",
-            path.display()
-        ))
-    })?;
-    let mut file = std::fs::File::create(&tmp).map_err(|e| Error::io(&tmp, e))?;
-    file.write_all(&bytes).map_err(|e| Error::io(&tmp, e))?;
-    file.sync_all().map_err(|e| Error::io(&tmp, e))?;
-    drop(file);
-    std::fs::rename(&tmp, &path).map_err(|e| Error::io(&path, e))
+    let mut bytes =
+        safetensors::serialize(host.iter().map(|(n, t)| (n.as_str(), t)), Some(metadata)).map_err(
+            |e| {
+                Error::Other(format!(
+                    "{}: cannot encode the resume checkpoint: {e}",
+                    path.display()
+                ))
+            },
+        )?;
+    let data_start = data_start(&bytes)
+        .ok_or_else(|| Error::Other("safetensors wrote a file without a header".into()))?;
+    let sum = super::run::sha256_hex(&bytes[data_start..]);
+    let header = &mut bytes[8..data_start];
+    let at = find(header, format!("\"{placeholder}\"").as_bytes())
+        .ok_or_else(|| Error::Other("the checksum placeholder is not in the header".into()))?;
+    header[at + 1..at + 65].copy_from_slice(sum.as_bytes());
+    super::report::write_atomic(&path, &bytes).map_err(|e| Error::io(&path, e))
+}
+
+/// Replaces a finished run's checkpoint by its state alone (no tensors): what `erc-train table4` keeps of a
+/// finished row unless `--keep-checkpoints` (the largest rows' checkpoints are ~3 GB). A run resumed from it
+/// trains nothing and evaluates its best weights again.
+pub fn write_finished(run: &Path, state: &LoopState) -> Result<()> {
+    write(run, state, &[])
+}
+
+/// The loop state of `RUN/resume.safetensors` from its header alone (the tensors are neither read nor checked):
+/// what a finished run's state is reduced to.
+pub fn read_state(run: &Path) -> Result<Option<LoopState>> {
+    use std::io::Read;
+    let path = run.join(FILE);
+    let mut file = match std::fs::File::open(&path) {
+        Ok(file) => file,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(Error::io(&path, e)),
+    };
+    let mut len = [0u8; 8];
+    file.read_exact(&mut len).map_err(|e| Error::io(&path, e))?;
+    let n = u64::from_le_bytes(len);
+    if n > 100 << 20 {
+        return Err(Error::data(&path, format!("a header of {n} bytes")));
+    }
+    let mut header = vec![0u8; n as usize];
+    file.read_exact(&mut header)
+        .map_err(|e| Error::io(&path, e))?;
+    let header: serde_json::Value =
+        serde_json::from_slice(&header).map_err(|e| Error::data(&path, e.to_string()))?;
+    let json = header["__metadata__"][STATE_KEY]
+        .as_str()
+        .ok_or_else(|| Error::data(&path, "no loop state in its metadata"))?;
+    serde_json::from_str(json)
+        .map(Some)
+        .map_err(|e| Error::data(&path, e.to_string()))
+}
+
+/// Offset of the tensor data: 8 bytes of header length, then the header.
+fn data_start(bytes: &[u8]) -> Option<usize> {
+    let n = u64::from_le_bytes(bytes.get(..8)?.try_into().ok()?) as usize;
+    8usize.checked_add(n).filter(|&end| end <= bytes.len())
+}
+
+fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
+    haystack.windows(needle.len()).position(|w| w == needle)
 }
 
 /// Reads `RUN/resume.safetensors`; `None` when there is none. A file that cannot be read whole (truncated,
-/// corrupt, of another format) is an error naming it.
+/// corrupt — its data not matching its checksum —, of another format) is a [`Error::Data`] naming it; a file
+/// that cannot be read at all (permissions, I/O) an [`Error::Io`].
 pub fn read(run: &Path) -> Result<Option<Checkpoint>> {
     let path = run.join(FILE);
-    if !path.exists() {
-        return Ok(None);
-    }
-    let bytes = std::fs::read(&path).map_err(|e| Error::io(&path, e))?;
+    let bytes = match std::fs::read(&path) {
+        Ok(bytes) => bytes,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(Error::io(&path, e)),
+    };
     let corrupt = |why: String| {
         Error::data(
             &path,
@@ -164,9 +232,8 @@ pub fn read(run: &Path) -> Result<Option<Checkpoint>> {
     };
     let (_, metadata) =
         safetensors::SafeTensors::read_metadata(&bytes).map_err(|e| corrupt(e.to_string()))?;
-    let json = metadata
-        .metadata()
-        .as_ref()
+    let entries = metadata.metadata().as_ref();
+    let json = entries
         .and_then(|m| m.get(STATE_KEY))
         .ok_or_else(|| corrupt("no loop state in its metadata".into()))?;
     let state: LoopState = serde_json::from_str(json).map_err(|e| corrupt(e.to_string()))?;
@@ -175,6 +242,15 @@ pub fn read(run: &Path) -> Result<Option<Checkpoint>> {
             "format {} where this erc-train writes {FORMAT}",
             state.format
         )));
+    }
+    let expected = entries
+        .and_then(|m| m.get(SUM_KEY))
+        .ok_or_else(|| corrupt("no checksum in its metadata".into()))?;
+    let start = data_start(&bytes).ok_or_else(|| corrupt("no header".into()))?;
+    if super::run::sha256_hex(&bytes[start..]) != *expected {
+        return Err(corrupt(
+            "its tensor data does not match its checksum: a damaged or partly written file".into(),
+        ));
     }
     let tensors = candle_core::safetensors::load_buffer(&bytes, &Device::Cpu)
         .map_err(|e| corrupt(e.to_string()))?;
@@ -232,7 +308,12 @@ mod tests {
             .reshape((3, 4))
             .unwrap();
         write(dir.path(), &state(&rng), &[("param.w".into(), w.clone())]).unwrap();
-        assert!(!dir.path().join(format!("{FILE}.tmp")).exists());
+        // written aside and renamed: nothing else is left in the folder
+        let names: Vec<_> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(names, [FILE]);
         let back = read(dir.path()).unwrap().unwrap();
         assert_eq!(back.state.epoch, 3);
         assert_eq!(back.state.best, Some((0.51, 2)));
@@ -249,5 +330,43 @@ mod tests {
             "{err}"
         );
         assert!(read(tempfile::tempdir().unwrap().path()).unwrap().is_none());
+    }
+
+    /// One flipped byte in the tensor data (which safetensors alone would load as a different number) is caught
+    /// by the checksum, with an error naming the file.
+    #[test]
+    fn a_flipped_byte_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let rng = ChaCha8Rng::seed_from_u64(1);
+        let w = Tensor::arange(0f32, 64.0, &Device::Cpu).unwrap();
+        write(dir.path(), &state(&rng), &[("param.w".into(), w)]).unwrap();
+        let path = dir.path().join(FILE);
+        let good = std::fs::read(&path).unwrap();
+        let start = data_start(&good).unwrap();
+        for at in [start + 100, good.len() - 1] {
+            let mut bad = good.clone();
+            bad[at] ^= 0x10;
+            std::fs::write(&path, &bad).unwrap();
+            let err = read(dir.path()).err().unwrap().to_string();
+            assert!(
+                err.contains(FILE) && err.contains("does not match its checksum"),
+                "byte {at}: {err}"
+            );
+        }
+        std::fs::write(&path, &good).unwrap();
+        assert!(read(dir.path()).unwrap().is_some());
+    }
+
+    /// A finished run reduced to its state: readable, no tensors, a few KB.
+    #[test]
+    fn a_finished_state_has_no_tensors() {
+        let dir = tempfile::tempdir().unwrap();
+        let rng = ChaCha8Rng::seed_from_u64(1);
+        write_finished(dir.path(), &state(&rng)).unwrap();
+        let back = read(dir.path()).unwrap().unwrap();
+        assert!(!back.has_tensors());
+        assert_eq!(back.state.epoch, 3);
+        assert_eq!(read_state(dir.path()).unwrap().unwrap().epoch, 3);
+        assert!(std::fs::metadata(dir.path().join(FILE)).unwrap().len() < 16 << 10);
     }
 }

@@ -38,7 +38,8 @@ pub struct EpochRecord {
     pub compute_seconds: f64,
     /// The epoch's evaluation on `valid`.
     pub eval_seconds: f64,
-    /// Peak device memory in use (GPU), or the process's peak resident set (CPU), so far.
+    /// The epoch's peak memory over its training steps: the GPU memory pool's high-water mark, or the process's
+    /// resident-set peak on the CPU (reset at the epoch's start; see `train::memory`).
     pub peak_memory_bytes: Option<u64>,
     pub valid_loss: f64,
     pub valid_f1_weighted: f64,
@@ -103,6 +104,8 @@ pub struct Summary {
     pub resumed: bool,
     pub config_sha256: String,
     pub data_sha256: String,
+    /// Which body the ops took during the run (`ops::Kernel`: CPU kernel, CUDA kernel, generic composition).
+    pub op_bodies: crate::ops::BodyCounts,
     pub splits: Vec<SplitSummary>,
     pub data_manifest: serde_json::Value,
 }
@@ -161,7 +164,45 @@ pub struct RunFolder {
 }
 
 fn write(path: &Path, text: &str) -> Result<()> {
-    std::fs::write(path, text).map_err(|e| Error::io(path, e))
+    write_atomic(path, text.as_bytes()).map_err(|e| Error::io(path, e))
+}
+
+/// Where `path` is written before it is renamed into place: beside it (same file system), hidden, with the same
+/// extension (plotters picks the image format from it), named per process (two writers never share it).
+pub fn aside(path: &Path) -> PathBuf {
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    path.with_file_name(format!(".{}.{name}", std::process::id()))
+}
+
+/// Writes `bytes` to `path` whole or not at all: to [`aside`]`(path)`, flushed to disk, then renamed over `path`
+/// (a reader sees the old file or the new one, never a torn one; two writers leave one of their files).
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    let tmp = aside(path);
+    let outcome = (|| {
+        let mut file = std::fs::File::create(&tmp)?;
+        file.write_all(bytes)?;
+        file.sync_all()?;
+        std::fs::rename(&tmp, path)
+    })();
+    if outcome.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    outcome
+}
+
+/// Runs `draw` on [`aside`]`(path)` and renames the result over `path` (a plot is never seen half drawn).
+pub fn draw_atomic(path: &Path, draw: impl FnOnce(&Path) -> Result<()>) -> Result<()> {
+    let tmp = aside(path);
+    match draw(&tmp) {
+        Ok(()) => std::fs::rename(&tmp, path).map_err(|e| Error::io(path, e)),
+        Err(e) => {
+            let _ = std::fs::remove_file(&tmp);
+            Err(e)
+        }
+    }
 }
 
 fn json(value: &impl Serialize) -> Result<String> {
@@ -316,6 +357,10 @@ fn plot_error(path: &Path, e: impl std::fmt::Display) -> Error {
 
 /// Training and validation loss, and validation weighted F1, per epoch.
 pub fn plot_curves(path: &Path, records: &[EpochRecord]) -> Result<()> {
+    draw_atomic(path, |path| draw_curves(path, records))
+}
+
+fn draw_curves(path: &Path, records: &[EpochRecord]) -> Result<()> {
     let root = BitMapBackend::new(path, (1000, 450)).into_drawing_area();
     root.fill(&WHITE).map_err(|e| plot_error(path, e))?;
     let (left, right) = root.split_horizontally(500);
@@ -415,6 +460,15 @@ pub fn plot_curves(path: &Path, records: &[EpochRecord]) -> Result<()> {
 
 /// The confusion matrix as a heat map (rows: true class, columns: predicted class), counts written in cells.
 pub fn plot_confusion(
+    path: &Path,
+    title: &str,
+    classes: &[String],
+    confusion: &[Vec<usize>],
+) -> Result<()> {
+    draw_atomic(path, |path| draw_confusion(path, title, classes, confusion))
+}
+
+fn draw_confusion(
     path: &Path,
     title: &str,
     classes: &[String],
