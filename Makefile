@@ -52,9 +52,10 @@ test: system-deps models
 # The code a device without a kernel runs (each op's composed candle path), exercised on the CPU: the backbone
 # parity fixtures, the gradient and reference-fixture tests and one end-to-end training run, with every op forced
 # onto its generic path (ERC_OPS=generic; the op unit tests compare both paths in every run).
+# ERC_EXPECT_OPS=generic: the tests then check that no CPU kernel ran (a lost ERC_OPS cannot pass unnoticed).
 test-generic:
-	ERC_OPS=generic $(CARGO) test --release --workspace --test backbones --test resnet_parity --test gradients --test reference_fixtures --test backbone_configs
-	ERC_OPS=generic $(CARGO) test --release --workspace --test train small_resnet_model_trains_and_its_loss_falls
+	ERC_OPS=generic ERC_EXPECT_OPS=generic $(CARGO) test --release --workspace --test backbones --test resnet_parity --test gradients --test reference_fixtures --test backbone_configs
+	ERC_OPS=generic ERC_EXPECT_OPS=generic $(CARGO) test --release --workspace --test train small_resnet_model_trains_and_its_loss_falls
 
 glove: models/glove.6B.50d.txt
 
@@ -132,7 +133,7 @@ gpu-rehearse: gpu-data
 
 # The report's Table 4: every row (or ROWS) on DATA, resumable (rerun the same command after an interruption).
 # DEVICE=cuda uses the CUDA build (make cuda); extra erc-train table4 flags go in TABLE4_FLAGS
-# (e.g. --corrected, --devices 0,1,2,3, --keep-going).
+# (e.g. --corrected, --devices 0,1,2,3 — with DEVICE=cuda for GPUs —, --keep-going).
 DATA    ?= data
 OUT     ?= runs/table4
 DEVICE  ?= cpu
@@ -140,8 +141,9 @@ ROWS    ?=
 DRY_RUN ?=
 CUDA_BIN   = $(CUDA_TARGET_DIR)/release
 TABLE4_BIN = $(if $(filter cuda,$(DEVICE)),$(CUDA_BIN),$(BIN))/erc-train
+# --device goes only when TABLE4_FLAGS names no --devices (clap refuses the two together).
 reproduce-table4: $(if $(filter cuda,$(DEVICE)),cuda,build)
-	$(TABLE4_BIN) table4 --data $(DATA) --out $(OUT) --device $(DEVICE) \
+	$(TABLE4_BIN) table4 --data $(DATA) --out $(OUT) $(if $(findstring --devices,$(TABLE4_FLAGS)),,--device $(DEVICE)) \
 		$(if $(ROWS),--rows $(ROWS)) $(if $(DRY_RUN),--dry-run) $(TABLE4_FLAGS)
 
 fmt:

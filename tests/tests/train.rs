@@ -223,6 +223,20 @@ fn small_resnet_model_trains_and_its_loss_falls() {
     eprintln!("resnet: train loss {first:.4} → {last:.4}");
     assert!(last < first, "train loss {first} → {last}");
     assert!(is_png(&run.join("curves.png")));
+    // the run records which body its ops took: under `make test-generic` only the generic compositions
+    let bodies = &summary(&run)["op_bodies"];
+    let (cpu, generic) = (
+        bodies["cpu"].as_u64().unwrap(),
+        bodies["generic"].as_u64().unwrap(),
+    );
+    if std::env::var("ERC_EXPECT_OPS").as_deref() == Ok("generic") {
+        assert!(
+            cpu == 0 && generic > 0,
+            "ERC_EXPECT_OPS=generic, the run's ops: {bodies}"
+        );
+    } else if std::env::var_os("ERC_OPS").is_none() {
+        assert!(cpu > 0, "no CPU kernel ran: {bodies}");
+    }
 }
 
 #[test]

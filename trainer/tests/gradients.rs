@@ -214,3 +214,28 @@ fn resnet50_has_torchvision_size_and_names() {
         "running statistics are buffers, not parameters"
     );
 }
+
+/// The ops took the body this run asked for: under `make test-generic` (`ERC_OPS=generic`, and
+/// `ERC_EXPECT_OPS=generic` so that a lost `ERC_OPS` cannot go unnoticed) no CPU kernel ran in this process;
+/// otherwise the CPU kernels did.
+#[test]
+fn ops_take_the_body_the_run_asks_for() {
+    let x = Tensor::arange(0f32, 24.0, &Device::Cpu)
+        .unwrap()
+        .reshape((4, 6))
+        .unwrap();
+    let (gamma, beta) = (
+        Tensor::ones(6, candle_core::DType::F32, &Device::Cpu).unwrap(),
+        Tensor::zeros(6, candle_core::DType::F32, &Device::Cpu).unwrap(),
+    );
+    erc_train::ops::layer_norm(&x, &gamma, &beta, 1e-5).unwrap();
+    let counts = erc_train::ops::body_counts();
+    if std::env::var("ERC_EXPECT_OPS").as_deref() == Ok("generic") {
+        assert!(
+            counts.cpu == 0 && counts.generic > 0,
+            "ERC_EXPECT_OPS=generic but the ops ran {counts:?} (is ERC_OPS=generic set?)"
+        );
+    } else if std::env::var_os("ERC_OPS").is_none() {
+        assert!(counts.cpu > 0, "no CPU kernel ran: {counts:?}");
+    }
+}

@@ -187,11 +187,11 @@ fn run(
         let upstream = seeded(y.dims(), 1.0, 0.0, upstream_seed)?.to_device(device)?;
         let grads = (y * upstream)?.sum_all()?.backward()?;
         for ((name, _), var) in diff.iter().zip(&vars) {
-            let g = grads
-                .get(var.as_tensor())
-                .cloned()
-                .unwrap_or(var.as_tensor().zeros_like()?);
-            results.push((format!("∂{name}"), g));
+            // a missing gradient is a result of its own (never zeros: two missing gradients would agree)
+            match grads.get(var.as_tensor()) {
+                Some(g) => results.push((format!("∂{name}"), g.clone())),
+                None => results.push((format!("∂{name} missing"), var.as_tensor().zeros_like()?)),
+            }
         }
     }
     Ok(results)
@@ -230,13 +230,30 @@ impl Report {
         })
     }
 
-    /// Compares the device run `ours` with the CPU reference `reference` (same names, same order).
+    /// Compares the device run `ours` with the CPU reference `reference` by name: both must hold the same
+    /// results (a result one side lacks — a gradient that did not flow — fails the case, as does a result
+    /// marked missing on either side).
     fn compare(
         &mut self,
         case: &str,
         ours: &[(String, Tensor)],
         reference: &[(String, Tensor)],
     ) -> Result<()> {
+        let names =
+            |side: &[(String, Tensor)]| side.iter().map(|(n, _)| n.clone()).collect::<Vec<_>>();
+        let (ours_names, reference_names) = (names(ours), names(reference));
+        let missing: Vec<&String> = ours_names
+            .iter()
+            .chain(&reference_names)
+            .filter(|n| n.ends_with(" missing"))
+            .collect();
+        if ours_names != reference_names || !missing.is_empty() {
+            self.max = f64::INFINITY;
+            self.detail.push(format!(
+                "{case}: results differ: ours {ours_names:?}, reference {reference_names:?}"
+            ));
+            return Ok(());
+        }
         let mut parts = Vec::new();
         for ((name, a), (_, r)) in ours.iter().zip(reference) {
             let err = rel_error(a, r)?;
@@ -842,5 +859,43 @@ mod tests {
             );
         }
         assert!(checks.iter().all(|c| c.body == "generic"));
+    }
+
+    /// The comparison is by name with counts checked: a gradient that did not flow (on one side or on both), a
+    /// result one side lacks or an extra one fails the case; equal results pass.
+    #[test]
+    fn a_missing_gradient_or_result_fails_the_case() {
+        let t = |v: f32| Tensor::new(&[v, 2.0], &Device::Cpu).unwrap();
+        let named = |items: &[(&str, f32)]| -> Vec<(String, Tensor)> {
+            items.iter().map(|(n, v)| (n.to_string(), t(*v))).collect()
+        };
+        let verdict = |ours: &[(&str, f32)], reference: &[(&str, f32)]| {
+            let mut report = Report::new("test", &Device::Cpu, false).unwrap();
+            report
+                .compare("case", &named(ours), &named(reference))
+                .unwrap();
+            report.finish().passed
+        };
+        assert!(verdict(
+            &[("y", 1.0), ("∂x", 3.0)],
+            &[("y", 1.0), ("∂x", 3.0)]
+        ));
+        assert!(!verdict(
+            &[("y", 1.0), ("∂x", 3.5)],
+            &[("y", 1.0), ("∂x", 3.0)]
+        ));
+        assert!(!verdict(
+            &[("y", 1.0), ("∂x missing", 0.0)],
+            &[("y", 1.0), ("∂x missing", 0.0)]
+        ));
+        assert!(!verdict(
+            &[("y", 1.0), ("∂x missing", 0.0)],
+            &[("y", 1.0), ("∂x", 0.0)]
+        ));
+        assert!(!verdict(&[("y", 1.0)], &[("y", 1.0), ("∂x", 3.0)]));
+        assert!(!verdict(
+            &[("y", 1.0), ("∂w", 3.0)],
+            &[("y", 1.0), ("∂x", 3.0)]
+        ));
     }
 }

@@ -47,6 +47,7 @@
 //!    against the CPU kernel; and a case in [`check`], whose [`check::compare_with_cpu`] runs every op on a
 //!    device against its CPU kernel (the GPU check; rehearsed on the CPU by its unit test).
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::OnceLock;
 
 use candle_core::{CpuStorage, DType, Layout, Shape, Tensor};
@@ -95,6 +96,7 @@ impl Kernel {
     /// composition.
     pub fn select(t: &Tensor, has_cuda: bool) -> Kernel {
         if forced_generic() || t.dtype() != DType::F32 || t.elem_count() == 0 {
+            Kernel::Generic.count();
             return Kernel::Generic;
         }
         Kernel::select_device(t.device(), has_cuda)
@@ -102,14 +104,54 @@ impl Kernel {
 
     /// The body for f32 work on `device` (what [`Kernel::select`] picks for a non-empty f32 tensor there).
     pub fn select_device(device: &candle_core::Device, has_cuda: bool) -> Kernel {
-        if forced_generic() {
-            return Kernel::Generic;
+        let kernel = if forced_generic() {
+            Kernel::Generic
+        } else {
+            match device {
+                candle_core::Device::Cpu => Kernel::Cpu,
+                candle_core::Device::Cuda(_) if has_cuda && cfg!(feature = "cuda") => Kernel::Cuda,
+                _ => Kernel::Generic,
+            }
+        };
+        kernel.count();
+        kernel
+    }
+
+    fn count(self) {
+        BODIES[self as usize].fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+/// How many times each body was picked in this process ([`Kernel::select`]): runs record it (`summary.json`'s
+/// `op_bodies`), and `make test-generic` checks that `ERC_OPS=generic` took effect.
+static BODIES: [AtomicU64; 3] = [AtomicU64::new(0), AtomicU64::new(0), AtomicU64::new(0)];
+
+/// Dispatches per body, from [`body_counts`].
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct BodyCounts {
+    pub cpu: u64,
+    pub cuda: u64,
+    pub generic: u64,
+}
+
+impl BodyCounts {
+    /// The dispatches since `earlier` (a snapshot of the same process).
+    pub fn since(&self, earlier: &BodyCounts) -> BodyCounts {
+        BodyCounts {
+            cpu: self.cpu.saturating_sub(earlier.cpu),
+            cuda: self.cuda.saturating_sub(earlier.cuda),
+            generic: self.generic.saturating_sub(earlier.generic),
         }
-        match device {
-            candle_core::Device::Cpu => Kernel::Cpu,
-            candle_core::Device::Cuda(_) if has_cuda && cfg!(feature = "cuda") => Kernel::Cuda,
-            _ => Kernel::Generic,
-        }
+    }
+}
+
+/// The dispatches so far in this process.
+pub fn body_counts() -> BodyCounts {
+    let get = |k: Kernel| BODIES[k as usize].load(Ordering::Relaxed);
+    BodyCounts {
+        cpu: get(Kernel::Cpu),
+        cuda: get(Kernel::Cuda),
+        generic: get(Kernel::Generic),
     }
 }
 
