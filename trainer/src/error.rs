@@ -26,6 +26,11 @@ pub enum Error {
     #[error("tensor error: {0}")]
     Candle(#[from] candle_core::Error),
 
+    /// A stop signal ended the run at a step boundary ([`crate::train::interrupt`]): not a failure, a rerun
+    /// resumes it.
+    #[error("interrupted: {0}")]
+    Interrupted(String),
+
     #[error("{0}")]
     Other(String),
 }

@@ -191,9 +191,12 @@ struct EvalArgs {
 #[derive(Args)]
 struct Table4Args {
     /// Dataset folder written by `meld-etl extract` (rows with the reference's audio need `--profile hlm12erc`,
-    /// rows 11/12 need `--faces`).
-    #[arg(long, required_unless_present = "collect")]
-    data: Option<PathBuf>,
+    /// rows 11/12 need `--faces`). With --collect: the dataset the rows' numbers must come from.
+    #[arg(long)]
+    data: PathBuf,
+    /// The dataset of the --corrected rows (16 kHz mono WAVs: a plain `meld-etl extract`); default: --data.
+    #[arg(long)]
+    corrected_data: Option<PathBuf>,
     /// Where the row folders and the tables go.
     #[arg(long, default_value = "runs/table4")]
     out: PathBuf,
@@ -224,7 +227,12 @@ struct Table4Args {
     /// A check of every row: one training step each on shrunk inputs (not the paper's numbers).
     #[arg(long)]
     smoke: bool,
-    /// Only assemble the tables from the complete row folders under OUT (e.g. after a Slurm array).
+    /// Keep each finished row's whole resume checkpoint (model and optimiser moments; ~3 GB for the largest
+    /// rows) instead of its state alone.
+    #[arg(long)]
+    keep_checkpoints: bool,
+    /// Only assemble the tables from the row folders under OUT (e.g. after a Slurm array); a row's numbers stand
+    /// beside the paper's only when its run is the row's config as the paper ran it on --data.
     #[arg(long, value_name = "OUT")]
     collect: Option<PathBuf>,
     #[arg(long)]
@@ -268,7 +276,11 @@ fn main() -> std::process::ExitCode {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("Error: {e:#}");
-            std::process::ExitCode::FAILURE
+            // 130 (as a shell reports SIGINT): stopped on request, resumable; 1: failed
+            match e.downcast_ref::<erc_train::Error>() {
+                Some(erc_train::Error::Interrupted(_)) => std::process::ExitCode::from(130),
+                _ => std::process::ExitCode::FAILURE,
+            }
         }
     }
 }
@@ -284,6 +296,8 @@ fn run() -> Result<()> {
         .with_ansi(std::io::stderr().is_terminal())
         .init();
     let cli = Cli::parse();
+    // a stop signal ends training at a step boundary, its last epoch's checkpoint intact (rerun to resume)
+    erc_train::train::interrupt::install();
     match cli.command {
         Some(Command::Eval(args)) => eval(args),
         Some(Command::Check(args)) => check(args),
@@ -429,14 +443,6 @@ fn eval(args: EvalArgs) -> Result<()> {
 }
 
 fn table4(args: Table4Args) -> Result<()> {
-    if let Some(out) = &args.collect {
-        println!("{}", erc_train::table4::collect(out)?);
-        println!("tables: {}", out.join("table4.md").display());
-        return Ok(());
-    }
-    let Some(data) = args.data else {
-        bail!("pass --data (or --collect OUT)");
-    };
     let devices = args.devices.unwrap_or_else(|| {
         vec![match args.device {
             DeviceArg::Cpu => DeviceSpec::Cpu,
@@ -447,8 +453,9 @@ fn table4(args: Table4Args) -> Result<()> {
         bail!("--epochs must be positive");
     }
     let options = erc_train::table4::Table4Options {
-        data,
-        out: args.out,
+        data: args.data,
+        corrected_data: args.corrected_data,
+        out: args.collect.clone().unwrap_or(args.out),
         rows: args.rows,
         devices,
         epochs: args.epochs,
@@ -457,10 +464,16 @@ fn table4(args: Table4Args) -> Result<()> {
         keep_going: args.keep_going,
         corrected: args.corrected,
         smoke: args.smoke,
+        keep_checkpoints: args.keep_checkpoints,
         glove: args.glove,
         models: args.models.sources(),
         progress: std::io::stderr().is_terminal(),
     };
+    if args.collect.is_some() {
+        println!("{}", erc_train::table4::collect(&options)?);
+        println!("tables: {}", options.out.join("table4.md").display());
+        return Ok(());
+    }
     let report = erc_train::table4::run(&options)?;
     if options.dry_run && !report.failed.is_empty() {
         bail!(

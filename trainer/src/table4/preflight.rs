@@ -3,7 +3,7 @@
 //! wav2vec2 and ResNet-50 weights, the device — each `ok`, `-` (not needed) or `MISSING`, with the one command
 //! that fixes it.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 
 use meld_shared::Split;
@@ -12,6 +12,9 @@ use super::Job;
 use crate::config::{AudioEncoder, AudioInput, TextEncoder, VisualEncoder};
 use crate::data::dataset::{face_detector, SplitData, REFERENCE_CHANNELS, REFERENCE_RATE};
 use crate::encoders::hub::{self, Backbone};
+
+/// The WAV format of a plain `meld-etl extract` (its default profile): what `audio_input: normalized_mono` reads.
+const MONO_RATE: u32 = 16_000;
 
 /// One cell of the table.
 #[derive(Debug, Clone, PartialEq)]
@@ -94,24 +97,21 @@ fn data_facts(data: &Path) -> DataFacts {
     facts
 }
 
-/// Checks every job; `devices` are the outcomes of opening each device the run asked for.
-pub fn check(
-    jobs: &[Job],
-    data: &Path,
-    glove: Option<&Path>,
-    devices: &[(String, Option<String>)],
-) -> Vec<RowCheck> {
-    let facts = data_facts(data);
-    let extract = format!("meld-etl extract --raw MELD.Raw --out {}", data.display());
-    let device_cell = match devices
-        .iter()
-        .find_map(|(name, e)| e.as_ref().map(|e| format!("{name}: {e}")))
-    {
-        Some(e) => Cell::Missing(e),
+/// Checks every job against its own dataset (the corrected rows may have theirs); `device_problem` is why no
+/// asked device can be used (`None` when at least one can: the others just drop out of the queue).
+pub fn check(jobs: &[Job], glove: Option<&Path>, device_problem: Option<&str>) -> Vec<RowCheck> {
+    let mut facts_of: BTreeMap<std::path::PathBuf, DataFacts> = BTreeMap::new();
+    let device_cell = match device_problem {
+        Some(e) => Cell::Missing(e.to_string()),
         None => Cell::Ok,
     };
     jobs.iter()
         .map(|job| {
+            let data = job.data.as_path();
+            let facts = facts_of
+                .entry(job.data.clone())
+                .or_insert_with(|| data_facts(data));
+            let extract = format!("meld-etl extract --raw MELD.Raw --out {}", data.display());
             let c = &job.config;
             let data_cell = match &facts.problem {
                 Some(p) => Cell::Missing(p.clone()),
@@ -144,6 +144,22 @@ pub fn check(
                     Cell::Missing(format!(
                         "`audio_input: reference` was trained on 44.1 kHz stereo WAVs, these are {rate} Hz x \
                          {channels}; re-extract with `{extract} --profile hlm12erc`"
+                    ))
+                }
+                // the trainer does not resample: `normalized_mono` (wav2vec2's and the corrected rows' input)
+                // wants the 16 kHz mono WAVs of a plain extraction
+                (_, AudioInput::NormalizedMono, Some((rate, channels)))
+                    if (rate, channels) != (MONO_RATE, 1) =>
+                {
+                    let fix = match job.variant {
+                        super::Variant::Corrected => "extract them with `meld-etl extract --raw MELD.Raw --out \
+                             DIR` (the default profile) and pass --corrected-data DIR"
+                            .to_string(),
+                        super::Variant::Reference => format!("re-extract with `{extract}`"),
+                    };
+                    Cell::Missing(format!(
+                        "`audio_input: normalized_mono` reads 16 kHz mono WAVs, these are {rate} Hz x {channels}; \
+                         {fix}"
                     ))
                 }
                 _ => Cell::Ok,

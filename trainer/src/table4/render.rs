@@ -19,7 +19,7 @@ use std::path::Path;
 use plotters::prelude::*;
 
 use super::paper::{PaperRow, Scores, CLASSES};
-use crate::train::report::font;
+use crate::train::report::{aside, font, write_atomic};
 
 /// What became of one of our runs of a row.
 #[derive(Debug, Clone, PartialEq)]
@@ -30,6 +30,9 @@ pub enum Outcome {
     Failed(String),
     /// Evaluated on `valid`.
     Done(Scores),
+    /// A run that is not the row as the paper ran it (`what`: "smoke", "2 of 10 epochs", "max-rows 48", "other
+    /// data", …): listed with its weighted F1, never compared with the paper's.
+    Other { what: String, scores: Scores },
 }
 
 /// One of our runs of a row: its `valid` outcome and, for the rows of Table 3, its `test` scores.
@@ -96,13 +99,23 @@ impl<'a> Results<'a> {
         })
     }
 
-    /// Writes `table4.md`, `table4.csv`, `table3.md` and `table4.png` into `out` (created if missing).
+    /// Writes `table4.md`, `table4.csv`, `table3.md` and `table4.png` into `out` (created if missing), each
+    /// aside and renamed into place: the tables are shared by every task of a Slurm array, and a reader (or a
+    /// second writer) never sees one half written.
     pub fn write_all(&self, out: &Path) -> io::Result<()> {
         std::fs::create_dir_all(out)?;
-        std::fs::write(out.join("table4.md"), self.table4_markdown())?;
-        std::fs::write(out.join("table4.csv"), self.table4_csv()?)?;
-        std::fs::write(out.join("table3.md"), self.table3_markdown())?;
-        self.plot(&out.join("table4.png"))
+        write_atomic(&out.join("table4.md"), self.table4_markdown().as_bytes())?;
+        write_atomic(&out.join("table4.csv"), &self.table4_csv()?)?;
+        write_atomic(&out.join("table3.md"), self.table3_markdown().as_bytes())?;
+        let png = out.join("table4.png");
+        let tmp = aside(&png);
+        match self.plot(&tmp) {
+            Ok(()) => std::fs::rename(&tmp, &png),
+            Err(e) => {
+                let _ = std::fs::remove_file(&tmp);
+                Err(e)
+            }
+        }
     }
 
     /// A short table for the terminal: row, name, weighted F1 (paper, ours, Δ; and corrected), status.
@@ -248,6 +261,7 @@ impl<'a> Results<'a> {
         let count = |f: fn(&Outcome) -> bool| column.iter().filter(|r| f(&r.valid)).count();
         let failed = count(|o| matches!(o, Outcome::Failed(_)));
         let not_run = count(|o| matches!(o, Outcome::NotRun));
+        let other = count(|o| matches!(o, Outcome::Other { .. }));
         let deltas: Vec<f64> = self
             .rows
             .iter()
@@ -255,9 +269,14 @@ impl<'a> Results<'a> {
             .filter_map(|(row, r)| done(&r.valid).map(|s| s.weighted_f1 - row.weighted_f1))
             .collect();
         let mut line = format!(
-            "{name}: {} of {} rows done ({failed} failed, {not_run} not run)",
+            "{name}: {} of {} rows done ({failed} failed, {not_run} not run{})",
             deltas.len(),
-            self.rows.len()
+            self.rows.len(),
+            if other > 0 {
+                format!(", {other} not as the paper ran them")
+            } else {
+                String::new()
+            }
         );
         if !deltas.is_empty() {
             let n = deltas.len() as f64;
@@ -510,6 +529,9 @@ fn short_status(o: &Outcome) -> String {
     match o {
         Outcome::NotRun => "not run".into(),
         Outcome::Done(_) => "done".into(),
+        Outcome::Other { what, scores } => {
+            format!("{what}: wF1 {:.3}, not compared", scores.weighted_f1)
+        }
         Outcome::Failed(reason) => {
             let line = first_line(reason);
             if line.chars().count() > REASON_CHARS {

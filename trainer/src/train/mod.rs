@@ -5,6 +5,7 @@
 pub mod checkpoint;
 pub mod device;
 pub mod heap;
+pub mod interrupt;
 pub mod losses;
 pub mod memory;
 pub mod metrics;

@@ -375,6 +375,7 @@ struct LoopRng {
 /// `options.resume` and there is one); returns the folder and the summary.
 pub fn train(prepared: Prepared, options: &TrainOptions) -> Result<(PathBuf, Summary)> {
     let wall = Instant::now();
+    let bodies = crate::ops::body_counts();
     let config = &prepared.config.config;
     let seed = config.seed();
     let batch_size = config.batch_size();
@@ -388,10 +389,6 @@ pub fn train(prepared: Prepared, options: &TrainOptions) -> Result<(PathBuf, Sum
     );
     super::device::set_tf32(device, config.precision == Precision::Tf32);
     let model = prepared.build_model(device, seed)?;
-    if device.is_cuda() {
-        // the device's generator draws the dropout masks of a GPU run
-        device.set_seed(seed)?;
-    }
     let config_sha256 = config_fingerprint(config)?;
     let run = match &options.run_dir {
         Some(dir) => RunFolder::at(dir)?,
@@ -429,7 +426,23 @@ pub fn train(prepared: Prepared, options: &TrainOptions) -> Result<(PathBuf, Sum
         .flatten()
     {
         Some(saved) => {
-            restore(&saved, &model, &mut optimizer, &mut rng, &state)?;
+            let finished = saved.state.stopped_early || saved.state.epoch >= epochs;
+            if saved.has_tensors() {
+                restore(&saved, &model, &mut optimizer, &mut rng, &state)?;
+            } else if finished {
+                // a finished run's state alone (`checkpoint::write_finished`): no epoch is left to train, and
+                // the evaluation reads the best weights
+                check_origin(&saved, &state)?;
+            } else {
+                return Err(Error::data(
+                    &saved.path,
+                    format!(
+                        "holds a finished run's state only (epoch {} of {}, no weights): its epochs changed; \
+                         start a new run",
+                        saved.state.epoch, epochs
+                    ),
+                ));
+            }
             tracing::info!(
                 "resuming {} after epoch {} of {epochs} ({})",
                 config.classifier_name,
@@ -516,6 +529,12 @@ pub fn train(prepared: Prepared, options: &TrainOptions) -> Result<(PathBuf, Sum
                 Ok(loss.to_scalar::<f32>()? as f64)
             };
             let value = step().map_err(|e| out_of_memory(e, config, batch_size, &model, device))?;
+            if super::interrupt::requested() {
+                return Err(Error::Interrupted(format!(
+                    "{} stopped during epoch {epoch}; rerun to resume after epoch {}",
+                    config.classifier_name, state.epoch
+                )));
+            }
             if !value.is_finite() {
                 return Err(Error::Other(format!(
                     "epoch {epoch}, step {}: the loss is {value}",
@@ -653,6 +672,7 @@ pub fn train(prepared: Prepared, options: &TrainOptions) -> Result<(PathBuf, Sum
         resumed,
         config_sha256,
         data_sha256: prepared.data_sha256.clone(),
+        op_bodies: crate::ops::body_counts().since(&bodies),
         splits,
         data_manifest: data_manifest(&prepared),
     };
@@ -719,15 +739,8 @@ fn save_checkpoint(
     checkpoint::write(run, state, &tensors)
 }
 
-/// Puts a saved checkpoint's values back into a freshly built model, optimiser and generators; refuses one of
-/// another config or data.
-fn restore(
-    saved: &checkpoint::Checkpoint,
-    model: &Model,
-    optimizer: &mut AdamW,
-    rng: &mut LoopRng,
-    fresh: &LoopState,
-) -> Result<()> {
+/// Refuses a checkpoint of another config or data.
+fn check_origin(saved: &checkpoint::Checkpoint, fresh: &LoopState) -> Result<()> {
     let path = &saved.path;
     if saved.state.config_sha256 != fresh.config_sha256 {
         return Err(Error::data(
@@ -743,6 +756,20 @@ fn restore(
              the checkpoint",
         ));
     }
+    Ok(())
+}
+
+/// Puts a saved checkpoint's values back into a freshly built model, optimiser and generators; refuses one of
+/// another config or data.
+fn restore(
+    saved: &checkpoint::Checkpoint,
+    model: &Model,
+    optimizer: &mut AdamW,
+    rng: &mut LoopRng,
+    fresh: &LoopState,
+) -> Result<()> {
+    check_origin(saved, fresh)?;
+    let path = &saved.path;
     let device = model.device();
     for (name, _) in model.store.named_tensors() {
         let value = saved.tensor(&format!("param.{name}"), device)?;
