@@ -666,3 +666,28 @@ fn corrected_rows_take_their_own_data_and_every_switch() {
     let rows = read_csv_maps(&out.join("table4.csv"));
     assert!(rows[3].contains_key("corrected_status"), "{:?}", rows[3]);
 }
+
+/// SIGTERM (Slurm's preemption, or its warning before the time limit) stops the table at a step boundary: exit
+/// code 130, the row neither failed nor complete, its last epoch's checkpoint intact; the rerun resumes it.
+#[test]
+fn sigterm_stops_at_a_step_boundary_and_the_rerun_resumes() {
+    let ds = dataset();
+    let out = ds.dir.path().join("sigterm");
+    let args = ["--rows", "07", "--epochs", "8", "--max-rows", "48"];
+    let mut child = table4(&out, &ds.data, &args)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let row = out.join("07-a-um-waveform");
+    wait_for_lines(&row.join("metrics.jsonl"), 2, &mut child);
+    run_ok(Command::new("kill").args(["-TERM", &child.id().to_string()]));
+    let output = child.wait_with_output().unwrap();
+    let log = stderr(&output);
+    assert_eq!(output.status.code(), Some(130), "{log}");
+    assert!(log.contains("stopped during epoch"), "{log}");
+    assert!(!row.join("summary.json").exists() && !row.join("failed.txt").exists());
+    let output = run_ok(&mut table4(&out, &ds.data, &args));
+    assert!(stderr(&output).contains("resuming a-um-waveform after epoch"));
+    assert_eq!(summary(&row)["epochs_run"], 8);
+}
