@@ -126,6 +126,8 @@ pub struct AudioWriter {
     input_frames: u64,
     /// Frames the stream declares: decoded samples past it are the encoder's padding (AAC pads to 1024).
     input_limit: Option<u64>,
+    /// Decoded frames still to drop before the first kept one (a range that starts inside the stream).
+    input_skip: u64,
     written: u64,
 }
 
@@ -186,6 +188,7 @@ impl AudioWriter {
             to_skip,
             input_frames: 0,
             input_limit: None,
+            input_skip: 0,
             written: 0,
         })
     }
@@ -195,12 +198,25 @@ impl AudioWriter {
         self.input_limit = Some(frames);
     }
 
+    /// Drops the next `frames` decoded samples (a range that starts after the frame the decoder begins with).
+    pub fn skip_input(&mut self, frames: u64) {
+        self.input_skip = frames;
+    }
+
+    /// Whether the limit of [`AudioWriter::limit_input`] is reached.
+    pub fn input_full(&self) -> bool {
+        self.input_limit.is_some_and(|l| self.input_frames >= l)
+    }
+
     /// Down-mixes one decoded frame and writes what the resampler can already give.
     pub fn push(&mut self, frame: &frame::Audio) -> Result<(), AudioError> {
+        let skip = self.input_skip.min(frame.samples() as u64);
+        self.input_skip -= skip;
+        let from = skip as usize;
         let remaining = self
             .input_limit
             .map_or(u64::MAX, |l| l.saturating_sub(self.input_frames));
-        let n = (frame.samples() as u64).min(remaining) as usize;
+        let n = (frame.samples() as u64 - skip).min(remaining) as usize;
         if n == 0 {
             return Ok(());
         }
@@ -236,7 +252,7 @@ impl AudioWriter {
                 }
                 let out = &mut self.pending[o][start..start + n];
                 for (i, slot) in out.iter_mut().enumerate() {
-                    *slot += g * sample_at(format, bytes, i * stride + offset)?;
+                    *slot += g * sample_at(format, bytes, (from + i) * stride + offset)?;
                 }
             }
         }

@@ -85,12 +85,54 @@ fn known(ts: i64) -> Option<i64> {
     (ts != ffmpeg::ffi::AV_NOPTS_VALUE).then_some(ts)
 }
 
+/// A time range of a longer video, in seconds from the start of its video stream (its first frame's time is 0):
+/// one utterance of an episode.
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct Range {
+    pub start: f64,
+    pub end: f64,
+}
+
+impl Range {
+    pub fn seconds(&self) -> f64 {
+        self.end - self.start
+    }
+}
+
 /// Decodes `path`, writing its audio to `wav_path` (through a temporary name). `Err` when the file cannot be
 /// opened as a media file at all.
 pub fn decode_clip(
     path: &Path,
     wav_path: &Path,
     options: &DecodeOptions,
+) -> Result<Decoded, String> {
+    decode(path, wav_path, options, None)
+}
+
+/// [`decode_clip`] for one range of a longer video, as if the range were a clip of its own: the input is sought
+/// to the key frame before `range.start` and read until both streams pass `range.end` — never decoded whole. Tile
+/// i is the frame on screen at `start + d·i/(n−1)` (d the range's length; the last tile the last frame before
+/// `end`), the WAV holds the samples from `start` to `end`.
+pub fn decode_range(
+    path: &Path,
+    wav_path: &Path,
+    options: &DecodeOptions,
+    range: Range,
+) -> Result<Decoded, String> {
+    if !(range.end > range.start && range.start >= 0.0) {
+        return Err(format!(
+            "the range {:.3}–{:.3} s is empty or inverted",
+            range.start, range.end
+        ));
+    }
+    decode(path, wav_path, options, Some(range))
+}
+
+fn decode(
+    path: &Path,
+    wav_path: &Path,
+    options: &DecodeOptions,
+    range: Option<Range>,
 ) -> Result<Decoded, String> {
     let mut input = format::input(&path).map_err(|e| e.to_string())?;
     let container_seconds = (input.duration() > 0).then(|| input.duration() as f64 / 1e6);
@@ -106,8 +148,15 @@ pub fn decode_clip(
 
     let mut video_failure: Option<(&'static str, String)> = None;
     let mut audio_failure: Option<(&'static str, String)> = None;
+    // The timeline of a range: seconds from the video stream's first timestamp (the audio stream's own start
+    // when there is no video).
+    let timeline_origin = video_index
+        .or(audio_index)
+        .and_then(|i| input.stream(i))
+        .map(|s| known(s.start_time()).map_or(0.0, |t| t as f64 * seconds_of(s.time_base())))
+        .unwrap_or(0.0);
     let mut video = match video_index.and_then(|i| input.stream(i)) {
-        Some(stream) => match FrameSampler::new(&stream, container_seconds, options) {
+        Some(stream) => match FrameSampler::new(&stream, container_seconds, options, range) {
             Ok(s) => Some(s),
             Err(e) => {
                 video_failure = Some(("video_decoder", e));
@@ -117,20 +166,36 @@ pub fn decode_clip(
         None => None,
     };
     let mut audio = match audio_index.and_then(|i| input.stream(i)) {
-        Some(stream) => match AudioTrack::new(&stream, wav_path, options.wav) {
-            Ok(a) => Some(a),
-            Err(e) => {
-                audio_failure = Some(("audio_decoder", e));
-                None
+        Some(stream) => {
+            match AudioTrack::new(&stream, wav_path, options.wav, range, timeline_origin) {
+                Ok(a) => Some(a),
+                Err(e) => {
+                    audio_failure = Some(("audio_decoder", e));
+                    None
+                }
             }
-        },
+        }
         None => None,
     };
 
+    if let Some(range) = range {
+        // To the key frame at or before the range's start (AV_TIME_BASE units on the container's timeline).
+        let ts = ((timeline_origin + range.start) * 1e6).floor() as i64;
+        input
+            .seek(ts, ..ts) // avformat_seek_file: max_ts is inclusive
+            .map_err(|e| format!("cannot seek to {:.3} s: {e}", range.start))?;
+    }
     let mut warnings = Vec::new();
     let mut packet = Packet::empty();
     let mut bad_packets = 0usize;
     loop {
+        // A range is done once both streams are past its end.
+        if range.is_some()
+            && video.as_ref().is_none_or(|v| v.past_end())
+            && audio.as_ref().is_none_or(|a| a.past_end())
+        {
+            break;
+        }
         match packet.read(&mut input) {
             Ok(()) => bad_packets = 0,
             Err(ffmpeg::Error::Eof) => break,
@@ -383,8 +448,11 @@ struct FrameSampler {
     tick: f64,
     /// Stream start (ticks) for placing packets before any frame is decoded.
     packet_origin: Option<i64>,
-    /// Timestamp of the first decoded frame: t = 0.
+    /// Timestamp of t = 0: the first decoded frame of a clip, the start of a range.
     origin: Option<i64>,
+    /// A range of a longer video: frames before its start only stand in for the start, frames after its end are
+    /// not kept.
+    windowed: bool,
     duration: f64,
     frame_seconds: f64,
     targets: Vec<f64>,
@@ -396,6 +464,8 @@ struct FrameSampler {
     times: Vec<f64>,
     serial: u64,
     errors: usize,
+    /// A frame past a range's end was decoded.
+    after_end: bool,
 }
 
 impl FrameSampler {
@@ -403,6 +473,7 @@ impl FrameSampler {
         stream: &format::stream::Stream,
         container_seconds: Option<f64>,
         options: &DecodeOptions,
+        range: Option<Range>,
     ) -> Result<Self, String> {
         let mut context = codec::context::Context::from_parameters(stream.parameters())
             .map_err(|e| e.to_string())?;
@@ -419,12 +490,21 @@ impl FrameSampler {
             .find(|r| *r > 0.0)
             .unwrap_or(24.0);
         let frame_seconds = 1.0 / rate;
-        let duration = if stream.duration() > 0 && known(stream.duration()).is_some() {
-            stream.duration() as f64 * tick
+        let stream_duration = if stream.duration() > 0 && known(stream.duration()).is_some() {
+            Some(stream.duration() as f64 * tick)
         } else if stream.frames() > 0 {
-            stream.frames() as f64 * frame_seconds
+            Some(stream.frames() as f64 * frame_seconds)
         } else {
-            container_seconds.ok_or("the video stream's duration is unknown")?
+            container_seconds
+        };
+        // A range's t = 0 is its start: the origin is fixed before any frame is seen.
+        let start = known(stream.start_time()).unwrap_or(0);
+        let (duration, origin) = match range {
+            Some(r) => (r.seconds(), Some(start + (r.start / tick).round() as i64)),
+            None => (
+                stream_duration.ok_or("the video stream's duration is unknown")?,
+                None,
+            ),
         };
         let n = options.frames.max(2);
         let targets = (0..n - 1)
@@ -433,8 +513,9 @@ impl FrameSampler {
         Ok(FrameSampler {
             decoder,
             tick,
-            packet_origin: known(stream.start_time()),
-            origin: None,
+            packet_origin: origin.or(known(stream.start_time())),
+            origin,
+            windowed: range.is_some(),
             duration,
             frame_seconds,
             targets,
@@ -450,6 +531,7 @@ impl FrameSampler {
             times: Vec::with_capacity(n),
             serial: 0,
             errors: 0,
+            after_end: false,
         })
     }
 
@@ -493,6 +575,11 @@ impl FrameSampler {
         Ok(())
     }
 
+    /// A range's sampler has every tile it can get: a frame past the range's end was decoded.
+    fn past_end(&self) -> bool {
+        self.windowed && self.next >= self.targets.len() && self.after_end
+    }
+
     fn on_frame(&mut self, frame: frame::Video) -> Result<(), String> {
         self.serial += 1;
         let t = match (frame.timestamp(), self.origin) {
@@ -515,6 +602,11 @@ impl FrameSampler {
             self.tiles.push(rgb);
             self.times.push(time);
             self.next += 1;
+        }
+        if self.windowed && t > self.duration + EPS {
+            // past the range: the last tile stays the frame on screen at its end
+            self.after_end = true;
+            return Ok(());
         }
         self.previous = Some((frame, t, self.serial));
         Ok(())
@@ -555,6 +647,8 @@ struct AudioTrack {
     format: WavFormat,
     duration: Option<f64>,
     errors: usize,
+    /// For a range: the range, the timeline's origin (seconds) and the stream's tick (seconds).
+    window: Option<(Range, f64, f64)>,
 }
 
 impl AudioTrack {
@@ -562,13 +656,18 @@ impl AudioTrack {
         stream: &format::stream::Stream,
         wav_path: &Path,
         format: WavFormat,
+        range: Option<Range>,
+        timeline_origin: f64,
     ) -> Result<Self, String> {
         let context = codec::context::Context::from_parameters(stream.parameters())
             .map_err(|e| e.to_string())?;
         let mut decoder = context.decoder().audio().map_err(|e| e.to_string())?;
         decoder.set_packet_time_base(stream.time_base());
-        let duration = (stream.duration() > 0 && known(stream.duration()).is_some())
-            .then(|| stream.duration() as f64 * seconds_of(stream.time_base()));
+        let duration = match range {
+            Some(r) => Some(r.seconds()),
+            None => (stream.duration() > 0 && known(stream.duration()).is_some())
+                .then(|| stream.duration() as f64 * seconds_of(stream.time_base())),
+        };
         Ok(AudioTrack {
             decoder,
             writer: None,
@@ -576,7 +675,13 @@ impl AudioTrack {
             format,
             duration,
             errors: 0,
+            window: range.map(|r| (r, timeline_origin, seconds_of(stream.time_base()))),
         })
+    }
+
+    /// A range's WAV has all its samples.
+    fn past_end(&self) -> bool {
+        self.window.is_some() && self.writer.as_ref().is_some_and(|w| w.input_full())
     }
 
     fn push(&mut self, packet: &Packet) -> Result<(), String> {
@@ -603,6 +708,18 @@ impl AudioTrack {
                 );
                 if let (Some(writer), Some(seconds)) = (self.writer.as_mut(), self.duration) {
                     writer.limit_input((seconds * frame.rate() as f64).round() as u64);
+                }
+                if let (Some(writer), Some((range, origin, tick))) =
+                    (self.writer.as_mut(), self.window)
+                {
+                    // samples before the range's start are dropped (the seek lands on the key frame before it)
+                    if let Some(pts) = frame.timestamp() {
+                        let t = pts as f64 * tick - origin;
+                        let early = ((range.start - t) * frame.rate() as f64).round();
+                        if early > 0.0 {
+                            writer.skip_input(early as u64);
+                        }
+                    }
                 }
             }
             if let Some(writer) = self.writer.as_mut() {
@@ -762,5 +879,140 @@ mod tests {
             "{} of 96 frames decoded",
             decoded.frames_decoded
         );
+    }
+
+    /// Frame k shows k in two flat halves (left: k mod 13, right: k div 13, 16 luma levels apart), so a tile
+    /// tells which of up to 169 frames it is.
+    struct TwoDigits {
+        seconds: f64,
+    }
+
+    impl ClipContent for TwoDigits {
+        fn duration(&self) -> f64 {
+            self.seconds
+        }
+        fn draw(&self, index: u64, picture: &mut Picture) {
+            let digit = |d: u64| (16 + 16 * d).min(235) as u8;
+            let half = WIDTH as i64 / 2;
+            picture.fill_rect(0, 0, half, HEIGHT as i64, [digit(index % 13), 128, 128]);
+            picture.fill_rect(
+                half,
+                0,
+                WIDTH as i64,
+                HEIGHT as i64,
+                [digit(index / 13), 128, 128],
+            );
+        }
+        fn play(&self, start: u64, out: &mut [&mut [f32]]) {
+            Numbered { seconds: 0.0 }.play(start, out)
+        }
+    }
+
+    /// The frame a tile shows (its two halves' mean levels, away from the seam).
+    fn two_digits(tile: &[u8], width: u32) -> u64 {
+        let (w, h) = (width as usize, tile.len() / 3 / width as usize);
+        let level = |x0: usize, x1: usize| {
+            let mut sum = 0f64;
+            for y in 0..h {
+                for x in x0..x1 {
+                    sum += tile[3 * (y * w + x)] as f64;
+                }
+            }
+            let luma = sum / ((x1 - x0) * h) as f64 * 219.0 / 255.0 + 16.0;
+            ((luma - 16.0) / 16.0).round() as u64
+        };
+        level(w / 8, 3 * w / 8) + 13 * level(5 * w / 8, 7 * w / 8)
+    }
+
+    fn read_wav(path: &Path) -> Vec<f32> {
+        hound::WavReader::open(path)
+            .unwrap()
+            .samples::<i16>()
+            .map(|s| s.unwrap() as f32 / 32768.0)
+            .collect()
+    }
+
+    /// A range of a longer video (key frames every second, as an episode has them) is cut as if it were a clip:
+    /// tile i the frame on screen at start + d·i/4, the last the frame on screen at its end, the WAV the samples
+    /// of the range (those of the whole file's WAV at the same times) — and the decoder starts at the key frame
+    /// before the range instead of the start of the file.
+    #[test]
+    fn a_range_is_cut_as_if_it_were_a_clip_of_its_own() {
+        ffmpeg::init().unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let video = dir.path().join("episode.mp4");
+        crate::synth::clip::encode_video(
+            &video,
+            &TwoDigits { seconds: 6.0 },
+            Streams {
+                video: true,
+                audio: true,
+            },
+            Some(24),
+        )
+        .unwrap();
+        let options = DecodeOptions {
+            frames: 5,
+            frame_height: 120,
+            wav: WavFormat {
+                sample_rate: 16_000,
+                channels: 1,
+            },
+            threads: 1,
+        };
+        let whole_wav = dir.path().join("whole.wav");
+        decode_clip(&video, &whole_wav, &options).unwrap();
+        let whole = read_wav(&whole_wav);
+        let fps = FRAME_RATE.0 as f64 / FRAME_RATE.1 as f64;
+        let range = Range {
+            start: 3.3,
+            end: 4.8,
+        };
+        let wav = dir.path().join("range.wav");
+        let decoded = decode_range(&video, &wav, &options, range).unwrap();
+        let Medium::Done(tiles) = decoded.video else {
+            panic!("no video: {:?}", decoded.video)
+        };
+        let on_screen = |t: f64| (t * fps + 1e-6).floor() as u64;
+        let expected: Vec<u64> = (0..5)
+            .map(|i| on_screen(range.start + range.seconds() * i as f64 / 4.0))
+            .collect();
+        let got: Vec<u64> = tiles
+            .frames
+            .iter()
+            .map(|t| two_digits(t, tiles.width))
+            .collect();
+        assert_eq!(got, expected);
+        // from the key frame at 3 s (frame 72), not from frame 0
+        assert!(
+            decoded.frames_decoded < 72,
+            "{} frames decoded",
+            decoded.frames_decoded
+        );
+        let cut = read_wav(&wav);
+        assert!(
+            (cut.len() as i64 - 24_000).abs() <= 2,
+            "{} samples for 1.5 s",
+            cut.len()
+        );
+        let offset = (range.start * 16_000.0).round() as usize;
+        let worst = (200..cut.len() - 200)
+            .map(|j| (cut[j] - whole[offset + j]).abs())
+            .fold(0f32, f32::max);
+        assert!(worst < 0.01, "the range's samples differ by {worst}");
+        // an empty or inverted range is refused
+        for bad in [(2.0, 2.0), (2.0, 1.0)] {
+            let err = decode_range(
+                &video,
+                &wav,
+                &options,
+                Range {
+                    start: bad.0,
+                    end: bad.1,
+                },
+            )
+            .unwrap_err();
+            assert!(err.contains("empty or inverted"), "{err}");
+        }
     }
 }

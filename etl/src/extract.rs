@@ -30,7 +30,7 @@ use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
 use crate::audio::{check_wav, tmp_path, WavFormat};
-use crate::decode::{decode_clip, DecodeOptions, Medium};
+use crate::decode::{decode_clip, decode_range, DecodeOptions, Medium, Range};
 use crate::discover::{discover, list_clips, relative, ClipListing, Discovery};
 use crate::faces::{faces_record, Face, FaceDetector, FaceEngine, FaceProfile, FACES_COLUMNS};
 use crate::mosaic::{check_mosaic, write_jpeg, write_mosaic};
@@ -59,6 +59,23 @@ pub struct ExtractArgs {
     /// Output folder (created).
     #[arg(long)]
     pub out: PathBuf,
+    #[command(flatten)]
+    pub media: MediaArgs,
+    /// Splits to extract (train, dev or valid, test).
+    #[arg(long, value_delimiter = ',', default_value = "train,dev,test")]
+    pub splits: Vec<Split>,
+    /// Only the first N rows of each split (quick runs).
+    #[arg(long)]
+    pub limit: Option<usize>,
+    /// Keep the utterance text verbatim (by default cp1252 C1 characters become the punctuation they stand for).
+    #[arg(long)]
+    pub raw_text: bool,
+}
+
+/// What each utterance's media are made as: shared by `extract` (one clip per utterance) and `segment` (one
+/// time range of a long video per utterance).
+#[derive(Debug, Clone, clap::Args)]
+pub struct MediaArgs {
     /// Clips decoded in parallel (default: all cores).
     #[arg(long)]
     pub jobs: Option<usize>,
@@ -76,20 +93,11 @@ pub struct ExtractArgs {
     pub channels: Option<u16>,
     #[arg(long, default_value_t = 90, value_parser = clap::value_parser!(u8).range(1..=100))]
     pub jpeg_quality: u8,
-    /// Splits to extract (train, dev or valid, test).
-    #[arg(long, value_delimiter = ',', default_value = "train,dev,test")]
-    pub splits: Vec<Split>,
-    /// Only the first N rows of each split (quick runs).
-    #[arg(long)]
-    pub limit: Option<usize>,
     /// Redo rows whose outputs already exist.
     #[arg(long)]
     pub force: bool,
     #[arg(long, value_enum, default_value_t = Profile::Default)]
     pub profile: Profile,
-    /// Keep the utterance text verbatim (by default cp1252 C1 characters become the punctuation they stand for).
-    #[arg(long)]
-    pub raw_text: bool,
     /// A RetinaFace ONNX model: also write face-only mosaics (`d-{D}-seq-{U}.faces.jpg`, column
     /// `x_visual_faces`) and the boxes in `{split}/faces.csv`. A rerun with it only adds what is missing.
     #[arg(long, value_name = "MODEL.onnx")]
@@ -117,7 +125,7 @@ pub struct Settings {
 }
 
 impl Settings {
-    pub fn from_args(args: &ExtractArgs) -> Self {
+    pub fn from_args(args: &MediaArgs, raw_text: bool) -> Self {
         let (rate, channels) = match args.profile {
             Profile::Default => (16_000, 1),
             Profile::Hlm12erc => (44_100, 2),
@@ -128,7 +136,7 @@ impl Settings {
             sample_rate: args.sample_rate.unwrap_or(rate),
             channels: args.channels.unwrap_or(channels),
             jpeg_quality: args.jpeg_quality,
-            raw_text: args.raw_text,
+            raw_text,
         }
     }
 
@@ -185,6 +193,9 @@ struct RowRecord {
     /// The face stage's result, when a run with `--faces` made the face-only image.
     #[serde(default)]
     faces: Option<FacesRecord>,
+    /// The range of the video the row was cut from (`segment`).
+    #[serde(default)]
+    range: Option<Range>,
 }
 
 /// What the face stage found for one row, and with which model.
@@ -196,7 +207,7 @@ struct FacesRecord {
 }
 
 /// The face stage of a run with `--faces`.
-struct FaceStage {
+pub(crate) struct FaceStage {
     detector: FaceDetector,
     frames: usize,
     jpeg_quality: u8,
@@ -257,33 +268,38 @@ pub struct FacesManifest {
     pub rows_with_faces: usize,
 }
 
-/// One clip to process (the first row of its (dialogue, utterance) pair).
-struct Job {
-    split: Split,
-    key: (u32, u32),
-    clip: Option<PathBuf>,
-    annotated: f64,
-    jpg: PathBuf,
-    faces_jpg: PathBuf,
-    wav: PathBuf,
-    record: PathBuf,
+/// One utterance to process: a clip (the first row of its (dialogue, utterance) pair), or a time range of a long
+/// video (`segment`).
+pub(crate) struct Job {
+    pub(crate) split: Split,
+    pub(crate) key: (u32, u32),
+    /// The clip, or the video a range is cut from; `None`: the clip is missing.
+    pub(crate) clip: Option<PathBuf>,
+    pub(crate) range: Option<Range>,
+    /// Seconds the utterance's annotated times span (a clip far longer is reported).
+    pub(crate) annotated: f64,
+    pub(crate) jpg: PathBuf,
+    pub(crate) faces_jpg: PathBuf,
+    pub(crate) wav: PathBuf,
+    pub(crate) record: PathBuf,
 }
 
 /// A job's outcome.
 #[derive(Debug, Clone, Default)]
-struct Outcome {
-    visual: bool,
-    audio: bool,
-    clip_duration: Option<f64>,
-    problems: Vec<(String, String, String)>,
-    reused: bool,
-    decoded: bool,
-    interrupted: bool,
-    frames_decoded: u64,
+pub(crate) struct Outcome {
+    pub(crate) visual: bool,
+    pub(crate) audio: bool,
+    pub(crate) clip_duration: Option<f64>,
+    /// (stage, reason, detail)
+    pub(crate) problems: Vec<(String, String, String)>,
+    pub(crate) reused: bool,
+    pub(crate) decoded: bool,
+    pub(crate) interrupted: bool,
+    pub(crate) frames_decoded: u64,
     /// The faces found, when the face-only image is in place (`--faces`).
-    faces: Option<Vec<Face>>,
+    pub(crate) faces: Option<Vec<Face>>,
     /// The face stage ran in this run (not reused).
-    faces_made: bool,
+    pub(crate) faces_made: bool,
 }
 
 /// Counts of one split for the summary table and the manifest.
@@ -347,6 +363,101 @@ fn install_interrupt_handler() {
     }
 }
 
+/// Initialises FFmpeg, quiet: per-clip problems go to failures.csv and the summary, and FFmpeg's own messages
+/// would repeat them per clip.
+pub(crate) fn init_ffmpeg() -> Result<()> {
+    ffmpeg_next::init().context("initialising FFmpeg")?;
+    ffmpeg_next::log::set_level(if tracing::enabled!(tracing::Level::DEBUG) {
+        ffmpeg_next::log::Level::Error
+    } else {
+        ffmpeg_next::log::Level::Quiet
+    });
+    Ok(())
+}
+
+/// The face stage of a run with `--faces`. The model is loaded and checked on the input this run needs before
+/// anything else: a bad file, odd outputs or a size the model rejects stop the run here. MELD's clips are 16:9, so
+/// a tile is frame_height x frame_height·16/9; a clip of another shape gets its own plan when first seen.
+pub(crate) fn face_stage(media: &MediaArgs, settings: &Settings) -> Result<Option<FaceStage>> {
+    let Some(model) = &media.faces else {
+        return Ok(None);
+    };
+    let tile_width = settings.frame_height * 16 / 9;
+    let detector = FaceDetector::new(
+        model,
+        media.face_profile,
+        media.face_engine,
+        settings.frames,
+        settings.frame_height,
+        tile_width,
+    )?;
+    tracing::info!(
+        "face model {} (sha256 {}), profile {}, engine {}",
+        model.display(),
+        detector.model().sha256(),
+        media.face_profile.name(),
+        detector.model().engine_description()
+    );
+    Ok(Some(FaceStage {
+        detector,
+        frames: settings.frames,
+        jpeg_quality: settings.jpeg_quality,
+    }))
+}
+
+/// Processes `jobs` on `media.jobs` worker threads (default: all cores) under a progress bar (`stage`, counting
+/// `what`); the outcomes in job order and the number of threads. A job not started when an interrupt comes is
+/// marked so.
+pub(crate) fn process_jobs(
+    jobs: &[Job],
+    settings: &Settings,
+    media: &MediaArgs,
+    face_stage: Option<&FaceStage>,
+    (stage, what): (&str, &str),
+) -> Result<(Vec<Outcome>, usize)> {
+    let pool = rayon::ThreadPoolBuilder::new()
+        .num_threads(media.jobs.unwrap_or(0))
+        .build()
+        .context("starting the worker threads")?;
+    let threads = pool.current_num_threads();
+    let options = DecodeOptions {
+        frames: settings.frames,
+        frame_height: settings.frame_height,
+        wav: settings.wav(),
+        // One decoder thread per clip when clips run in parallel; a lone worker lets FFmpeg use the cores.
+        threads: if threads > 1 {
+            1
+        } else {
+            std::thread::available_parallelism().map_or(1, |n| n.get())
+        },
+    };
+    let bar = ProgressBar::new(jobs.len() as u64).with_style(
+        ProgressStyle::with_template(&format!(
+            "{{prefix}} {{bar:40}} {{pos}}/{{len}} {what}  {{per_sec}}  eta {{eta}}  {{msg}}"
+        ))
+        .unwrap_or_else(|_| ProgressStyle::default_bar()),
+    );
+    bar.set_prefix(stage.to_string());
+    let outcomes: Vec<Outcome> = pool.install(|| {
+        jobs.par_iter()
+            .map(|job| {
+                let outcome = if INTERRUPTED.load(Ordering::SeqCst) {
+                    Outcome {
+                        interrupted: true,
+                        ..Outcome::default()
+                    }
+                } else {
+                    process(job, settings, &options, media.force, face_stage)
+                };
+                bar.inc(1);
+                outcome
+            })
+            .collect()
+    });
+    bar.finish_and_clear();
+    Ok((outcomes, threads))
+}
+
 /// Runs the extraction.
 pub fn run(args: &ExtractArgs) -> Result<ExtractSummary> {
     let started = Instant::now();
@@ -354,44 +465,10 @@ pub fn run(args: &ExtractArgs) -> Result<ExtractSummary> {
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_secs())
         .unwrap_or(0);
-    ffmpeg_next::init().context("initialising FFmpeg")?;
-    // Per-clip problems go to failures.csv and the summary; FFmpeg's own messages would repeat them per clip.
-    ffmpeg_next::log::set_level(if tracing::enabled!(tracing::Level::DEBUG) {
-        ffmpeg_next::log::Level::Error
-    } else {
-        ffmpeg_next::log::Level::Quiet
-    });
+    init_ffmpeg()?;
     install_interrupt_handler();
-    let settings = Settings::from_args(args);
-    // The face model is loaded and checked on the input this run needs before anything else: a bad file, odd
-    // outputs or a size the model rejects stop the run here. MELD's clips are 16:9, so a tile is
-    // frame_height x frame_height·16/9; a clip of another shape gets its own plan when first seen.
-    let face_stage = match &args.faces {
-        None => None,
-        Some(model) => {
-            let tile_width = settings.frame_height * 16 / 9;
-            let detector = FaceDetector::new(
-                model,
-                args.face_profile,
-                args.face_engine,
-                settings.frames,
-                settings.frame_height,
-                tile_width,
-            )?;
-            tracing::info!(
-                "face model {} (sha256 {}), profile {}, engine {}",
-                model.display(),
-                detector.model().sha256(),
-                args.face_profile.name(),
-                detector.model().engine_description()
-            );
-            Some(FaceStage {
-                detector,
-                frames: settings.frames,
-                jpeg_quality: settings.jpeg_quality,
-            })
-        }
-    };
+    let settings = Settings::from_args(&args.media, args.raw_text);
+    let face_stage = face_stage(&args.media, &settings)?;
     let mut wanted: Vec<Split> = Vec::new();
     for s in &args.splits {
         if !wanted.contains(s) {
@@ -437,6 +514,7 @@ pub fn run(args: &ExtractArgs) -> Result<ExtractSummary> {
                 split,
                 key,
                 clip: listing.clips.get(&key).map(|c| c.path.clone()),
+                range: None,
                 annotated: row.meld.annotated_duration(),
                 jpg: media_dir.join(format!("{stem}.jpg")),
                 faces_jpg: media_dir.join(format!("{stem}.faces.jpg")),
@@ -447,46 +525,13 @@ pub fn run(args: &ExtractArgs) -> Result<ExtractSummary> {
         rows_of_split.push((split, kept));
     }
 
-    let jobs_count = args.jobs.unwrap_or(0);
-    let pool = rayon::ThreadPoolBuilder::new()
-        .num_threads(jobs_count)
-        .build()
-        .context("starting the worker threads")?;
-    let threads = pool.current_num_threads();
-    let options = DecodeOptions {
-        frames: settings.frames,
-        frame_height: settings.frame_height,
-        wav: settings.wav(),
-        // One decoder thread per clip when clips run in parallel; a lone worker lets FFmpeg use the cores.
-        threads: if threads > 1 {
-            1
-        } else {
-            std::thread::available_parallelism().map_or(1, |n| n.get())
-        },
-    };
-    let bar = ProgressBar::new(jobs.len() as u64).with_style(
-        ProgressStyle::with_template(
-            "extract {bar:40} {pos}/{len} clips  {per_sec}  eta {eta}  {msg}",
-        )
-        .unwrap_or_else(|_| ProgressStyle::default_bar()),
-    );
-    let outcomes: Vec<Outcome> = pool.install(|| {
-        jobs.par_iter()
-            .map(|job| {
-                let outcome = if INTERRUPTED.load(Ordering::SeqCst) {
-                    Outcome {
-                        interrupted: true,
-                        ..Outcome::default()
-                    }
-                } else {
-                    process(job, &settings, &options, args.force, face_stage.as_ref())
-                };
-                bar.inc(1);
-                outcome
-            })
-            .collect()
-    });
-    bar.finish_and_clear();
+    let (outcomes, threads) = process_jobs(
+        &jobs,
+        &settings,
+        &args.media,
+        face_stage.as_ref(),
+        ("extract", "clips"),
+    )?;
     let interrupted = INTERRUPTED.load(Ordering::SeqCst);
 
     // Assemble the dataset CSVs (every row), failures.csv and the manifest.
@@ -615,13 +660,13 @@ pub fn run(args: &ExtractArgs) -> Result<ExtractSummary> {
         sources: sources(&discovery),
         settings,
         options: RunOptions {
-            profile: args.profile,
+            profile: args.media.profile,
             splits: wanted
                 .iter()
                 .map(|s| s.dataset_name().to_string())
                 .collect(),
             limit: args.limit,
-            force: args.force,
+            force: args.media.force,
         },
         splits: counts,
         failures_by_reason,
@@ -791,7 +836,11 @@ fn process(
         decoded: true,
         ..Outcome::default()
     };
-    match decode_clip(clip, &job.wav, options) {
+    let decoded = match job.range {
+        Some(range) => decode_range(clip, &job.wav, options, range),
+        None => decode_clip(clip, &job.wav, options),
+    };
+    match decoded {
         Err(e) => {
             outcome.problems.push(problem(
                 "open",
@@ -887,6 +936,7 @@ fn process(
             .cloned()
             .collect(),
         faces: faces_record,
+        range: job.range,
     };
     write_record(job, &record);
     outcome
@@ -951,7 +1001,7 @@ fn reuse(job: &Job, mut record: RowRecord, faces: Option<&FaceStage>) -> Outcome
 }
 
 /// Writes a split's `faces.csv`: one line per face, rows in (dialogue, utterance) order.
-fn write_faces(path: &Path, split: &str, found: &[(&Job, &Outcome)]) -> Result<()> {
+pub(crate) fn write_faces(path: &Path, split: &str, found: &[(&Job, &Outcome)]) -> Result<()> {
     let mut writer = csv::Writer::from_writer(Vec::new());
     writer.write_record(FACES_COLUMNS)?;
     for (job, outcome) in found {
@@ -971,6 +1021,7 @@ fn reusable(job: &Job, settings: &Settings, bytes: u64, modified: u128) -> Optio
         || &record.settings != settings
         || record.clip_bytes != bytes
         || record.clip_modified_ns != modified
+        || record.range != job.range
     {
         return None;
     }
@@ -1007,7 +1058,7 @@ pub const FAILURE_COLUMNS: [&str; 6] = [
     "detail",
 ];
 
-fn write_failures(path: &Path, failures: &[Failure]) -> Result<()> {
+pub(crate) fn write_failures(path: &Path, failures: &[Failure]) -> Result<()> {
     let mut writer = csv::Writer::from_writer(Vec::new());
     writer.write_record(FAILURE_COLUMNS)?;
     for f in failures {

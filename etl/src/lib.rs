@@ -4,7 +4,8 @@
 //! CSV and clip names), then the stages of `extract`: [`discover`] (find the CSVs and clip folders) →
 //! [`raw_csv`] (read the annotations) → [`decode`] (one demux pass per clip: sampled frames and audio) →
 //! [`mosaic`] (stacked JPEG), [`audio`] (down-mix, resample, WAV) and, with `--faces`, [`faces`] (RetinaFace
-//! face-only mosaics and boxes) → [`extract`] (the parallel, resumable driver). [`scan`] reports what a tree
+//! face-only mosaics and boxes) → [`extract`] (the parallel, resumable driver). [`segment`] cuts a long video's
+//! utterances ([`subtitles`]) through the same stages. [`scan`] reports what a tree
 //! holds without writing; [`verify`] checks a written dataset. [`synth`] writes MELD-shaped trees for tests and
 //! demos.
 
@@ -26,6 +27,10 @@ pub mod audio;
 pub mod faces;
 // 5. the parallel, resumable driver
 pub mod extract;
+
+// A long video and its subtitles as utterances, through the same stages (`segment`).
+pub mod segment;
+pub mod subtitles;
 
 // Reports on a raw tree and on a written dataset.
 pub mod scan;

@@ -18,6 +18,9 @@ struct Cli {
 enum Command {
     /// Extract the dataset: per-split CSVs, 5-frame JPEG mosaics and WAVs, failures.csv, manifest.json.
     Extract(meld_etl::extract::ExtractArgs),
+    /// Cut a long video's utterances (SRT, or CSV start,end,text[,speaker]) into a dataset like extract's:
+    /// test.csv (unlabelled), mosaics and WAVs, failures.csv — for `erc-train predict --video`.
+    Segment(meld_etl::segment::SegmentArgs),
     /// Report what a MELD.Raw tree holds (layout, rows, clips, missing/unlabelled/prefixed) without writing.
     Scan(meld_etl::scan::ScanArgs),
     /// Check a written dataset: every referenced file exists and decodes with the expected format.
@@ -44,6 +47,7 @@ fn main() -> Result<()> {
             }
             Ok(())
         }
+        Command::Segment(args) => meld_etl::segment::run(&args).map(|_| ()),
         Command::Scan(args) => meld_etl::scan::run(&args).map(|_| ()),
         Command::Verify(args) => {
             let report = meld_etl::verify::run(&args)?;

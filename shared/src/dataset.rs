@@ -38,7 +38,9 @@ pub struct DatasetRow {
     pub x_visual: Option<String>,
     /// The utterance's audio (16-bit PCM WAV), relative to the CSV's folder; `None` when the clip gave no audio.
     pub x_audio: Option<String>,
-    pub label: Emotion,
+    /// The annotated emotion; `None` (an empty cell) for utterances nobody labelled — what `meld-etl segment`
+    /// cuts from a video for `erc-train predict`. Training and evaluation refuse unlabelled rows.
+    pub label: Option<Emotion>,
     /// The face-only mosaic (`extract --faces`), relative to the CSV's folder.
     pub x_visual_faces: Option<String>,
     pub sentiment: Option<Sentiment>,
@@ -55,13 +57,21 @@ impl DatasetRow {
     /// A row with only the reference's columns set.
     pub fn new(dialogue: u32, sequence: u32, speaker: &str, x_text: &str, label: Emotion) -> Self {
         DatasetRow {
+            label: Some(label),
+            ..DatasetRow::unlabelled(dialogue, sequence, speaker, x_text)
+        }
+    }
+
+    /// A row without a label (its `label` cell empty).
+    pub fn unlabelled(dialogue: u32, sequence: u32, speaker: &str, x_text: &str) -> Self {
+        DatasetRow {
             dialogue,
             sequence,
             speaker: speaker.to_string(),
             x_text: x_text.to_string(),
             x_visual: None,
             x_audio: None,
-            label,
+            label: None,
             x_visual_faces: None,
             sentiment: None,
             season: None,
@@ -86,7 +96,7 @@ impl DatasetRow {
             self.x_text.clone(),
             opt(&self.x_visual),
             opt(&self.x_audio),
-            self.label.name().to_string(),
+            self.label.map(|l| l.name().to_string()).unwrap_or_default(),
             opt(&self.x_visual_faces),
             self.sentiment
                 .map(|s| s.name().to_string())
@@ -263,9 +273,13 @@ impl ColumnIndex {
             let v = cell(k);
             (!v.is_empty()).then(|| v.to_string())
         };
-        let label = cell(6)
-            .parse::<Emotion>()
-            .map_err(|e| field_error(6, e.to_string()))?;
+        let label = match cell(6).trim() {
+            "" => None,
+            v => Some(
+                v.parse::<Emotion>()
+                    .map_err(|e| field_error(6, e.to_string()))?,
+            ),
+        };
         let sentiment = match cell(8).trim() {
             "" => None,
             v => Some(
@@ -326,7 +340,9 @@ mod tests {
         a.end_time = Some("00:16:18,500".into());
         a.clip_duration = Some(2.441);
         let b = DatasetRow::new(0, 7, "Monica", "no media", Emotion::Fear);
-        vec![a, b]
+        // an utterance nobody labelled: an empty cell, read back as None
+        let c = DatasetRow::unlabelled(5, 0, "", "cut from a video");
+        vec![a, b, c]
     }
 
     #[test]
@@ -357,7 +373,7 @@ mod tests {
         let rows = read_dataset(&path).unwrap();
         assert_eq!(rows.len(), 1);
         assert_eq!(rows[0].x_visual.as_deref(), Some("d-1-seq-0.png"));
-        assert_eq!(rows[0].label, Emotion::Neutral);
+        assert_eq!(rows[0].label, Some(Emotion::Neutral));
     }
 
     #[test]

@@ -99,11 +99,22 @@ pub fn encode_clip(
     content: &dyn ClipContent,
     streams: Streams,
 ) -> Result<(), ffmpeg::Error> {
+    encode_video(path, content, streams, None)
+}
+
+/// [`encode_clip`] with a key frame every `keyframe_every` frames (an episode's GOP, so that a range can be
+/// reached by seeking) instead of the one at the start of a MELD clip.
+pub fn encode_video(
+    path: &Path,
+    content: &dyn ClipContent,
+    streams: Streams,
+    keyframe_every: Option<u32>,
+) -> Result<(), ffmpeg::Error> {
     let mut octx = format::output_as(path, "mp4")?;
     let global_header = octx.format().flags().contains(format::Flags::GLOBAL_HEADER);
 
     let mut video = if streams.video {
-        Some(VideoTrack::new(&mut octx, global_header)?)
+        Some(VideoTrack::new(&mut octx, global_header, keyframe_every)?)
     } else {
         None
     };
@@ -153,7 +164,11 @@ struct VideoTrack {
 }
 
 impl VideoTrack {
-    fn new(octx: &mut format::context::Output, global_header: bool) -> Result<Self, ffmpeg::Error> {
+    fn new(
+        octx: &mut format::context::Output,
+        global_header: bool,
+        keyframe_every: Option<u32>,
+    ) -> Result<Self, ffmpeg::Error> {
         let codec = encoder::find(codec::Id::H264).ok_or(ffmpeg::Error::EncoderNotFound)?;
         let mut stream = octx.add_stream(codec)?;
         let mut enc = codec::context::Context::new_with_codec(codec)
@@ -164,8 +179,9 @@ impl VideoTrack {
         enc.set_format(format::Pixel::YUV420P);
         enc.set_frame_rate(Some(FRAME_RATE));
         enc.set_time_base(FRAME_RATE.invert());
-        // One keyframe at the start, like the real clips: no periodic or scene-cut keyframes.
-        enc.set_gop(u32::MAX >> 1);
+        // One keyframe at the start, like the real clips: no periodic or scene-cut keyframes (an episode: one
+        // every `keyframe_every` frames).
+        enc.set_gop(keyframe_every.unwrap_or(u32::MAX >> 1));
         enc.set_max_b_frames(2);
         if global_header {
             enc.set_flags(codec::Flags::GLOBAL_HEADER);
@@ -176,9 +192,12 @@ impl VideoTrack {
         options.set("preset", "ultrafast");
         options.set("profile", "high");
         options.set("threads", "1");
+        let keyint = keyframe_every.map_or("infinite".to_string(), |k| k.to_string());
         options.set(
             "x264-params",
-            "scenecut=0:keyint=infinite:min-keyint=infinite:bframes=2:b-pyramid=none:cabac=1:8x8dct=1",
+            &format!(
+                "scenecut=0:keyint={keyint}:min-keyint={keyint}:bframes=2:b-pyramid=none:cabac=1:8x8dct=1"
+            ),
         );
         let encoder = enc.open_with(options)?;
         stream.set_parameters(&encoder);

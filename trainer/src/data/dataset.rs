@@ -137,7 +137,17 @@ impl SplitData {
         }
         let mut labels = Vec::with_capacity(rows.len());
         for row in &rows {
-            let name = row.label.name();
+            let Some(label) = row.label else {
+                return Err(Error::data(
+                    &csv,
+                    format!(
+                        "dialogue {} sequence {}: no label; training and evaluation need one (`erc-train predict` \
+                         reads unlabelled rows)",
+                        row.dialogue, row.sequence
+                    ),
+                ));
+            };
+            let name = label.name();
             let index = classes.iter().position(|c| c == name).ok_or_else(|| {
                 Error::data(
                     &csv,
