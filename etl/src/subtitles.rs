@@ -3,8 +3,9 @@
 //! * SRT: blocks separated by blank lines — an index, `HH:MM:SS,mmm --> HH:MM:SS,mmm` (`.` accepted for `,`), one
 //!   or more text lines (joined with a space). A first text line `Name: words` names the speaker (a transcript's
 //!   convention; MELD's own utterances carry the speaker apart), up to 40 characters before the colon.
-//! * CSV: a header with `start`, `end`, `text` and optionally `speaker` (any order, other columns ignored); times
-//!   as seconds (`12.5`) or `HH:MM:SS,mmm`.
+//! * CSV: a header with `start`, `end`, `text` and optionally `speaker` and `dialogue` (any order, other columns
+//!   ignored); times as seconds (`12.5`) or `HH:MM:SS,mmm`. `dialogue` (an integer) groups the lines into
+//!   dialogues: a text model's prompt is the dialogue so far (without it, the whole video is one dialogue).
 //!
 //! A file that cannot be read as either is an error naming the line and what was expected. Nothing here judges
 //! the times (an empty, inverted, overlapping or too late range is still an utterance): `segment` gives each such
@@ -21,6 +22,8 @@ pub struct Utterance {
     pub end: f64,
     pub speaker: String,
     pub text: String,
+    /// The dialogue the line belongs to (CSV's `dialogue` column).
+    pub dialogue: Option<u32>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -162,6 +165,7 @@ fn parse_srt(path: &Path, text: &str) -> Result<Vec<Utterance>, SubtitleError> {
             end,
             speaker,
             text,
+            dialogue: None,
         });
         i = j;
     }
@@ -193,6 +197,7 @@ fn parse_csv(path: &Path, text: &str) -> Result<Vec<Utterance>, SubtitleError> {
         ));
     };
     let speaker = column("speaker");
+    let dialogue = column("dialogue");
     let mut out = Vec::new();
     for record in reader.records() {
         let record = record.map_err(|e| {
@@ -224,6 +229,16 @@ fn parse_csv(path: &Path, text: &str) -> Result<Vec<Utterance>, SubtitleError> {
                 .trim()
                 .to_string(),
             text: record.get(words).unwrap_or("").trim().to_string(),
+            dialogue: match dialogue.and_then(|k| record.get(k)).map(str::trim) {
+                None | Some("") => None,
+                Some(cell) => Some(cell.parse::<u32>().map_err(|_| {
+                    line_error(
+                        path,
+                        line,
+                        format!("`dialogue`: expected a non-negative integer, found `{cell}`"),
+                    )
+                })?),
+            },
         });
     }
     Ok(out)

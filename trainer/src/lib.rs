@@ -7,7 +7,8 @@
 //! [`encoders`] are the per-modality networks (GloVe, GPT-2, ResNet-50, raw waveform, wav2vec2) and `hub`, where
 //! their pretrained weights come from; [`model`] assembles them with the fusion and the head into the
 //! classifier. [`train`] holds the losses, the optimiser, the loop, the metrics and the run folder's reports;
-//! [`table4`] runs the report's 30 experiments and sets our numbers beside the paper's; [`selfcheck`] is what a GPU
+//! [`table4`] runs the report's 30 experiments and sets our numbers beside the paper's; [`predict`] labels
+//! conversations a trained run has never seen; [`selfcheck`] is what a GPU
 //! machine runs to confirm parity and measure speed.
 //! Beneath them, [`nn`] has the layers (Linear, LayerNorm, BatchNorm, attention, the parameter store) and
 //! [`ops`] the numeric ops those layers run, each owning which implementation runs on which device (a CPU
@@ -20,6 +21,7 @@ pub mod error;
 pub mod model;
 pub mod nn;
 pub mod ops;
+pub mod predict;
 pub mod selfcheck;
 pub mod table4;
 pub mod train;

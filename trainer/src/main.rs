@@ -40,6 +40,9 @@ enum Command {
     Eval(EvalArgs),
     /// Validate a config and a data folder and print what would be trained.
     Check(CheckArgs),
+    /// Label utterances a trained run has never seen: a dataset split (--data), a MELD.Raw folder (--raw) or a
+    /// video with its subtitles (--video, --subtitles); writes predictions.csv, emotions.srt (and timeline.png).
+    Predict(PredictArgs),
     /// Run the HLM12ERC report's Table 4 (30 experiments; resumable) and write our numbers beside the paper's
     /// (OUT/table4.md, table4.csv, table3.md, table4.png).
     Table4(Table4Args),
@@ -85,6 +88,42 @@ struct SelfcheckArgs {
     /// A failed benchmark row does not change the exit status (checks still do).
     #[arg(long)]
     allow_bench_failures: bool,
+}
+
+#[derive(Args)]
+#[command(group(clap::ArgGroup::new("input").required(true).args(["data", "raw", "video"])))]
+struct PredictArgs {
+    /// A finished run folder (config.yml, model.safetensors, summary.json).
+    #[arg(long)]
+    run: PathBuf,
+    /// A dataset `meld-etl extract` wrote (with --split).
+    #[arg(long)]
+    data: Option<PathBuf>,
+    /// A MELD.Raw-shaped folder (clips and CSV), extracted first (with --split).
+    #[arg(long)]
+    raw: Option<PathBuf>,
+    /// The split of --data or --raw: train, valid (dev) or test.
+    #[arg(long, default_value = "test")]
+    split: String,
+    /// One video, cut into its utterances by --subtitles.
+    #[arg(long, requires = "subtitles")]
+    video: Option<PathBuf>,
+    /// The video's utterances: SRT, or CSV start,end,text[,speaker][,dialogue].
+    #[arg(long, requires = "video")]
+    subtitles: Option<PathBuf>,
+    /// Where predictions.csv, emotions.srt and timeline.png go (created).
+    #[arg(long)]
+    out: PathBuf,
+    #[arg(long, value_enum, default_value = "cpu")]
+    device: DeviceArg,
+    /// Default: the run's evaluation batch size.
+    #[arg(long)]
+    batch_size: Option<usize>,
+    /// The RetinaFace ONNX model, for runs whose model reads face-only images (rows 11/12).
+    #[arg(long, value_name = "MODEL.onnx")]
+    faces: Option<PathBuf>,
+    #[command(flatten)]
+    models: ModelArgs,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -300,6 +339,7 @@ fn run() -> Result<()> {
     erc_train::train::interrupt::install();
     match cli.command {
         Some(Command::Eval(args)) => eval(args),
+        Some(Command::Predict(args)) => predict(args),
         Some(Command::Check(args)) => check(args),
         Some(Command::Table4(args)) => table4(args),
         Some(Command::Selfcheck(args)) => selfcheck(args),
@@ -541,6 +581,40 @@ fn selfcheck(args: SelfcheckArgs) -> Result<()> {
             outcome.failed_benchmarks
         );
     }
+    Ok(())
+}
+
+fn predict(args: PredictArgs) -> Result<()> {
+    use erc_train::predict::media::Input;
+    let split = || -> Result<Split> { Ok(args.split.parse()?) };
+    let input = match (&args.data, &args.raw, &args.video, &args.subtitles) {
+        (Some(data), None, None, None) => Input::Data {
+            data: data.clone(),
+            split: split()?,
+        },
+        (None, Some(raw), None, None) => Input::Raw {
+            raw: raw.clone(),
+            split: split()?,
+        },
+        (None, None, Some(video), Some(subtitles)) => Input::Video {
+            video: video.clone(),
+            subtitles: subtitles.clone(),
+        },
+        _ => bail!("give one input: --data DATA, --raw DIR, or --video FILE --subtitles FILE"),
+    };
+    let (device, _) = device(args.device)?;
+    let options = erc_train::predict::PredictOptions {
+        run: args.run,
+        input,
+        out: args.out,
+        device,
+        batch_size: args.batch_size,
+        faces: args.faces,
+        models: args.models.sources(),
+        progress: std::io::stderr().is_terminal(),
+    };
+    let summary = erc_train::predict::run(&options)?;
+    print!("{}", summary.table());
     Ok(())
 }
 

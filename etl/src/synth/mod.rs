@@ -13,6 +13,7 @@
 //! drawn into the healthy clips of even utterance number and `synth-faces.csv` says where (see [`face`]).
 
 pub mod clip;
+pub mod episode;
 pub mod face;
 pub mod signal;
 pub mod text;
@@ -67,6 +68,10 @@ pub struct SynthArgs {
     /// Where the face is in --face-image: x1,y1,x2,y2 in pixels (astronaut.png: 180,72,271,178).
     #[arg(long, value_parser = parse_face_box, requires = "face_image")]
     pub face_box: Option<[f64; 4]>,
+    /// Instead of a MELD.Raw tree: one long video of the planned test split's utterances with its subtitles
+    /// (`episode.mp4`, `episode.srt`, `episode-truth.csv` in OUT), for `erc-train predict --video`.
+    #[arg(long, conflicts_with_all = ["faults", "face_image"])]
+    pub episode: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -178,7 +183,7 @@ pub fn planned_dialogues(train_dialogues: u32) -> [u32; 3] {
 
 /// One clip to encode.
 #[derive(Debug, Clone)]
-struct PlannedClip {
+pub(crate) struct PlannedClip {
     split: Split,
     dialogue: u32,
     utterance: u32,
@@ -379,7 +384,7 @@ impl Plan {
 }
 
 /// A synthetic clip's picture and sound (see [`signal`]).
-struct SynthClip {
+pub(crate) struct SynthClip {
     seconds: f64,
     background: [u8; 3],
     block: [u8; 3],
@@ -393,7 +398,7 @@ struct SynthClip {
 }
 
 impl SynthClip {
-    fn new(plan: &PlannedClip, face: Option<&Arc<FacePatch>>) -> Self {
+    pub(crate) fn new(plan: &PlannedClip, face: Option<&Arc<FacePatch>>) -> Self {
         let mut rng = ChaCha8Rng::seed_from_u64(plan.seed);
         SynthClip {
             seconds: plan.seconds,
@@ -412,7 +417,7 @@ impl SynthClip {
 }
 
 /// White noise in [-1, 1] that depends only on (seed, channel, sample): audio can be generated in any chunking.
-fn noise(seed: u64, channel: usize, sample: u64) -> f32 {
+pub(crate) fn noise(seed: u64, channel: usize, sample: u64) -> f32 {
     let mut z = seed ^ (sample.wrapping_mul(0x9E37_79B9_7F4A_7C15)) ^ ((channel as u64) << 56);
     z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
     z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
@@ -477,6 +482,39 @@ pub fn run(args: &SynthArgs) -> Result<SynthSummary> {
     ffmpeg_next::init().context("initialising FFmpeg")?;
     ffmpeg_next::log::set_level(ffmpeg_next::log::Level::Error);
     let mut plan = Plan::new(args)?;
+    if args.episode {
+        let test_rows = plan
+            .rows
+            .iter()
+            .find(|(s, _)| *s == Split::Test)
+            .map(|(_, rows)| rows.as_slice())
+            .unwrap_or(&[]);
+        let clips: Vec<&PlannedClip> = plan
+            .clips
+            .iter()
+            .filter(|c| c.split == Split::Test)
+            .collect();
+        let texts: Vec<(String, String)> = test_rows
+            .iter()
+            .map(|r| (r.speaker.clone(), r.utterance.clone()))
+            .collect();
+        let files = episode::write(&args.out, &clips, &texts, args.seed)?;
+        println!(
+            "synth --episode: {} ({:.1} min, {} subtitle lines) and {} in {:.1} s",
+            files.video.display(),
+            files.seconds / 60.0,
+            files.utterances,
+            files.subtitles.display(),
+            started.elapsed().as_secs_f64()
+        );
+        return Ok(SynthSummary {
+            root: args.out.clone(),
+            rows: vec![(Split::Test, clips.len())],
+            clips_written: 1,
+            faults: Vec::new(),
+            seconds: started.elapsed().as_secs_f64(),
+        });
+    }
     let root = &args.out;
     let patch = match (&args.face_image, args.face_box) {
         (Some(photo), Some(face_box)) => {

@@ -122,8 +122,19 @@ pub struct SplitData {
 }
 
 impl SplitData {
-    /// Reads `<data>/<split>.csv`. Labels outside `classes` (alphabetical) are errors naming the row.
+    /// Reads `<data>/<split>.csv`. Labels outside `classes` (alphabetical) are errors naming the row, and so is a
+    /// row without a label (training and evaluation need one).
     pub fn load(data: &Path, split: Split, classes: &[String]) -> Result<Self> {
+        Self::read(data, split, classes, true)
+    }
+
+    /// [`SplitData::load`] for prediction: rows without a label are read too (their `labels` entry is 0, their
+    /// `rows[i].label` `None`).
+    pub fn load_unlabelled(data: &Path, split: Split, classes: &[String]) -> Result<Self> {
+        Self::read(data, split, classes, false)
+    }
+
+    fn read(data: &Path, split: Split, classes: &[String], labelled: bool) -> Result<Self> {
         let csv = data.join(split.dataset_csv());
         if !csv.exists() {
             return Err(Error::data(
@@ -138,6 +149,10 @@ impl SplitData {
         let mut labels = Vec::with_capacity(rows.len());
         for row in &rows {
             let Some(label) = row.label else {
+                if !labelled {
+                    labels.push(0);
+                    continue;
+                }
                 return Err(Error::data(
                     &csv,
                     format!(

@@ -14,7 +14,7 @@ pub mod report;
 pub mod run;
 
 pub use run::{
-    config_fingerprint, data_fingerprint, epoch_len, epoch_order, evaluate, glove_path,
-    planned_steps, prepare, train, EpochHook, Evaluation, Prepared, Progress, TrainOptions,
-    VocabSource, EARLY_STOPPING_THRESHOLD,
+    config_fingerprint, data_fingerprint, encode_text, epoch_len, epoch_order, evaluate,
+    glove_path, planned_steps, prepare, text_tokenizer, train, EpochHook, Evaluation, Prepared,
+    Progress, TrainOptions, VocabSource, EARLY_STOPPING_THRESHOLD,
 };

@@ -125,18 +125,11 @@ pub fn prepare(
             }
             VocabSource::RunWords(path) => GloveVocab::load_words(path, dim)?,
         };
-        for split in &mut splits {
-            split.encode_text(&v, config.config.text_context);
-        }
         vocab = Some(v);
     }
-    if let Some(dir) = &backbones.gpt2 {
-        let tokenizer = Gpt2Tokenizer::from_dir(dir)?;
-        crate::encoders::gpt2::Config::from_file(&dir.join("config.json"))?
-            .check_tokenizer(&tokenizer, dir)?;
-        for split in &mut splits {
-            split.encode_gpt2(&tokenizer, config.config.text_context)?;
-        }
+    let tokenizer = text_tokenizer(&backbones)?;
+    for split in &mut splits {
+        encode_text(split, &config.config, vocab.as_ref(), tokenizer.as_ref())?;
     }
     let mut splits = splits.into_iter().map(Arc::new);
     let (Some(train), Some(valid), Some(test)) = (splits.next(), splits.next(), splits.next())
@@ -157,6 +150,34 @@ pub fn prepare(
         data_sha256,
         max_rows,
     })
+}
+
+/// GPT-2's tokenizer, when the config's text encoder is GPT-2 (checked against its model's vocabulary).
+pub fn text_tokenizer(backbones: &Backbones) -> Result<Option<Gpt2Tokenizer>> {
+    let Some(dir) = &backbones.gpt2 else {
+        return Ok(None);
+    };
+    let tokenizer = Gpt2Tokenizer::from_dir(dir)?;
+    crate::encoders::gpt2::Config::from_file(&dir.join("config.json"))?
+        .check_tokenizer(&tokenizer, dir)?;
+    Ok(Some(tokenizer))
+}
+
+/// The token ids of a split's prompts, as the config's text encoder reads them (GloVe words or GPT-2 tokens,
+/// the dialogue or the utterance as `text_context` says).
+pub fn encode_text(
+    split: &mut SplitData,
+    config: &Config,
+    vocab: Option<&GloveVocab>,
+    tokenizer: Option<&Gpt2Tokenizer>,
+) -> Result<()> {
+    if let Some(v) = vocab {
+        split.encode_text(v, config.text_context);
+    }
+    if let Some(tokenizer) = tokenizer {
+        split.encode_gpt2(tokenizer, config.text_context)?;
+    }
+    Ok(())
 }
 
 /// sha256 over the three split CSVs (the media are named by them and written once by the ETL) and the row
