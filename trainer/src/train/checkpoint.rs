@@ -160,7 +160,7 @@ pub fn write(run: &Path, state: &LoopState, tensors: &[(String, Tensor)]) -> Res
         )?;
     let data_start = data_start(&bytes)
         .ok_or_else(|| Error::Other("safetensors wrote a file without a header".into()))?;
-    let sum = super::run::sha256_hex(&bytes[data_start..]);
+    let sum = sha256_hex(&bytes[data_start..]);
     let header = &mut bytes[8..data_start];
     let at = find(header, format!("\"{placeholder}\"").as_bytes())
         .ok_or_else(|| Error::Other("the checksum placeholder is not in the header".into()))?;
@@ -247,7 +247,7 @@ pub fn read(run: &Path) -> Result<Option<Checkpoint>> {
         .and_then(|m| m.get(SUM_KEY))
         .ok_or_else(|| corrupt("no checksum in its metadata".into()))?;
     let start = data_start(&bytes).ok_or_else(|| corrupt("no header".into()))?;
-    if super::run::sha256_hex(&bytes[start..]) != *expected {
+    if sha256_hex(&bytes[start..]) != *expected {
         return Err(corrupt(
             "its tensor data does not match its checksum: a damaged or partly written file".into(),
         ));
@@ -259,6 +259,15 @@ pub fn read(run: &Path) -> Result<Option<Checkpoint>> {
         state,
         tensors,
     }))
+}
+
+/// Lower-case hex SHA-256: the checkpoint's tensor-data digest, and the run's data and config fingerprints.
+pub(crate) fn sha256_hex(bytes: &[u8]) -> String {
+    use sha2::Digest;
+    sha2::Sha256::digest(bytes)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
 }
 
 #[cfg(test)]

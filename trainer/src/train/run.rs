@@ -15,7 +15,7 @@ use rand::seq::SliceRandom;
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 
-use super::checkpoint::{self, LoopState, RngState};
+use super::checkpoint::{self, sha256_hex, LoopState, RngState};
 use super::losses::Loss;
 use super::memory::{self, PeakMemory};
 use super::metrics::Metrics;
@@ -376,14 +376,6 @@ fn metric_value(metric: BestMetric, eval: &Evaluation) -> f64 {
 /// sha256 of the config as the run uses it (YAML after the command line's overrides).
 pub fn config_fingerprint(config: &Config) -> Result<String> {
     Ok(sha256_hex(config.to_yaml()?.as_bytes()))
-}
-
-pub(crate) fn sha256_hex(bytes: &[u8]) -> String {
-    use sha2::Digest;
-    sha2::Sha256::digest(bytes)
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
 }
 
 /// The state of the loop between epochs; what the resume checkpoint keeps.
