@@ -3,7 +3,7 @@
 //! every weight, loaded through the real loading code, norm-wise relative error ≤ 1e-4 in fp32; the GPT-2
 //! tokenizer's ids against transformers' `GPT2Tokenizer`; training mode (every parameter trains, dropout is on);
 //! the same checkpoints as PyTorch pickles and shards; the Hugging Face cache at any revision, offline; the printed
-//! download command; the loading errors.
+//! download command; `models check`; the loading errors.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use candle_core::{DType, Device, Tensor, Var};
 use candle_nn::VarMap;
 use erc_train::data::tokenizer;
-use erc_train::encoders::{gpt2, hub, wav2vec2};
+use erc_train::encoders::{check, gpt2, hub, wav2vec2};
 
 mod common;
 use common::{assert_parity, backbone_fixture, io, norm, rel_err};
@@ -730,6 +730,176 @@ fn the_printed_download_command_fits_whatever_the_repository_holds() {
             _ => drop(wav2vec2::load(&found, None, false, &Device::Cpu, 1).unwrap()),
         }
     }
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// `models check`
+
+/// The reference's hub id holding the wrong model is named before anything is loaded: a cached `gpt2` whose
+/// snapshot is the tiny model has 0.1M parameters, not GPT-2 small's 124.4M. The same folder under its own
+/// path is fine (only the count is reported).
+#[test]
+fn a_wrong_model_under_the_reference_id_is_an_error_naming_its_parameter_count() {
+    let tmp = tempfile::tempdir().unwrap();
+    let hub_dir = tmp.path().join("hub");
+    let env = hub::HubEnv::new(hub_dir.clone(), true);
+    let commit = "4e4a4c1f07e0d3b7a5d1a6b3f0c1e2d3a4b5c6da";
+    cache_snapshot(
+        &hub_dir,
+        "gpt2",
+        commit,
+        "gpt2-tiny-pickle",
+        &[
+            "config.json",
+            "vocab.json",
+            "merges.txt",
+            "pytorch_model.bin",
+        ],
+    );
+    write_ref(&hub_dir, "gpt2", "main", commit);
+    for spec in ["gpt2", &format!("gpt2@{commit}")] {
+        let report = check::check(&env, hub::Backbone::Gpt2, spec, false).unwrap();
+        let problem = report.problem().unwrap();
+        assert!(
+            problem.contains("0.1M parameters")
+                && problem.contains("The reference's gpt2 has 124.4M"),
+            "{problem}"
+        );
+    }
+    let report = check::check(
+        &env,
+        hub::Backbone::Gpt2,
+        fixtures().join("gpt2-tiny-pickle").to_str().unwrap(),
+        true,
+    )
+    .unwrap();
+    assert!(report.ok(), "{:?}", report.problems);
+    // the tiny model's count: 512×64 + 128×64 token and position rows, two blocks, the final LayerNorm
+    assert_eq!(report.parameters, 32_768 + 8_192 + 2 * 49_984 + 128);
+    assert_eq!((report.tensors, report.kept), (31, 28));
+    assert_eq!(report.sha256.len(), 1);
+    let manifest: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(fixtures().join("manifest.json")).unwrap())
+            .unwrap();
+    assert_eq!(
+        report.sha256[0].1,
+        manifest["files"]["gpt2-tiny-pickle/pytorch_model.bin"]["sha256"]
+            .as_str()
+            .unwrap()
+    );
+    let table = report.render();
+    assert!(
+        table.contains("pytorch_model.bin (PyTorch zip pickle)")
+            && table.contains("31 in the checkpoint, 28 kept by the encoder")
+            && table.contains(
+                "ok: every tensor's shape as config.json (2 layers, 64 wide, 512 tokens)"
+            ),
+        "{table}"
+    );
+}
+
+/// A checkpoint that does not fit its config.json: every problem listed, none of them a panic.
+#[test]
+fn models_check_lists_every_tensor_that_does_not_fit() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("w2v");
+    std::fs::create_dir(&dir).unwrap();
+    let text = std::fs::read_to_string(fixtures().join("wav2vec2-tiny/config.json")).unwrap();
+    let mut config: serde_json::Value = serde_json::from_str(&text).unwrap();
+    config["num_hidden_layers"] = 3.into();
+    config["intermediate_size"] = 48.into();
+    std::fs::write(dir.join("config.json"), config.to_string()).unwrap();
+    std::fs::copy(
+        fixtures().join("wav2vec2-tiny-pickle/pytorch_model.bin"),
+        dir.join("pytorch_model.bin"),
+    )
+    .unwrap();
+    let env = hub::HubEnv::new(tmp.path().join("hub"), true);
+    let report = check::check(&env, hub::Backbone::Wav2vec2, dir.to_str().unwrap(), false).unwrap();
+    assert!(!report.ok());
+    let problems = report.problems.join("\n");
+    assert!(
+        problems.contains("tensor `encoder.layers.2.attention.k_proj.weight` missing")
+            && problems.contains(
+                "tensor `encoder.layers.0.feed_forward.intermediate_dense.weight` has shape [64, 32], \
+                 config.json wants [48, 32]"
+            ),
+        "{problems}"
+    );
+    assert!(report
+        .render()
+        .contains("DOES NOT MATCH config.json (3 layers, 32 wide)"));
+    let err = wav2vec2::load(&dir, None, false, &Device::Cpu, 1)
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(
+        err.contains("pytorch_model.bin")
+            && err.contains("more: `erc-train models check` lists them"),
+        "{err}"
+    );
+}
+
+/// `erc-train models check`: a table per backbone, exit 0 when all fit, non-zero when one is missing.
+#[test]
+fn the_models_check_command_reports_and_fails_on_a_missing_backbone() {
+    let tmp = tempfile::tempdir().unwrap();
+    let repo = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let run = |args: &[&str]| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_erc-train"))
+            .args(args)
+            .current_dir(&repo)
+            .env("HF_HOME", tmp.path())
+            .env("HF_HUB_OFFLINE", "1")
+            .output()
+            .unwrap()
+    };
+    let gpt2 = fixtures().join("gpt2-tiny-sharded");
+    let output = run(&[
+        "models",
+        "check",
+        "--config",
+        "configs/t-um-gpt2.yml",
+        "--text-model",
+        gpt2.to_str().unwrap(),
+    ]);
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(
+        stdout.contains("needed by t-um-gpt2.yml")
+            && stdout.contains("model.safetensors.index.json (safetensors, 2 shards)")
+            && stdout.matches("sha256").count() == 3
+            && stdout.contains("ok: every tensor's shape"),
+        "{stdout}"
+    );
+    // every config: the reference's wav2vec2 is not in the (empty) cache, offline
+    let output = run(&[
+        "models",
+        "check",
+        "--all-configs",
+        "--text-model",
+        gpt2.to_str().unwrap(),
+        "--visual-model",
+        "random",
+    ]);
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(!output.status.success(), "{stdout}");
+    assert!(
+        stdout.contains("wav2vec2 `facebook/wav2vec2-base`")
+            && stdout.contains("MISSING")
+            && stdout.contains("hf download facebook/wav2vec2-base")
+            && stdout.contains("a-um-wav2vec2.yml"),
+        "{stdout}"
+    );
+    assert!(
+        String::from_utf8_lossy(&output.stderr).contains("1 of 2 backbone(s) missing"),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
 }
 
 #[test]
