@@ -257,6 +257,47 @@ fn dry_run_names_what_each_row_lacks_and_trains_nothing() {
     );
     assert!(!text.contains("panicked"), "{text}");
     assert!(!out.exists(), "a dry run writes nothing");
+
+    // The backbone cells are `models check`: a PyTorch pickle loads, a checkpoint that does not fit its
+    // config.json is named with the tensor (wav2vec2 as a pytorch_model.bin whose config claims a third layer).
+    let misfit = ds.dir.path().join("wav2vec2-misfit");
+    std::fs::create_dir_all(&misfit).unwrap();
+    let pickle = backbone_fixture("wav2vec2-tiny-pickle");
+    let config = std::fs::read_to_string(pickle.join("config.json")).unwrap();
+    let mut config: serde_json::Value = serde_json::from_str(&config).unwrap();
+    config["num_hidden_layers"] = 3.into();
+    std::fs::write(misfit.join("config.json"), config.to_string()).unwrap();
+    std::fs::copy(
+        pickle.join("pytorch_model.bin"),
+        misfit.join("pytorch_model.bin"),
+    )
+    .unwrap();
+    let output = bin("erc-train")
+        .args(["table4", "--rows", "05,08", "--dry-run", "--data"])
+        .arg(&ds.data)
+        .arg("--out")
+        .arg(&out)
+        .arg("--text-model")
+        .arg(backbone_fixture("gpt2-tiny-pickle"))
+        .arg("--audio-model")
+        .arg(&misfit)
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        stderr(&output)
+    );
+    assert!(
+        text.contains("wav2vec2: wav2vec2 `")
+            && text.contains("tensor `encoder.layers.2.")
+            && text.contains("missing from the checkpoint"),
+        "{text}"
+    );
+    assert!(!text.contains("gpt2: "), "the pickled GPT-2 fits: {text}");
+    assert!(!out.exists(), "a dry run writes nothing");
+
     // without --dry-run, nothing starts either
     let output = table4(&out, &ds.plain, &["--rows", "04,11", "--epochs", "1"])
         .output()

@@ -301,8 +301,8 @@ fn check_describes_the_run_and_names_missing_models_and_media() {
     assert!(!output.status.success());
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(
-        stderr.contains("model.safetensors")
-            && stderr.contains("huggingface-cli download gpt2")
+        stderr.contains("model.safetensors, pytorch_model.bin")
+            && stderr.contains("hf download gpt2 --include config.json")
             && stderr.contains("HF_HUB_OFFLINE"),
         "{stderr}"
     );

@@ -13,10 +13,12 @@
 //!   channel mean scaled to [-1, 1];
 //! * `classifier_loss_fn: ce` (and `ce+triplet`) — cross-entropy on logits, the correction of docs/reference.md quirk Q8 (`cce`);
 //! * `text_model`, `audio_model`, `visual_model` — where the pretrained GPT-2, wav2vec2 and ResNet-50 come from:
-//!   a local Hugging Face model folder, or a hub id found in the Hugging Face cache (defaults: the reference's
-//!   `gpt2`, `facebook/wav2vec2-base`, and `timm/resnet50.tv_in1k` = torchvision's ImageNet V1 weights); for
-//!   ResNet-50 also a `.safetensors` file, or `random` for torchvision's random initialisation. The command line
-//!   (`--text-model`, `--audio-model`, `--visual-model`) overrides them.
+//!   a local Hugging Face model folder, or a hub id with an optional `@revision` (a branch, `refs/pr/N` or a
+//!   commit) found in the Hugging Face cache (defaults: the reference's `gpt2`, `facebook/wav2vec2-base`, and
+//!   `timm/resnet50.tv_in1k` = torchvision's ImageNet V1 weights); weights as safetensors or PyTorch pickles,
+//!   single or sharded; for ResNet-50 also a weights file (torchvision's `.pth`, `.safetensors`), or `random` for
+//!   torchvision's random initialisation. The command line (`--text-model`, `--audio-model`, `--visual-model`)
+//!   overrides them.
 //!
 //! Unknown keys, wrong types and missing required keys are errors that name the file, the key and what is
 //! allowed.

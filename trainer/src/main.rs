@@ -46,9 +46,44 @@ enum Command {
     /// Run the HLM12ERC report's Table 4 (30 experiments; resumable) and write our numbers beside the paper's
     /// (OUT/table4.md, table4.csv, table3.md, table4.png).
     Table4(Table4Args),
+    /// The pretrained backbones: `models check` says where each would be loaded from and whether it fits.
+    Models(ModelsArgs),
     /// Parity of the backbones with PyTorch on the device, and timings (what scripts/gpu-check.sh runs).
     #[command(hide = true)]
     Selfcheck(SelfcheckArgs),
+}
+
+#[derive(Args)]
+struct ModelsArgs {
+    #[command(subcommand)]
+    command: ModelsCommand,
+}
+
+#[derive(Subcommand)]
+enum ModelsCommand {
+    /// For each pretrained backbone a config needs: where it would be loaded from, the weights' format, tensors,
+    /// parameters and sha256, and whether every tensor's shape fits the architecture — without training. Exits
+    /// non-zero when one is missing or does not fit. Without --config / --all-configs: the backbones the flags
+    /// (or the reference's defaults) name.
+    Check(ModelsCheckArgs),
+}
+
+#[derive(Args)]
+struct ModelsCheckArgs {
+    /// The backbones of this config.
+    #[arg(long, conflicts_with = "all_configs")]
+    config: Option<PathBuf>,
+    /// The backbones of every config in --configs.
+    #[arg(long)]
+    all_configs: bool,
+    /// Where --all-configs looks for `*.yml`.
+    #[arg(long, default_value = "configs")]
+    configs: PathBuf,
+    /// Skip the sha256 of the weight files (seconds for the real checkpoints).
+    #[arg(long)]
+    no_sha256: bool,
+    #[command(flatten)]
+    models: ModelArgs,
 }
 
 #[derive(Args)]
@@ -176,14 +211,15 @@ struct TrainArgs {
 /// `visual_model`).
 #[derive(Args, Clone)]
 struct ModelArgs {
-    /// GPT-2: a local Hugging Face model folder or a hub id (default: `gpt2`).
+    /// GPT-2: a local Hugging Face model folder or a hub id, optionally `@REVISION` (default: `gpt2`).
     #[arg(long)]
     text_model: Option<String>,
-    /// wav2vec2: a local model folder or a hub id (default: `facebook/wav2vec2-base`).
+    /// wav2vec2: a local model folder or a hub id, optionally `@REVISION` (a branch, `refs/pr/N` or a commit;
+    /// default: `facebook/wav2vec2-base`).
     #[arg(long)]
     audio_model: Option<String>,
-    /// ResNet-50: a torchvision state dict as safetensors (file or folder), a hub id
-    /// (default: `timm/resnet50.tv_in1k`), or `random`.
+    /// ResNet-50: a torchvision state dict (`.safetensors`, `.pth`, `.bin`; file or folder), a hub id with an
+    /// optional `@REVISION` (default: `timm/resnet50.tv_in1k`), or `random`.
     #[arg(long)]
     visual_model: Option<String>,
 }
@@ -342,6 +378,9 @@ fn run() -> Result<()> {
         Some(Command::Predict(args)) => predict(args),
         Some(Command::Check(args)) => check(args),
         Some(Command::Table4(args)) => table4(args),
+        Some(Command::Models(ModelsArgs {
+            command: ModelsCommand::Check(args),
+        })) => models_check(args),
         Some(Command::Selfcheck(args)) => selfcheck(args),
         None => run_training(cli.train),
     }
@@ -615,6 +654,86 @@ fn predict(args: PredictArgs) -> Result<()> {
     };
     let summary = erc_train::predict::run(&options)?;
     print!("{}", summary.table());
+    Ok(())
+}
+
+/// `models check`: one short table per backbone (each checked once, with the configs that need it).
+fn models_check(args: ModelsCheckArgs) -> Result<()> {
+    use erc_train::encoders::check;
+    use erc_train::encoders::hub::{Backbone, HubEnv};
+    use std::collections::BTreeMap;
+    let configs: Vec<PathBuf> = if let Some(config) = &args.config {
+        vec![config.clone()]
+    } else if args.all_configs {
+        let mut found: Vec<PathBuf> = std::fs::read_dir(&args.configs)
+            .with_context(|| format!("listing {}", args.configs.display()))?
+            .flatten()
+            .map(|e| e.path())
+            .filter(|p| p.extension().is_some_and(|e| e == "yml" || e == "yaml"))
+            .collect();
+        found.sort();
+        if found.is_empty() {
+            bail!("no *.yml config in {}", args.configs.display());
+        }
+        found
+    } else {
+        Vec::new()
+    };
+    // (backbone, spec) → the configs that need it
+    let mut needed: BTreeMap<(Backbone, String), Vec<String>> = BTreeMap::new();
+    for path in &configs {
+        let mut loaded = Config::load(path)?;
+        args.models.apply(&mut loaded.config);
+        let name = path
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        for key in check::needed(&loaded.config) {
+            needed.entry(key).or_default().push(name.clone());
+        }
+    }
+    if configs.is_empty() {
+        let defaults = [
+            (Backbone::Gpt2, args.models.text_model.clone()),
+            (Backbone::Wav2vec2, args.models.audio_model.clone()),
+            (Backbone::Resnet50, args.models.visual_model.clone()),
+        ];
+        for (backbone, spec) in defaults {
+            let spec = spec.unwrap_or_else(|| backbone.default_repo().to_string());
+            if spec != erc_train::config::RANDOM_WEIGHTS {
+                needed.entry((backbone, spec)).or_default();
+            }
+        }
+    }
+    if needed.is_empty() {
+        println!("no pretrained backbone needed");
+        return Ok(());
+    }
+    let env = HubEnv::from_env();
+    let mut failed = 0;
+    for ((backbone, spec), users) in &needed {
+        if !users.is_empty() {
+            println!("needed by {}", users.join(", "));
+        }
+        match check::check(&env, *backbone, spec, !args.no_sha256) {
+            Ok(report) => {
+                print!("{}", report.render());
+                failed += usize::from(!report.ok());
+            }
+            Err(e) => {
+                let why = e.to_string().replace('\n', "\n                ");
+                println!("{backbone} `{spec}`\n  MISSING       {why}");
+                failed += 1;
+            }
+        }
+        println!();
+    }
+    if failed > 0 {
+        bail!(
+            "{failed} of {} backbone(s) missing or not fitting their architecture (see above)",
+            needed.len()
+        );
+    }
     Ok(())
 }
 

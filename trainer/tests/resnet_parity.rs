@@ -164,3 +164,44 @@ fn loader_names_missing_extra_and_misshaped_tensors() {
     let err = Config::from_checkpoint(&json).unwrap_err().to_string();
     assert!(err.contains("config.json"), "{err}");
 }
+
+/// torchvision's own format: `torch.save(model.state_dict())` to a `.pth` (an OrderedDict with its `_metadata`,
+/// and `fc.*`), as the file or its folder: the same parity.
+#[test]
+fn resnet50_from_a_torchvision_pth_matches_too() {
+    let pth = backbone_fixture("resnet50-tiny-pth/resnet50-tiny.pth");
+    for path in [pth.clone(), pth.parent().unwrap().to_path_buf()] {
+        assert_eq!(
+            Config::from_checkpoint(&path).unwrap(),
+            Config::from_checkpoint(&fixture().join("model.safetensors")).unwrap()
+        );
+        let rows = parity::resnet50_from(&fixture().join(".."), &path, &Device::Cpu).unwrap();
+        assert_eq!(rows.len(), 4 + 5 + 159 + 2 * 53);
+        assert_parity("resnet50-tiny.pth vs torchvision", &rows);
+    }
+    // and through `visual_model`'s resolution, as a hub-less file spec
+    let found = erc_train::encoders::hub::resnet50_weights(pth.to_str().unwrap()).unwrap();
+    assert_eq!(found, pth);
+}
+
+/// `Config::shapes` (what `models check` compares a checkpoint with) is the network `with_config` builds.
+#[test]
+fn the_layout_shapes_are_those_of_the_built_network() {
+    for cfg in [
+        Config::resnet50(),
+        Config::from_checkpoint(&fixture().join("model.safetensors")).unwrap(),
+    ] {
+        let mut store = ParamStore::new(&Device::Cpu, 1);
+        ResNet50::with_config(&mut store, PREFIX, &cfg, false).unwrap();
+        let shapes = cfg.shapes();
+        assert_eq!(
+            shapes.len(),
+            store.named_tensors().len(),
+            "every parameter and running statistic"
+        );
+        for (name, shape) in &shapes {
+            let built = store.get(&format!("{PREFIX}.{name}")).unwrap();
+            assert_eq!(built.dims(), shape.as_slice(), "{name}");
+        }
+    }
+}

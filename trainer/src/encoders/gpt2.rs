@@ -20,6 +20,7 @@
 //! `ops::softmax`): candle's fused kernels silently drop gradients. Dropout (embd/attn/resid_pdrop from the
 //! config) is active only when `train` is true; its masks come from the model's own seeded generator.
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
@@ -30,6 +31,7 @@ use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
 
 use crate::encoders::hub;
+use crate::encoders::weights::{self, Checkpoint};
 use crate::error::{Error, Result};
 use crate::nn::{dropout_shared, LayerNorm};
 use crate::ops::l2_normalize_if;
@@ -497,43 +499,45 @@ pub struct LoadedGpt2 {
     pub dir: PathBuf,
 }
 
-/// Loads `config.json` + `model.safetensors` from a model folder (see [`hub::resolve_gpt2`]) and appends the
-/// `[PAD]` row, drawn N(0, 0.02) from `seed`. Accepts names with or without the `transformer.` prefix of
-/// `GPT2LMHeadModel` files; `lm_head.weight` and the `attn.bias` / `attn.masked_bias` mask buffers are ignored.
+/// The name [`load`] gives a checkpoint tensor: without the `transformer.` prefix of `GPT2LMHeadModel` files;
+/// `None` for `lm_head.weight` (tied to `wte`) and the `attn.bias` / `attn.masked_bias` mask buffers.
+pub fn checkpoint_name(name: &str) -> Option<String> {
+    let name = name.strip_prefix("transformer.").unwrap_or(name);
+    let unused = name == "lm_head.weight"
+        || name.ends_with(".attn.bias")
+        || name.ends_with(".attn.masked_bias");
+    (!unused).then(|| name.to_string())
+}
+
+/// The shape of every checkpoint tensor [`load`] needs for `cfg`, under [`checkpoint_name`]s: the model's own
+/// weights, with `wte.weight` as the checkpoint holds it (vocab_size rows, before the `[PAD]` row is appended).
+pub fn expected_shapes(cfg: &Config) -> Result<BTreeMap<String, Vec<usize>>> {
+    let mut shapes = hub::requested_shapes(|vb| Gpt2Model::new(cfg, vb).map(|_| ()))?;
+    shapes.insert("wte.weight".into(), vec![cfg.vocab_size, cfg.n_embd]);
+    Ok(shapes)
+}
+
+/// Loads `config.json` and the weights (any format of [`weights`]) from a model folder (see [`hub::resolve`]) and
+/// appends the `[PAD]` row, drawn N(0, 0.02) from `seed`. Names are taken as [`checkpoint_name`] gives them; a
+/// tensor missing, left over or of another shape than config.json says is an error naming it.
 pub fn load(dir: &Path, device: &Device, seed: u64) -> Result<LoadedGpt2> {
     let cfg = Config::from_file(&dir.join("config.json"))?;
-    let weights = dir.join("model.safetensors");
-    let mut tensors = hub::read_safetensors(&weights, device, |name| {
-        let name = name.strip_prefix("transformer.").unwrap_or(name);
-        if name == "lm_head.weight"
-            || name.ends_with(".attn.bias")
-            || name.ends_with(".attn.masked_bias")
-        {
-            None
-        } else {
-            Some(name.to_string())
-        }
-    })?;
+    let checkpoint = Checkpoint::open(dir)?;
+    let found = checkpoint.shapes(checkpoint_name)?;
+    weights::ensure_matches(
+        &checkpoint.path,
+        weights::compare_shapes(&expected_shapes(&cfg)?, &found, "config.json"),
+    )?;
+    let mut tensors = checkpoint.read(device, checkpoint_name)?;
     let wte = tensors
         .get("wte.weight")
-        .ok_or_else(|| Error::data(&weights, "tensor `wte.weight` missing"))?;
-    if wte.dims() != [cfg.vocab_size, cfg.n_embd] {
-        return Err(Error::data(
-            &weights,
-            format!(
-                "`wte.weight` has shape {:?}, config.json says [{}, {}]",
-                wte.dims(),
-                cfg.vocab_size,
-                cfg.n_embd
-            ),
-        ));
-    }
+        .ok_or_else(|| Error::data(&checkpoint.path, "tensor `wte.weight` missing"))?;
     let pad_row = hub::normal(&[1, cfg.n_embd], 0.02, seed, device)?;
     let grown = Tensor::cat(&[&wte.to_dtype(DType::F32)?, &pad_row], 0)?;
     tensors.insert("wte.weight".to_string(), grown);
-    let checkpoint = hub::CheckpointVars::new(&weights, tensors)?;
-    let model = Gpt2Model::new(&cfg, checkpoint.var_builder(device))?;
-    let vars = checkpoint.finish(&[])?;
+    let vars = hub::CheckpointVars::new(&checkpoint.path, tensors)?;
+    let model = Gpt2Model::new(&cfg, vars.var_builder(device))?;
+    let vars = vars.finish(&[])?;
     model.set_seed(seed);
     Ok(LoadedGpt2 {
         model,

@@ -1,20 +1,23 @@
 //! Where the pretrained backbones come from, and turning a checkpoint into trainable variables.
 //!
-//! A backbone is named either by a local Hugging Face model folder (`config.json` + `model.safetensors`, plus the
-//! tokenizer files for GPT-2) or by a hub id (`gpt2`, `facebook/wav2vec2-base`) looked up in the Hugging Face cache
-//! (`$HF_HOME`/`~/.cache/huggingface/hub`, through `hf-hub`) and, failing that, downloaded. Without network
-//! (or with `HF_HUB_OFFLINE=1`) a model that is in neither place is an error that lists the files needed and the
-//! one command that fetches them. Weights only in PyTorch pickles (`pytorch_model.bin`, `*.pth`) are an error that
-//! gives the one-line conversion to safetensors: candle does not read pickles, and safetensors loads without
-//! running code.
+//! A backbone is named either by a local Hugging Face model folder (`config.json`, the weights, plus the tokenizer
+//! files for GPT-2), or for ResNet-50 by a weights file, or by a hub id (`gpt2`, `facebook/wav2vec2-base`), with an
+//! optional revision after `@` (`facebook/wav2vec2-base@refs/pr/2`, `gpt2@<commit hash>`), looked up in the Hugging
+//! Face cache (`$HF_HOME`/`~/.cache/huggingface/hub`, laid out as `hf-hub` and `huggingface_hub` lay it out) and,
+//! failing that, downloaded. The weights may be in any format of [`weights`]: `model.safetensors`,
+//! `pytorch_model.bin`, their sharded forms, or a `.pth` state dict. Without network (or with `HF_HUB_OFFLINE=1`) a
+//! model that is in neither place is an error that says what is needed and prints one `hf download` command that
+//! fetches it whatever weight format the repository has.
 //!
 //! Checkpoint tensors become candle `Var`s in a [`VarMap`] under their checkpoint names (after a per-model
 //! renaming that strips prefixes and drops unused heads); the model is then built from a `VarBuilder` over that
 //! map, and [`CheckpointVars::finish`] insists that every model weight came from the checkpoint and every kept checkpoint
-//! tensor was used, so that nothing is silently left at a random value or silently dropped.
+//! tensor was used, so that nothing is silently left at a random value or silently dropped. [`requested_shapes`]
+//! builds a model over no memory at all to learn the shape of every weight it asks for, which `models check`
+//! compares with a checkpoint's headers.
 
-use std::collections::{BTreeSet, HashMap};
-use std::path::{Path, PathBuf};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::path::{Component, Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
 use candle_core::{DType, Device, Shape, Tensor, Var};
@@ -23,15 +26,16 @@ use candle_nn::{Init, VarBuilder, VarMap};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
+use crate::encoders::weights::{self, Checkpoint};
 use crate::error::{Error, Result};
 
 /// The backbones this module knows how to find.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum Backbone {
     Gpt2,
     Wav2vec2,
-    /// torchvision's ResNet-50: a folder with `model.safetensors` holding a torchvision state dict (timm's
-    /// `resnet50.tv_in1k` on the hub is torchvision's ImageNet V1 weights under the same names), or that file.
+    /// torchvision's ResNet-50: a torchvision state dict in a file (`.safetensors`, or torchvision's own `.pth`) or
+    /// a folder (timm's `resnet50.tv_in1k` on the hub is torchvision's ImageNet V1 weights under the same names).
     Resnet50,
 }
 
@@ -45,13 +49,69 @@ impl Backbone {
         }
     }
 
-    /// Files a download must fetch (the tokenizer as `tokenizer.json` for GPT-2).
-    pub fn files(self) -> &'static [&'static str] {
+    /// The hub ids of the reference's checkpoint: its own, and the name the hub has moved it to since.
+    pub fn reference_repos(self) -> &'static [&'static str] {
         match self {
-            Backbone::Gpt2 => &["config.json", "model.safetensors", "tokenizer.json"],
-            Backbone::Wav2vec2 => &["config.json", "model.safetensors"],
-            Backbone::Resnet50 => &["model.safetensors"],
+            Backbone::Gpt2 => &["gpt2", "openai-community/gpt2"],
+            Backbone::Wav2vec2 => &["facebook/wav2vec2-base"],
+            Backbone::Resnet50 => &["timm/resnet50.tv_in1k"],
         }
+    }
+
+    /// Whether a model folder needs the checkpoint's `config.json` (ResNet-50's widths come from its tensors).
+    pub fn needs_config(self) -> bool {
+        self != Backbone::Resnet50
+    }
+
+    /// Whether a model folder needs a tokenizer (`tokenizer.json`, or `vocab.json` + `merges.txt`).
+    pub fn needs_tokenizer(self) -> bool {
+        self == Backbone::Gpt2
+    }
+
+    /// Parameters of the reference's checkpoint as the encoder keeps it: GPT-2 small without its LM head,
+    /// wav2vec2-base without its pre-training heads, ResNet-50 without `fc` (running statistics are buffers).
+    pub fn reference_parameters(self) -> u64 {
+        match self {
+            Backbone::Gpt2 => 124_439_808,
+            Backbone::Wav2vec2 => 94_371_712,
+            Backbone::Resnet50 => 23_508_032,
+        }
+    }
+
+    /// Whether a kept tensor (under the model's name) counts as a parameter, not a buffer.
+    pub fn is_parameter(self, name: &str) -> bool {
+        !(self == Backbone::Resnet50 && name.contains(".running_"))
+    }
+
+    /// The `--include` patterns of a download that fits whatever the repository holds: the config, the tokenizer,
+    /// and the weights in either format, single or sharded. A pattern that matches nothing fetches nothing and is no
+    /// error, unlike a file name; a repository with both formats gets both (twice the bytes, but no second try).
+    pub fn include_patterns(self) -> Vec<&'static str> {
+        let mut patterns = Vec::new();
+        if self.needs_config() {
+            patterns.push("config.json");
+        }
+        patterns.extend(["model*.safetensors*", "pytorch_model*.bin*"]);
+        if self.needs_tokenizer() {
+            patterns.extend(["tokenizer.json", "vocab.json", "merges.txt"]);
+        }
+        patterns
+    }
+
+    /// What a model folder holds, for messages.
+    pub fn needs(self) -> String {
+        let mut parts = Vec::new();
+        if self.needs_config() {
+            parts.push("config.json");
+        }
+        parts.push(
+            "the weights (model.safetensors, pytorch_model.bin, either sharded with its *.index.json, or a .pth \
+             state dict)",
+        );
+        if self.needs_tokenizer() {
+            parts.push("tokenizer.json (or vocab.json + merges.txt)");
+        }
+        parts.join(", ")
     }
 
     fn folder_name(self) -> &'static str {
@@ -59,6 +119,20 @@ impl Backbone {
             Backbone::Gpt2 => "gpt2",
             Backbone::Wav2vec2 => "wav2vec2-base",
             Backbone::Resnet50 => "resnet50",
+        }
+    }
+
+    /// The checkpoint parameter counts a wrong repository is likely to have, for a guess in the error.
+    fn look_alikes(self) -> &'static [(u64, &'static str)] {
+        match self {
+            Backbone::Gpt2 => &[
+                (81_912_576, "distilgpt2"),
+                (354_823_168, "gpt2-medium"),
+                (774_030_080, "gpt2-large"),
+                (1_557_611_200, "gpt2-xl"),
+            ],
+            Backbone::Wav2vec2 => &[(315_438_720, "a wav2vec2-large")],
+            Backbone::Resnet50 => &[(42_500_160, "ResNet-101"), (58_143_808, "ResNet-152")],
         }
     }
 }
@@ -73,99 +147,158 @@ impl std::fmt::Display for Backbone {
     }
 }
 
-/// The command that puts `files` of `repo` into `dir`.
-pub fn fetch_command(repo: &str, files: &[&str], dir: &str) -> String {
-    format!(
-        "huggingface-cli download {repo} {} --local-dir {dir}",
-        files.join(" ")
-    )
+/// A parameter count in millions with one decimal, as model cards give them (`124.4M`).
+pub fn millions(count: u64) -> String {
+    format!("{:.1}M", count as f64 / 1e6)
 }
 
-/// The one-line conversion of a PyTorch state dict to safetensors.
-pub fn conversion_command(pickle: &Path) -> String {
-    let out = pickle.with_file_name("model.safetensors");
-    format!(
-        "python3 -c \"import torch, safetensors.torch as st; sd = torch.load('{}', map_location='cpu'); \
-         st.save_file({{k: v.contiguous() for k, v in sd.items()}}, '{}')\"",
-        pickle.display(),
-        out.display()
-    )
+/// Whether a checkpoint with `found` parameters can be the reference's `backbone` fetched by `spec`: checked only
+/// when `spec` is the reference's own hub id (any revision), where anything but the reference's count means a wrong
+/// repository or snapshot; other checkpoints are the user's choice. The error says what was found and guesses
+/// which model it is.
+pub fn check_reference_parameters(backbone: Backbone, spec: &str, found: u64) -> Result<()> {
+    let expected = backbone.reference_parameters();
+    let is_reference = !Path::new(spec).exists()
+        && HubId::parse(spec)
+            .is_ok_and(|id| backbone.reference_repos().contains(&id.repo.as_str()));
+    // Counts are compared as model cards round them (0.1M): a checkpoint that differs by a buffer is no other model.
+    if !is_reference || found.abs_diff(expected) < 50_000 {
+        return Ok(());
+    }
+    let guess = backbone
+        .look_alikes()
+        .iter()
+        .find(|(count, _)| found.abs_diff(*count) < 50_000)
+        .map(|(_, name)| format!(": {name}?"))
+        .unwrap_or_else(|| ".".into());
+    Err(Error::Other(format!(
+        "{backbone} `{spec}` has {} parameters ({found}){guess} The reference's {} has {}: this is another \
+         model, or a damaged snapshot in the Hugging Face cache",
+        millions(found),
+        backbone.default_repo(),
+        millions(expected)
+    )))
 }
 
-/// Files a local folder lacks for `backbone` (GPT-2's tokenizer may be `tokenizer.json` or
-/// `vocab.json` + `merges.txt`).
-fn missing_in(dir: &Path, backbone: Backbone) -> Vec<&'static str> {
-    let mut missing: Vec<&'static str> = ["config.json", "model.safetensors"]
-        .into_iter()
-        .filter(|f| backbone != Backbone::Resnet50 || *f == "model.safetensors")
-        .filter(|f| !dir.join(f).is_file())
-        .collect();
-    if backbone == Backbone::Gpt2
+/// A hub id with an optional revision: `facebook/wav2vec2-base`, `facebook/wav2vec2-base@refs/pr/2` (a branch,
+/// tag or pull-request ref), `gpt2@<commit hash>`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HubId {
+    pub repo: String,
+    pub revision: Option<String>,
+}
+
+impl HubId {
+    /// Splits `repo@revision`; a revision must stay inside the cache's `refs/` (no `..`, not absolute).
+    pub fn parse(spec: &str) -> Result<Self> {
+        let (repo, revision) = match spec.split_once('@') {
+            Some((repo, revision)) => (repo, Some(revision)),
+            None => (spec, None),
+        };
+        if repo.is_empty() || revision.is_some_and(str::is_empty) {
+            return Err(Error::Other(format!(
+                "`{spec}` is not a hub id: expected NAME or ORG/NAME, optionally @REVISION"
+            )));
+        }
+        if let Some(rev) = revision {
+            if Path::new(rev)
+                .components()
+                .any(|c| !matches!(c, Component::Normal(_)))
+            {
+                return Err(Error::Other(format!(
+                    "`{spec}`: revision `{rev}` must be a branch, tag, refs/pr/N or a commit hash"
+                )));
+            }
+        }
+        Ok(HubId {
+            repo: repo.to_string(),
+            revision: revision.map(str::to_string),
+        })
+    }
+
+    /// The revision, `main` when none was given.
+    pub fn revision(&self) -> &str {
+        self.revision.as_deref().unwrap_or("main")
+    }
+}
+
+impl std::fmt::Display for HubId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match &self.revision {
+            Some(rev) => write!(f, "{}@{rev}", self.repo),
+            None => f.write_str(&self.repo),
+        }
+    }
+}
+
+/// The command that puts `backbone`'s files of the hub model `id` into `dir`: `hf download` (huggingface_hub ≥
+/// 0.34; its `huggingface-cli` is gone since 1.0) with one `--include` per pattern (a list after a single
+/// `--include` would be read as file names, which must all exist) and no file names, so it works whatever weight
+/// format the repository has.
+pub fn fetch_command(backbone: Backbone, id: &HubId, dir: &str) -> String {
+    let mut command = format!("hf download {}", id.repo);
+    if let Some(rev) = &id.revision {
+        command += &format!(" --revision {rev}");
+    }
+    for pattern in backbone.include_patterns() {
+        if pattern.contains('*') {
+            command += &format!(" --include \"{pattern}\"");
+        } else {
+            command += &format!(" --include {pattern}");
+        }
+    }
+    command + &format!(" --local-dir {dir}")
+}
+
+/// The reference's checkpoint of `backbone` fetched into `dir`.
+fn default_fetch(backbone: Backbone, dir: &str) -> String {
+    let id = HubId {
+        repo: backbone.default_repo().to_string(),
+        revision: None,
+    };
+    fetch_command(backbone, &id, dir)
+}
+
+/// What a local folder lacks for `backbone` (GPT-2's tokenizer may be `tokenizer.json` or `vocab.json` +
+/// `merges.txt`); an unreadable weights layout (an index naming a missing shard, several `.pth`) is an error.
+fn missing_in(dir: &Path, backbone: Backbone) -> Result<Vec<&'static str>> {
+    let mut missing = Vec::new();
+    if backbone.needs_config() && !dir.join("config.json").is_file() {
+        missing.push("config.json");
+    }
+    if Checkpoint::find(dir)?.is_none() {
+        missing.push("the weights");
+    }
+    if backbone.needs_tokenizer()
         && !dir.join("tokenizer.json").is_file()
         && !(dir.join("vocab.json").is_file() && dir.join("merges.txt").is_file())
     {
         missing.push("tokenizer.json");
     }
-    missing
-}
-
-/// A PyTorch pickle in `dir`, if its weights are only there.
-fn pickle_in(dir: &Path) -> Option<PathBuf> {
-    let bin = dir.join("pytorch_model.bin");
-    if bin.is_file() {
-        return Some(bin);
-    }
-    std::fs::read_dir(dir)
-        .ok()?
-        .flatten()
-        .map(|e| e.path())
-        .find(|p| {
-            p.extension()
-                .is_some_and(|e| e == "pth" || e == "pt" || e == "bin")
-        })
+    Ok(missing)
 }
 
 fn check_folder(dir: &Path, backbone: Backbone) -> Result<PathBuf> {
-    let missing = missing_in(dir, backbone);
+    let missing = missing_in(dir, backbone)?;
     if missing.is_empty() {
         return Ok(dir.to_path_buf());
-    }
-    if missing.contains(&"model.safetensors") {
-        if let Some(pickle) = pickle_in(dir) {
-            return Err(Error::data(
-                dir,
-                format!(
-                    "the {backbone} weights are only in the PyTorch pickle {}; candle reads safetensors. Convert \
-                     once (needs `pip install torch safetensors`; config.json stays as it is):\n  {}",
-                    pickle.display(),
-                    conversion_command(&pickle)
-                ),
-            ));
-        }
     }
     Err(Error::data(
         dir,
         format!(
-            "this {backbone} model folder lacks {}; fetch the model with\n  {}",
+            "this {backbone} model folder lacks {} (it needs {}); fetch the model with\n  {}",
             missing.join(", "),
-            fetch_command(
-                backbone.default_repo(),
-                backbone.files(),
-                &dir.display().to_string()
-            )
+            backbone.needs(),
+            default_fetch(backbone, &dir.display().to_string())
         ),
     ))
 }
 
-/// The safetensors file of ResNet-50 weights named by `spec`: the file itself, or `model.safetensors` of the
+/// The ResNet-50 weights named by `spec`: the weights file itself, or the checkpoint (file or shard index) of the
 /// folder or hub model [`resolve`] finds.
 pub fn resnet50_weights(spec: &str) -> Result<PathBuf> {
     let found = resolve(Backbone::Resnet50, spec)?;
-    Ok(if found.is_file() {
-        found
-    } else {
-        found.join("model.safetensors")
-    })
+    Ok(Checkpoint::open(&found)?.path)
 }
 
 /// Where hub ids are looked up: the Hugging Face cache, and whether downloads are allowed.
@@ -191,10 +324,29 @@ impl HubEnv {
                 .is_ok_and(|v| v == "1" || v.eq_ignore_ascii_case("true")),
         }
     }
+
+    /// The snapshot folder of `id` in the cache, if there is one: `models--ORG--NAME/refs/REV` holds the commit of a
+    /// branch, tag or `refs/pr/N` (as both `huggingface_hub` and `hf-hub` write it), `snapshots/COMMIT/` the files;
+    /// a revision that is itself a commit hash has no ref (`huggingface_hub` writes none) and names its snapshot.
+    pub fn snapshot(&self, id: &HubId) -> Option<PathBuf> {
+        let repo = hf_hub::Repo::model(id.repo.clone());
+        let root = self.cache.path().join(repo.folder_name());
+        let revision = id.revision();
+        let commit = match std::fs::read_to_string(root.join("refs").join(revision)) {
+            // huggingface_hub writes the hash without a newline, hf-hub trims it; either way no whitespace
+            Ok(commit) => commit.trim().to_string(),
+            Err(_) => revision.to_string(),
+        };
+        if commit.is_empty() || commit.contains(['/', '\\']) || commit == ".." {
+            return None;
+        }
+        let dir = root.join("snapshots").join(commit);
+        dir.is_dir().then_some(dir)
+    }
 }
 
-/// Finds the folder holding `backbone`'s files: `spec` is a local folder, or a hub id found in the Hugging Face
-/// cache or downloaded into it. For ResNet-50, `spec` may also be a `.safetensors` file, returned as it is.
+/// Finds where `backbone`'s files are: `spec` is a local folder, a hub id (with an optional `@revision`) found in
+/// the Hugging Face cache or downloaded into it, or for ResNet-50 a weights file, returned as it is.
 pub fn resolve(backbone: Backbone, spec: &str) -> Result<PathBuf> {
     resolve_in(&HubEnv::from_env(), backbone, spec)
 }
@@ -202,135 +354,166 @@ pub fn resolve(backbone: Backbone, spec: &str) -> Result<PathBuf> {
 /// [`resolve`] with the cache and the offline switch given rather than read from the environment.
 pub fn resolve_in(env: &HubEnv, backbone: Backbone, spec: &str) -> Result<PathBuf> {
     let path = Path::new(spec);
-    if backbone == Backbone::Resnet50 && path.is_file() {
-        return match path.extension().and_then(|e| e.to_str()) {
-            Some("safetensors") => Ok(path.to_path_buf()),
-            _ => Err(Error::data(
+    if path.is_file() {
+        if backbone != Backbone::Resnet50 {
+            return Err(Error::data(
                 path,
                 format!(
-                    "the ResNet-50 weights must be safetensors; convert this PyTorch file once (needs \
-                     `pip install torch safetensors`):\n  {}",
-                    conversion_command(path)
+                    "a {backbone} model is a folder holding {}, not one file",
+                    backbone.needs()
                 ),
-            )),
-        };
+            ));
+        }
+        // A single weights file: its name must say its format (the file is read later, by the loader or the check).
+        return Ok(Checkpoint::file(path)?.path);
     }
     if path.is_dir() {
         return check_folder(path, backbone);
     }
-    let files = backbone.files();
-    let cache = &env.cache;
-    let cached: Vec<Option<PathBuf>> = {
-        let repo = cache.model(spec.to_string());
-        files.iter().map(|f| repo.get(f)).collect()
-    };
-    if let Some(dir) = same_snapshot(&cached) {
-        return Ok(dir);
-    }
-    // A spec that reads as a local path (under an existing folder, or starting with . / ~) names where the
-    // files should go; otherwise it is a hub id and the files go under models/.
-    // (A hub id has at most one `/`.)
+    let id = HubId::parse(spec)?;
+    // A spec that reads as a local path (starting with . / ~, or under an existing folder) names where the files
+    // should go; a hub id has at most one `/` (a revision after `@` may have more).
+    let repo_path = Path::new(&id.repo);
     let looks_local = spec.starts_with(['.', '/', '~'])
-        || spec.matches('/').count() >= 2
-        || path
+        || id.repo.matches('/').count() >= 2
+        || repo_path
             .parent()
             .is_some_and(|p| !p.as_os_str().is_empty() && p.is_dir());
     if looks_local {
         return Err(Error::Other(format!(
             "{backbone} model folder `{spec}` does not exist (nor is `{spec}` a model in the Hugging Face \
-             cache); it needs {}; fetch them with\n  {}",
-            files.join(", "),
-            fetch_command(backbone.default_repo(), files, spec)
+             cache); it needs {}; fetch the reference's with\n  {}",
+            backbone.needs(),
+            default_fetch(backbone, spec)
         )));
+    }
+    let cached = env.snapshot(&id);
+    if let Some(dir) = &cached {
+        if missing_in(dir, backbone)?.is_empty() {
+            return Ok(dir.clone());
+        }
     }
     let download_error = if env.offline {
         "HF_HUB_OFFLINE is set".to_string()
     } else {
-        match download(cache, spec, files) {
+        match download(env, backbone, &id) {
             Ok(dir) => return Ok(dir),
             Err(e) => e,
         }
     };
-    let dir = format!("models/{}", backbone.folder_name());
-    let rename = if dir == spec {
-        String::new()
-    } else {
-        format!("\nand name the folder `{dir}` instead of `{spec}`")
+    let where_cached = match &cached {
+        Some(dir) => format!(
+            "its cached snapshot {} lacks {}",
+            dir.display(),
+            missing_in(dir, backbone)?.join(", ")
+        ),
+        None => format!(
+            "nor in the Hugging Face cache ({})",
+            env.cache.path().display()
+        ),
     };
+    let dir = format!("models/{}", backbone.folder_name());
     Err(Error::Other(format!(
-        "{backbone} model `{spec}` is neither a local folder nor in the Hugging Face cache ({}), and it cannot \
-         be downloaded ({download_error}). It needs {}; fetch them with\n  {}{rename}",
-        cache.path().display(),
-        files.join(", "),
-        fetch_command(spec, files, &dir)
+        "{backbone} model `{spec}` is neither a local folder {where_cached}, and it cannot be downloaded \
+         ({download_error}). It needs {}; fetch them with\n  {}\nand name the folder `{dir}` instead of `{spec}`",
+        backbone.needs(),
+        fetch_command(backbone, &id, &dir)
     )))
 }
 
-/// The one snapshot folder holding all of `paths`, when every file is cached there.
-fn same_snapshot(paths: &[Option<PathBuf>]) -> Option<PathBuf> {
+/// Downloads `backbone`'s files of `id` into the cache: the config and tokenizer, then the weights in the first
+/// format of [`weights::PREFERENCE`] the repository has (the shards of an index too). Returns the snapshot folder.
+fn download(env: &HubEnv, backbone: Backbone, id: &HubId) -> std::result::Result<PathBuf, String> {
+    let api = hf_hub::api::sync::ApiBuilder::from_env()
+        .with_cache_dir(env.cache.path().clone())
+        .with_progress(true)
+        .build()
+        .map_err(|e| e.to_string())?;
+    let repo = api.repo(hf_hub::Repo::with_revision(
+        id.repo.clone(),
+        hf_hub::RepoType::Model,
+        id.revision().to_string(),
+    ));
+    // The listing says which files exist; without it (an API hiccup) each candidate is simply tried.
+    let listing: Option<BTreeSet<String>> = repo
+        .info()
+        .ok()
+        .map(|info| info.siblings.into_iter().map(|s| s.rfilename).collect());
+    let has = |file: &str| listing.as_ref().is_none_or(|l| l.contains(file));
+    let mut paths = Vec::new();
+    let mut get = |file: &str| -> std::result::Result<PathBuf, String> {
+        let path = repo.get(file).map_err(|e| format!("{file}: {e}"))?;
+        paths.push(path.clone());
+        Ok(path)
+    };
+    if backbone.needs_config() {
+        get("config.json")?;
+    }
+    // GPT-2's tokenizer: tokenizer.json, else the vocabulary files it is built from
+    if backbone.needs_tokenizer() && !(has("tokenizer.json") && get("tokenizer.json").is_ok()) {
+        get("vocab.json")?;
+        get("merges.txt")?;
+    }
+    let mut fetched = false;
+    for file in weights::PREFERENCE.iter().filter(|f| has(f)) {
+        let Ok(path) = get(file) else {
+            continue;
+        };
+        if file.ends_with(".index.json") {
+            for shard in shard_files(&path)? {
+                get(&shard)?;
+            }
+        }
+        fetched = true;
+        break;
+    }
+    if !fetched {
+        let held = listing
+            .map(|l| l.into_iter().collect::<Vec<_>>().join(", "))
+            .unwrap_or_else(|| "(no listing)".into());
+        return Err(format!(
+            "`{id}` has none of {} (it holds {held})",
+            weights::PREFERENCE.join(", ")
+        ));
+    }
+    same_snapshot(&paths)
+        .ok_or_else(|| "downloaded files landed in different snapshots".to_string())
+}
+
+/// The shard files an `*.index.json` names.
+fn shard_files(index: &Path) -> std::result::Result<BTreeSet<String>, String> {
+    let text = std::fs::read_to_string(index).map_err(|e| format!("{}: {e}", index.display()))?;
+    let value: serde_json::Value =
+        serde_json::from_str(&text).map_err(|e| format!("{}: {e}", index.display()))?;
+    let map = value["weight_map"]
+        .as_object()
+        .ok_or_else(|| format!("{}: no weight_map", index.display()))?;
+    Ok(map
+        .values()
+        .filter_map(|v| v.as_str().map(str::to_string))
+        .collect())
+}
+
+/// The one snapshot folder holding all of `paths`.
+fn same_snapshot(paths: &[PathBuf]) -> Option<PathBuf> {
     let parents: BTreeSet<PathBuf> = paths
         .iter()
-        .map(|p| p.as_ref().and_then(|p| p.parent()).map(Path::to_path_buf))
+        .map(|p| p.parent().map(Path::to_path_buf))
         .collect::<Option<_>>()?;
     (parents.len() == 1)
         .then(|| parents.into_iter().next())
         .flatten()
 }
 
-fn download(
-    cache: &hf_hub::Cache,
-    repo: &str,
-    files: &[&str],
-) -> std::result::Result<PathBuf, String> {
-    let api = hf_hub::api::sync::ApiBuilder::from_env()
-        .with_cache_dir(cache.path().clone())
-        .with_progress(true)
-        .build()
-        .map_err(|e| e.to_string())?;
-    let repo_api = api.model(repo.to_string());
-    let mut paths = Vec::new();
-    for file in files {
-        match repo_api.get(file) {
-            Ok(p) => paths.push(Some(p)),
-            Err(e) => {
-                if *file == "model.safetensors" && repo_api.get("pytorch_model.bin").is_ok() {
-                    return Err(format!(
-                        "`{repo}` has no model.safetensors, only pytorch_model.bin; download it with \
-                         `{}` and convert it with `{}`",
-                        fetch_command(repo, &["config.json", "pytorch_model.bin"], "DIR"),
-                        conversion_command(Path::new("DIR/pytorch_model.bin"))
-                    ));
-                }
-                return Err(format!("{file}: {e}"));
-            }
-        }
-    }
-    same_snapshot(&paths)
-        .ok_or_else(|| "downloaded files landed in different snapshots".to_string())
-}
-
-/// Every tensor of a safetensors file as f32 on `device`, under `rename(name)`; names mapped to `None` are
-/// skipped (heads the encoder does not use, mask buffers).
+/// Every tensor of one weights file (any format of [`weights`]) as f32 on `device`, under `rename(name)`; names
+/// mapped to `None` are skipped (heads the encoder does not use, mask buffers). Loaders read whole checkpoints
+/// through [`Checkpoint::read`]; this is the same for a single file.
 pub fn read_safetensors(
     path: &Path,
     device: &Device,
     rename: impl Fn(&str) -> Option<String>,
 ) -> Result<HashMap<String, Tensor>> {
-    let raw = candle_core::safetensors::load(path, device)
-        .map_err(|e| Error::data(path, format!("cannot read safetensors: {e}")))?;
-    let mut out = HashMap::new();
-    for (name, tensor) in raw {
-        if let Some(new) = rename(&name) {
-            let tensor = tensor.to_dtype(DType::F32)?;
-            if out.insert(new.clone(), tensor).is_some() {
-                return Err(Error::data(
-                    path,
-                    format!("tensor `{new}` appears twice (with and without a prefix)"),
-                ));
-            }
-        }
-    }
-    Ok(out)
+    Checkpoint::file(path)?.read(device, rename)
 }
 
 /// A checkpoint's tensors as trainable variables, recording which names the model asks for so that
@@ -437,6 +620,61 @@ impl SimpleBackend for Recorder {
             .lock()
             .map(|d| d.contains_key(name))
             .unwrap_or(false)
+    }
+}
+
+/// The shape of every weight a model asks for while `build` constructs it over the given `VarBuilder`, under the
+/// names it asks for them by. The builder hands out zero-stride views of one zero, so even GPT-2 small costs no
+/// memory: only for constructors that store their weights (every model here), not for ones that compute with them.
+pub fn requested_shapes(
+    build: impl FnOnce(VarBuilder<'static>) -> Result<()>,
+) -> Result<BTreeMap<String, Vec<usize>>> {
+    let shapes = Arc::new(Mutex::new(BTreeMap::new()));
+    let backend = ShapeRecorder {
+        shapes: shapes.clone(),
+    };
+    build(VarBuilder::from_backend(
+        Box::new(backend),
+        DType::F32,
+        Device::Cpu,
+    ))?;
+    let shapes = shapes
+        .lock()
+        .map_err(|_| Error::Other("shape record poisoned".into()))?
+        .clone();
+    Ok(shapes)
+}
+
+struct ShapeRecorder {
+    shapes: Arc<Mutex<BTreeMap<String, Vec<usize>>>>,
+}
+
+impl SimpleBackend for ShapeRecorder {
+    fn get(
+        &self,
+        s: Shape,
+        name: &str,
+        _: Init,
+        dtype: DType,
+        dev: &Device,
+    ) -> candle_core::Result<Tensor> {
+        if let Ok(mut shapes) = self.shapes.lock() {
+            shapes.insert(name.to_string(), s.dims().to_vec());
+        }
+        Tensor::zeros((), dtype, dev)?.broadcast_as(s)
+    }
+
+    fn get_unchecked(
+        &self,
+        name: &str,
+        _dtype: DType,
+        _dev: &Device,
+    ) -> candle_core::Result<Tensor> {
+        candle_core::bail!("`{name}`: a weight must be requested with its shape")
+    }
+
+    fn contains_tensor(&self, _name: &str) -> bool {
+        false
     }
 }
 

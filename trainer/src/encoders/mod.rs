@@ -1,10 +1,14 @@
 //! One encoder per modality and model, each a self-contained file in the candle-transformers style (its
 //! `Config`, its blocks bottom-up, `new`/`forward`): [`glove`] and [`gpt2`] for text, [`resnet`] for the mosaics,
-//! [`waveform`] and [`wav2vec2`] for audio; [`hub`] resolves where pretrained weights come from.
+//! [`waveform`] and [`wav2vec2`] for audio; [`hub`] resolves where pretrained weights come from, [`weights`] finds
+//! and reads a checkpoint in any of the formats they come in, and [`check`] tells whether a checkpoint fits its
+//! model without loading it.
 
+pub mod check;
 pub mod glove;
 pub mod gpt2;
 pub mod hub;
 pub mod resnet;
 pub mod wav2vec2;
 pub mod waveform;
+pub mod weights;

@@ -13,13 +13,15 @@
 //!
 //! Widths are a [`Config`]: [`Config::resnet50`] is the real network; [`Config::from_checkpoint`] reads them off a
 //! torchvision state dict (the test fixture is a narrow ResNet-50). [`load_torchvision`] copies a torchvision
-//! checkpoint (safetensors) into a built network's parameters.
+//! checkpoint (safetensors, torchvision's own `.pth`, or any other format of [`crate::encoders::weights`]) into a built network's
+//! parameters.
 
-use std::collections::{BTreeSet, HashMap};
-use std::path::Path;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::path::{Path, PathBuf};
 
 use candle_core::{Device, Tensor, D};
 
+use crate::encoders::weights::Checkpoint;
 use crate::error::{Error, Result};
 use crate::nn::params::ParamStore;
 use crate::nn::BatchNorm;
@@ -56,11 +58,17 @@ impl Config {
         self.widths[3] * EXPANSION
     }
 
-    /// The widths of the torchvision ResNet whose state dict is the safetensors file `path` (from the shapes of
-    /// `conv1.weight` and `layerN.i.conv1.weight`).
+    /// The widths of the torchvision ResNet whose state dict is at `path` (a weights file of any format of
+    /// [`weights`], or a folder), from the shapes of `conv1.weight` and `layerN.i.conv1.weight` in its headers.
     pub fn from_checkpoint(path: &Path) -> Result<Self> {
-        let shapes = checkpoint_shapes(path)?;
-        Self::infer(|name| shapes.get(name).cloned()).map_err(|message| Error::data(path, message))
+        let checkpoint = Checkpoint::open(path)?;
+        let shapes = checkpoint.shapes(checkpoint_name)?;
+        Self::from_shapes(&shapes).map_err(|message| Error::data(&checkpoint.path, message))
+    }
+
+    /// The widths of a torchvision ResNet from its tensors' shapes (under [`checkpoint_name`]s).
+    pub fn from_shapes(shapes: &BTreeMap<String, Vec<usize>>) -> std::result::Result<Self, String> {
+        Self::infer(|name| shapes.get(name).cloned())
     }
 
     /// The widths from the shape of each tensor, looked up by its torchvision name.
@@ -105,78 +113,72 @@ impl Config {
 
     /// Every parameter and buffer name, torchvision's (without a prefix).
     fn names(&self) -> Vec<String> {
-        let bn = |name: &str| {
-            ["weight", "bias", "running_mean", "running_var"].map(|part| format!("{name}.{part}"))
-        };
-        let mut names = vec!["conv1.weight".to_string()];
-        names.extend(bn("bn1"));
+        self.shapes().into_keys().collect()
+    }
+
+    /// The shape of every parameter and buffer, under torchvision's names (without a prefix): what a checkpoint
+    /// of these widths holds, as the network built by [`ResNet50::with_config`] has them.
+    pub fn shapes(&self) -> BTreeMap<String, Vec<usize>> {
+        // (name, out channels, in channels, kernel) of every convolution, (name, channels) of every BatchNorm
+        let mut convs = vec![("conv1".to_string(), self.stem_width, 3, 7)];
+        let mut norms = vec![("bn1".to_string(), self.stem_width)];
+        let mut cin = self.stem_width;
         for stage in 0..4 {
+            let width = self.widths[stage];
+            let cout = width * EXPANSION;
             for block in 0..self.blocks[stage] {
                 let at = format!("layer{}.{block}", stage + 1);
-                for i in 1..=3 {
-                    names.push(format!("{at}.conv{i}.weight"));
-                    names.extend(bn(&format!("{at}.bn{i}")));
-                }
+                convs.push((format!("{at}.conv1"), width, cin, 1));
+                convs.push((format!("{at}.conv2"), width, width, 3));
+                convs.push((format!("{at}.conv3"), cout, width, 1));
+                norms.extend([
+                    (format!("{at}.bn1"), width),
+                    (format!("{at}.bn2"), width),
+                    (format!("{at}.bn3"), cout),
+                ]);
                 if self.has_downsample(stage, block) {
-                    names.push(format!("{at}.downsample.0.weight"));
-                    names.extend(bn(&format!("{at}.downsample.1")));
+                    convs.push((format!("{at}.downsample.0"), cout, cin, 1));
+                    norms.push((format!("{at}.downsample.1"), cout));
                 }
+                cin = cout;
             }
         }
-        names
-    }
-}
-
-/// The shape of every tensor of a safetensors file, from its header alone (an 8-byte little-endian length, then
-/// JSON `{name: {dtype, shape, data_offsets}}`): the real checkpoint is 100 MB, its widths need a few kB.
-fn checkpoint_shapes(path: &Path) -> Result<HashMap<String, Vec<usize>>> {
-    #[derive(serde::Deserialize)]
-    struct Entry {
-        shape: Vec<usize>,
-    }
-    use std::io::Read;
-    let mut file = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
-    let mut len = [0u8; 8];
-    file.read_exact(&mut len).map_err(|e| Error::io(path, e))?;
-    let len = u64::from_le_bytes(len);
-    if len > 100 << 20 {
-        return Err(Error::data(
-            path,
-            format!("not a safetensors file (header length {len})"),
-        ));
-    }
-    let mut header = vec![0u8; len as usize];
-    file.read_exact(&mut header)
-        .map_err(|e| Error::io(path, e))?;
-    let entries: HashMap<String, serde_json::Value> = serde_json::from_slice(&header)
-        .map_err(|e| Error::data(path, format!("not a safetensors header: {e}")))?;
-    let mut shapes = HashMap::new();
-    for (name, entry) in entries {
-        if name == "__metadata__" {
-            continue;
+        let mut shapes = BTreeMap::new();
+        for (name, cout, cin, k) in convs {
+            shapes.insert(format!("{name}.weight"), vec![cout, cin, k, k]);
         }
-        let entry: Entry = serde_json::from_value(entry)
-            .map_err(|e| Error::data(path, format!("tensor `{name}`: {e}")))?;
-        shapes.insert(name, entry.shape);
+        for (name, channels) in norms {
+            for part in ["weight", "bias", "running_mean", "running_var"] {
+                shapes.insert(format!("{name}.{part}"), vec![channels]);
+            }
+        }
+        shapes
     }
-    Ok(shapes)
 }
 
-/// A torchvision state dict, without what the encoder does not use: the classifier `fc.*` (the encoder ends at the
-/// pooled features) and BatchNorm's `num_batches_tracked` counters (momentum is fixed at 0.1).
-fn read_checkpoint(path: &Path) -> Result<HashMap<String, Tensor>> {
-    crate::encoders::hub::read_safetensors(path, &Device::Cpu, |name| {
-        let unused = name.starts_with("fc.") || name.ends_with(".num_batches_tracked");
-        (!unused).then(|| name.to_string())
-    })
+/// The name [`load_torchvision`] gives a torchvision tensor: itself, or `None` for what the encoder does not use,
+/// the classifier `fc.*` (the encoder ends at the pooled features) and BatchNorm's `num_batches_tracked` counters
+/// (momentum is fixed at 0.1).
+pub fn checkpoint_name(name: &str) -> Option<String> {
+    let unused = name.starts_with("fc.") || name.ends_with(".num_batches_tracked");
+    (!unused).then(|| name.to_string())
 }
 
-/// Copies the torchvision checkpoint `path` (safetensors of a `state_dict()`) into the ResNet built in `store`
-/// under `prefix` (`visual`): every convolution and BatchNorm weight, bias and running statistic. `fc.*` and
+/// A torchvision state dict as [`checkpoint_name`] keeps it, and the file it came from.
+fn read_checkpoint(path: &Path) -> Result<(PathBuf, HashMap<String, Tensor>)> {
+    let checkpoint = Checkpoint::open(path)?;
+    let tensors = checkpoint.read(&Device::Cpu, checkpoint_name)?;
+    Ok((checkpoint.path, tensors))
+}
+
+/// Copies the torchvision checkpoint `path` (a `state_dict()` in any format of [`weights`]: safetensors,
+/// torchvision's `.pth`, a `pytorch_model.bin`, or a folder holding one) into the ResNet built in `store` under
+/// `prefix` (`visual`): every convolution and BatchNorm weight, bias and running statistic. `fc.*` and
 /// `num_batches_tracked` are ignored; a tensor the network lacks, a network tensor the file lacks and a shape that
 /// differs are errors naming the file and the tensor.
 pub fn load_torchvision(store: &ParamStore, prefix: &str, path: &Path) -> Result<()> {
-    let tensors = read_checkpoint(path)?;
+    let (path, tensors) = read_checkpoint(path)?;
+    let path = path.as_path();
     // The built network's widths, read back from the store: they give the names it must find in the file.
     let built = Config::infer(|name| {
         store

@@ -25,7 +25,7 @@
 //! ([`crate::ops::group_norm`]), GELU ([`crate::ops::gelu`]), the attention's softmax + dropout
 //! ([`crate::ops::softmax_dropout`]) and LayerNorm ([`crate::ops::layer_norm`]).
 
-use std::collections::HashMap;
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
@@ -37,6 +37,7 @@ use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
 
 use crate::encoders::hub;
+use crate::encoders::weights::{self, Checkpoint};
 use crate::error::{Error, Result};
 use crate::nn::{dropout_shared, LayerNorm};
 use crate::ops::conv1d;
@@ -800,9 +801,29 @@ fn rename(name: &str, prefixed: bool) -> Option<String> {
     Some(name)
 }
 
-/// Loads `config.json` + `model.safetensors` from a model folder (see [`hub::resolve`]); `out_features` and `l2`
-/// as [`Wav2Vec2Encoder::new`]; `seed` seeds the dropout / LayerDrop / masking generator (the optional
-/// projection's initial values come from candle's generator).
+/// How [`load`] names the tensors of `checkpoint`: [`rename`]d, with the `wav2vec2.` prefix stripped when the
+/// file has it, and without `masked_spec_embed` when `cfg` masks nothing (the model only asks for it to mask).
+pub fn renamer(checkpoint: &Checkpoint, cfg: &Config) -> Result<impl Fn(&str) -> Option<String>> {
+    let inventory = checkpoint.inventory()?;
+    let prefixed = inventory
+        .shapes
+        .keys()
+        .chain(inventory.unreadable.keys())
+        .any(|n| n.starts_with("wav2vec2."));
+    let masks = cfg.mask_time_prob > 0.0 || cfg.mask_feature_prob > 0.0;
+    Ok(move |name: &str| rename(name, prefixed).filter(|n| masks || n != "masked_spec_embed"))
+}
+
+/// The shape of every checkpoint tensor [`load`] needs for `cfg` (the encoder without its optional projection),
+/// under the names [`renamer`] gives.
+pub fn expected_shapes(cfg: &Config) -> Result<BTreeMap<String, Vec<usize>>> {
+    hub::requested_shapes(|vb| Wav2Vec2Model::new(cfg, vb).map(|_| ()))
+}
+
+/// Loads `config.json` and the weights (any format of [`weights`]) from a model folder (see [`hub::resolve`]);
+/// `out_features` and `l2` as [`Wav2Vec2Encoder::new`]; `seed` seeds the dropout / LayerDrop / masking generator
+/// (the optional projection's initial values come from candle's generator). A tensor missing, left over or of
+/// another shape than config.json says is an error naming it.
 pub fn load(
     dir: &Path,
     out_features: Option<i64>,
@@ -811,22 +832,22 @@ pub fn load(
     seed: u64,
 ) -> Result<LoadedWav2Vec2> {
     let cfg = Config::from_file(&dir.join("config.json"))?;
-    let weights = dir.join("model.safetensors");
-    let all = hub::read_safetensors(&weights, device, |n| Some(n.to_string()))?;
-    let prefixed = all.keys().any(|n| n.starts_with("wav2vec2."));
-    let mut tensors: HashMap<String, Tensor> = all
-        .into_iter()
-        .filter_map(|(name, t)| rename(&name, prefixed).map(|name| (name, t)))
-        .collect();
-    if !(cfg.mask_time_prob > 0.0 || cfg.mask_feature_prob > 0.0) {
-        // Only used by masking; without masking the model does not ask for it.
-        tensors.remove("masked_spec_embed");
-    }
-    let checkpoint = hub::CheckpointVars::new(&weights, tensors)?;
-    let vb = checkpoint.var_builder(device);
+    let checkpoint = Checkpoint::open(dir)?;
+    let rename = renamer(&checkpoint, &cfg)?;
+    weights::ensure_matches(
+        &checkpoint.path,
+        weights::compare_shapes(
+            &expected_shapes(&cfg)?,
+            &checkpoint.shapes(&rename)?,
+            "config.json",
+        ),
+    )?;
+    let tensors = checkpoint.read(device, &rename)?;
+    let vars = hub::CheckpointVars::new(&checkpoint.path, tensors)?;
+    let vb = vars.var_builder(device);
     let model = Wav2Vec2Model::new(&cfg, vb.clone())?;
     let encoder = Wav2Vec2Encoder::new(model, out_features, l2, vb)?;
-    let vars = checkpoint.finish(&["projection."])?;
+    let vars = vars.finish(&["projection."])?;
     encoder.model.set_seed(seed);
     Ok(LoadedWav2Vec2 {
         encoder,

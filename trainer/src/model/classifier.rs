@@ -13,6 +13,7 @@ use crate::config::{AudioEncoder, Config, Fusion as FusionKind, TextEncoder, Vis
 use crate::data::tokenizer::MAX_TOKENS;
 use crate::data::Batch;
 use crate::data::GloveVocab;
+use crate::encoders::check;
 use crate::encoders::glove::GloveEncoder;
 use crate::encoders::gpt2::Gpt2Encoder;
 use crate::encoders::hub::{self, Backbone};
@@ -23,8 +24,9 @@ use crate::error::{Error, Result};
 use crate::nn::params::ParamStore;
 use crate::nn::Ctx;
 
-/// Where the pretrained backbones a config uses are: model folders (GPT-2, wav2vec2) and the ResNet-50
-/// safetensors file. `None` for an encoder the config does not use — and for ResNet-50, random weights.
+/// Where the pretrained backbones a config uses are: model folders (GPT-2, wav2vec2) and the ResNet-50 weights
+/// (a file, or a sharded checkpoint's index). `None` for an encoder the config does not use — and for ResNet-50,
+/// random weights.
 #[derive(Debug, Clone, Default)]
 pub struct Backbones {
     pub gpt2: Option<PathBuf>,
@@ -34,24 +36,37 @@ pub struct Backbones {
 
 impl Backbones {
     /// Finds the files of every pretrained backbone `config` uses (`text_model`, `audio_model`,
-    /// `visual_model`: local folders or Hugging Face hub ids), before any data is read.
+    /// `visual_model`: local folders or Hugging Face hub ids, any weight format) and checks each checkpoint's
+    /// headers against its architecture (and the reference's parameter count for the reference's hub ids), before
+    /// any data is read.
     pub fn resolve(config: &Config) -> Result<Self> {
+        let env = hub::HubEnv::from_env();
         let mut found = Backbones::default();
-        if config.modules_text_encoder == TextEncoder::Gpt2 {
-            found.gpt2 = Some(hub::resolve(Backbone::Gpt2, config.text_model())?);
-        }
-        if config.modules_audio_encoder == AudioEncoder::Wav2vec2 {
-            found.wav2vec2 = Some(hub::resolve(Backbone::Wav2vec2, config.audio_model())?);
-        }
-        if config.modules_visual_encoder == VisualEncoder::Resnet50 {
-            if let Some(spec) = config.visual_model() {
-                let weights = hub::resnet50_weights(spec).map_err(|e| {
-                    Error::Other(format!(
-                        "{e}\n(or set `visual_model: random` to train the ResNet-50 from random weights)"
-                    ))
-                })?;
-                found.resnet50 = Some(weights);
+        for (backbone, spec) in check::needed(config) {
+            let report = check::check(&env, backbone, &spec, false).map_err(|e| match backbone {
+                Backbone::Resnet50 => Error::Other(format!(
+                    "{e}\n(or set `visual_model: random` to train the ResNet-50 from random weights)"
+                )),
+                _ => e,
+            })?;
+            if let Some(problem) = report.problem() {
+                return Err(Error::data(&report.checkpoint.path, problem));
             }
+            tracing::info!(
+                "{backbone} `{spec}`: {} parameters from {} ({})",
+                hub::millions(report.parameters),
+                report.checkpoint.path.display(),
+                report.checkpoint.describe()
+            );
+            let slot = match backbone {
+                Backbone::Gpt2 => &mut found.gpt2,
+                Backbone::Wav2vec2 => &mut found.wav2vec2,
+                Backbone::Resnet50 => &mut found.resnet50,
+            };
+            *slot = Some(match backbone {
+                Backbone::Resnet50 => report.checkpoint.path,
+                _ => report.location,
+            });
         }
         Ok(found)
     }

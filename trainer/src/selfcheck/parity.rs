@@ -138,8 +138,14 @@ fn same_names(ours: &BTreeSet<String>, expected: &BTreeSet<String>, what: &str) 
 /// GPT-2 (`gpt2-tiny`): last hidden state, the pooled output at each row's last real token, the loss, every
 /// weight's gradient and the gradient of the input embeddings.
 pub fn gpt2(fixtures: &Path, device: &Device) -> Result<Vec<Compared>> {
+    gpt2_from(fixtures, &fixtures.join("gpt2-tiny"), device)
+}
+
+/// [`gpt2`] with the model loaded from the folder `model`: the same tiny checkpoint in another format or layout
+/// (`gpt2-tiny-pickle`, `gpt2-tiny-sharded`), against the same recorded outputs.
+pub fn gpt2_from(fixtures: &Path, model: &Path, device: &Device) -> Result<Vec<Compared>> {
     let io = io(fixtures, "gpt2-tiny", device)?;
-    let loaded = gpt2::load(&fixtures.join("gpt2-tiny"), device, 7)?;
+    let loaded = gpt2::load(model, device, 7)?;
     let vars = vars_of(&loaded.vars)?;
     // The [PAD] row as the fixture drew it, so padding positions match too.
     let wte = &vars["wte.weight"];
@@ -215,8 +221,13 @@ pub fn gpt2(fixtures: &Path, device: &Device) -> Result<Vec<Compared>> {
 /// wav2vec2 (`wav2vec2-tiny`): the feature encoder's output, every hidden state, the pooled output, the loss,
 /// the input's and every weight's gradient.
 pub fn wav2vec2(fixtures: &Path, device: &Device) -> Result<Vec<Compared>> {
+    wav2vec2_from(fixtures, &fixtures.join("wav2vec2-tiny"), device)
+}
+
+/// [`wav2vec2`] with the model loaded from the folder `model` (`wav2vec2-tiny-pickle`, `wav2vec2-tiny-sharded`).
+pub fn wav2vec2_from(fixtures: &Path, model: &Path, device: &Device) -> Result<Vec<Compared>> {
     let io = io(fixtures, "wav2vec2-tiny", device)?;
-    let loaded = wav2vec2::load(&fixtures.join("wav2vec2-tiny"), Some(-1), false, device, 7)?;
+    let loaded = wav2vec2::load(model, Some(-1), false, device, 7)?;
     let vars = vars_of(&loaded.vars)?;
     let encoder = loaded.encoder;
     let input = Var::from_tensor(get(&io, "input_values")?)?;
@@ -287,13 +298,21 @@ pub fn wav2vec2(fixtures: &Path, device: &Device) -> Result<Vec<Compared>> {
 /// forward + backward the training output, the stage activations, the input's and every parameter's gradient,
 /// and every BatchNorm's running statistics.
 pub fn resnet50(fixtures: &Path, device: &Device) -> Result<Vec<Compared>> {
+    resnet50_from(
+        fixtures,
+        &fixtures.join("resnet50-tiny").join("model.safetensors"),
+        device,
+    )
+}
+
+/// [`resnet50`] with the weights loaded from `path` (a file or folder: `resnet50-tiny-pth/resnet50-tiny.pth`).
+pub fn resnet50_from(fixtures: &Path, path: &Path, device: &Device) -> Result<Vec<Compared>> {
     const PREFIX: &str = "visual";
     let io = io(fixtures, "resnet50-tiny", device)?;
-    let path = fixtures.join("resnet50-tiny").join("model.safetensors");
-    let cfg = ResNetConfig::from_checkpoint(&path)?;
+    let cfg = ResNetConfig::from_checkpoint(path)?;
     let mut store = ParamStore::new(device, 1);
     let model = ResNet50::with_config(&mut store, PREFIX, &cfg, false)?;
-    load_torchvision(&store, PREFIX, &path)?;
+    load_torchvision(&store, PREFIX, path)?;
     let input = get(&io, "input")?;
     let eval = model.forward(input, false)?;
     let x = Var::from_tensor(input)?;

@@ -1,7 +1,8 @@
 //! Before any training: can every asked row run? One check per thing a row needs — the three splits, face-only
 //! images (rows 11/12), WAVs in the format the row's audio input was trained on, the GloVe vectors, the GPT-2,
-//! wav2vec2 and ResNet-50 weights, the device — each `ok`, `-` (not needed) or `MISSING`, with the one command
-//! that fixes it.
+//! wav2vec2 and ResNet-50 weights (found and checked against their architecture as `erc-train models check` does,
+//! once per backbone for the whole table), the device — each `ok`, `-` (not needed) or `MISSING`, with the one
+//! command that fixes it.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
@@ -11,7 +12,8 @@ use meld_shared::Split;
 use super::Job;
 use crate::config::{AudioEncoder, AudioInput, TextEncoder, VisualEncoder};
 use crate::data::dataset::{face_detector, SplitData, REFERENCE_CHANNELS, REFERENCE_RATE};
-use crate::encoders::hub::{self, Backbone};
+use crate::encoders::check;
+use crate::encoders::hub::{Backbone, HubEnv};
 
 /// The WAV format of a plain `meld-etl extract` (its default profile): what `audio_input: normalized_mono` reads.
 const MONO_RATE: u32 = 16_000;
@@ -101,6 +103,8 @@ fn data_facts(data: &Path) -> DataFacts {
 /// asked device can be used (`None` when at least one can: the others just drop out of the queue).
 pub fn check(jobs: &[Job], glove: Option<&Path>, device_problem: Option<&str>) -> Vec<RowCheck> {
     let mut facts_of: BTreeMap<std::path::PathBuf, DataFacts> = BTreeMap::new();
+    let env = HubEnv::from_env();
+    let mut backbones = check::Cache::default();
     let device_cell = match device_problem {
         Some(e) => Cell::Missing(e.to_string()),
         None => Cell::Ok,
@@ -177,19 +181,18 @@ pub fn check(jobs: &[Job], glove: Option<&Path>, device_problem: Option<&str>) -
             } else {
                 Cell::NotNeeded
             };
-            let backbone = |needed: bool, backbone: Backbone, spec: Option<&str>| {
-                if !needed {
-                    return Cell::NotNeeded;
-                }
-                let found = match (backbone, spec) {
-                    (Backbone::Resnet50, None) => return Cell::Ok, // `random`
-                    (Backbone::Resnet50, Some(spec)) => hub::resnet50_weights(spec).map(|_| ()),
-                    (_, Some(spec)) => hub::resolve(backbone, spec).map(|_| ()),
-                    (_, None) => return Cell::Ok,
+            // `models check` without the sha256, once per backbone and spec for the whole table
+            let mut backbone = |needed: bool, backbone: Backbone, spec: Option<&str>| {
+                let Some(spec) = spec.filter(|_| needed) else {
+                    // not used, or ResNet-50 from random weights (`visual_model: random`)
+                    return if needed { Cell::Ok } else { Cell::NotNeeded };
                 };
-                match found {
-                    Ok(()) => Cell::Ok,
-                    Err(e) => Cell::Missing(e.to_string().replace('\n', " ")),
+                match backbones.check(&env, backbone, spec) {
+                    Ok(report) => match report.problem() {
+                        None => Cell::Ok,
+                        Some(problem) => Cell::Missing(problem),
+                    },
+                    Err(e) => Cell::Missing(e.replace('\n', " ")),
                 }
             };
             let cells = vec![
