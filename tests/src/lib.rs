@@ -192,3 +192,18 @@ pub fn write_glove(path: &Path) {
     }
     std::fs::write(path, text).expect("write glove");
 }
+
+/// `meld-etl synth --dialogues N --seed S --durations D [EXTRA...] --out OUT`: a synthetic MELD.Raw tree (or, with
+/// `--episode`, a long video and its subtitles), failing the test if synth fails.
+pub fn synth(out: &Path, dialogues: u32, seed: u64, durations: &str, extra: &[&str]) -> Output {
+    run_ok(
+        bin("meld-etl")
+            .arg("synth")
+            .args(["--dialogues", &dialogues.to_string()])
+            .args(["--seed", &seed.to_string()])
+            .args(["--durations", durations])
+            .args(extra)
+            .arg("--out")
+            .arg(out),
+    )
+}

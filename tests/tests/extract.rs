@@ -8,7 +8,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::OnceLock;
 use std::time::Duration;
 
-use meld_erc_tests::{bin, ffprobe, number, read_csv, read_csv_maps, run_ok, stream};
+use meld_erc_tests::{bin, ffprobe, number, read_csv, read_csv_maps, run_ok, stream, synth};
 use meld_shared::Split;
 
 /// One frame at 24000/1001 fps.
@@ -28,21 +28,7 @@ fn extraction() -> &'static Extraction {
     EXTRACTION.get_or_init(|| {
         let dir = tempfile::tempdir().expect("temp dir");
         let raw = dir.path().join("MELD.Raw");
-        run_ok(
-            bin("meld-etl")
-                .args([
-                    "synth",
-                    "--dialogues",
-                    "3",
-                    "--seed",
-                    "21",
-                    "--faults",
-                    "--durations",
-                    "1-2.5",
-                    "--out",
-                ])
-                .arg(&raw),
-        );
+        synth(&raw, 3, 21, "1-2.5", &["--faults"]);
         let out = dir.path().join("data");
         let output = run_ok(
             bin("meld-etl")

@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::OnceLock;
 
-use meld_erc_tests::{bin, read_csv_maps, repo, run_ok, write_glove};
+use meld_erc_tests::{bin, read_csv_maps, repo, run_ok, synth, write_glove};
 
 struct Setup {
     dir: tempfile::TempDir,
@@ -21,20 +21,7 @@ fn setup() -> &'static Setup {
     SETUP.get_or_init(|| {
         let dir = tempfile::tempdir().expect("temp dir");
         let raw = dir.path().join("MELD.Raw");
-        run_ok(
-            bin("meld-etl")
-                .args([
-                    "synth",
-                    "--dialogues",
-                    "12",
-                    "--seed",
-                    "7",
-                    "--durations",
-                    "1-2",
-                    "--out",
-                ])
-                .arg(&raw),
-        );
+        synth(&raw, 12, 7, "1-2", &[]);
         let data = dir.path().join("data");
         run_ok(
             bin("meld-etl")
@@ -316,21 +303,7 @@ fn every_bad_input_gets_its_reason_and_no_line_is_dropped() {
 
     // a raw folder with the release's kinds of damage: the damaged clips' rows are there, with the ETL's reason
     let faulty = dir.join("faulty");
-    run_ok(
-        bin("meld-etl")
-            .args([
-                "synth",
-                "--dialogues",
-                "12",
-                "--seed",
-                "7",
-                "--durations",
-                "1-2",
-                "--faults",
-                "--out",
-            ])
-            .arg(&faulty),
-    );
+    synth(&faulty, 12, 7, "1-2", &["--faults"]);
     let out = dir.join("p-faulty");
     let output = predict(
         &out,
@@ -412,21 +385,7 @@ fn every_bad_input_gets_its_reason_and_no_line_is_dropped() {
 fn a_synthetic_episode_is_labelled_with_its_timeline() {
     let s = setup();
     let dir = s.dir.path().join("episode");
-    run_ok(
-        bin("meld-etl")
-            .args([
-                "synth",
-                "--episode",
-                "--dialogues",
-                "12",
-                "--seed",
-                "7",
-                "--durations",
-                "1-2",
-                "--out",
-            ])
-            .arg(&dir),
-    );
+    synth(&dir, 12, 7, "1-2", &["--episode"]);
     let out = s.dir.path().join("p-episode");
     let output = predict(
         &out,

@@ -8,7 +8,9 @@ use std::process::{Command, Output, Stdio};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
-use meld_erc_tests::{backbone_fixture, bin, model_file, read_csv_maps, run_ok, write_glove};
+use meld_erc_tests::{
+    backbone_fixture, bin, model_file, read_csv_maps, run_ok, synth, write_glove,
+};
 
 struct Dataset {
     dir: tempfile::TempDir,
@@ -24,20 +26,7 @@ fn dataset() -> &'static Dataset {
     DATA.get_or_init(|| {
         let dir = tempfile::tempdir().expect("temp dir");
         let raw = dir.path().join("MELD.Raw");
-        run_ok(
-            bin("meld-etl")
-                .args([
-                    "synth",
-                    "--dialogues",
-                    "12",
-                    "--seed",
-                    "5",
-                    "--durations",
-                    "1-2",
-                    "--out",
-                ])
-                .arg(&raw),
-        );
+        synth(&raw, 12, 5, "1-2", &[]);
         let data = dir.path().join("data");
         run_ok(
             bin("meld-etl")
