@@ -29,6 +29,8 @@ use crate::error::{Error, Result};
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Backbone {
     Gpt2,
+    /// RoBERTa (`roberta-base`, `roberta-large`): a folder with its tokenizer, as GPT-2's.
+    Roberta,
     Wav2vec2,
     /// torchvision's ResNet-50: a folder with `model.safetensors` holding a torchvision state dict (timm's
     /// `resnet50.tv_in1k` on the hub is torchvision's ImageNet V1 weights under the same names), or that file.
@@ -40,6 +42,7 @@ impl Backbone {
     pub fn default_repo(self) -> &'static str {
         match self {
             Backbone::Gpt2 => "gpt2",
+            Backbone::Roberta => "roberta-base",
             Backbone::Wav2vec2 => "facebook/wav2vec2-base",
             Backbone::Resnet50 => "timm/resnet50.tv_in1k",
         }
@@ -48,7 +51,9 @@ impl Backbone {
     /// Files a download must fetch (the tokenizer as `tokenizer.json` for GPT-2).
     pub fn files(self) -> &'static [&'static str] {
         match self {
-            Backbone::Gpt2 => &["config.json", "model.safetensors", "tokenizer.json"],
+            Backbone::Gpt2 | Backbone::Roberta => {
+                &["config.json", "model.safetensors", "tokenizer.json"]
+            }
             Backbone::Wav2vec2 => &["config.json", "model.safetensors"],
             Backbone::Resnet50 => &["model.safetensors"],
         }
@@ -57,6 +62,7 @@ impl Backbone {
     fn folder_name(self) -> &'static str {
         match self {
             Backbone::Gpt2 => "gpt2",
+            Backbone::Roberta => "roberta-base",
             Backbone::Wav2vec2 => "wav2vec2-base",
             Backbone::Resnet50 => "resnet50",
         }
@@ -67,6 +73,7 @@ impl std::fmt::Display for Backbone {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(match self {
             Backbone::Gpt2 => "GPT-2",
+            Backbone::Roberta => "RoBERTa",
             Backbone::Wav2vec2 => "wav2vec2",
             Backbone::Resnet50 => "ResNet-50",
         })
@@ -92,7 +99,7 @@ pub fn conversion_command(pickle: &Path) -> String {
     )
 }
 
-/// Files a local folder lacks for `backbone` (GPT-2's tokenizer may be `tokenizer.json` or
+/// Files a local folder lacks for `backbone` (GPT-2's and RoBERTa's tokenizer may be `tokenizer.json` or
 /// `vocab.json` + `merges.txt`).
 fn missing_in(dir: &Path, backbone: Backbone) -> Vec<&'static str> {
     let mut missing: Vec<&'static str> = ["config.json", "model.safetensors"]
@@ -100,7 +107,7 @@ fn missing_in(dir: &Path, backbone: Backbone) -> Vec<&'static str> {
         .filter(|f| backbone != Backbone::Resnet50 || *f == "model.safetensors")
         .filter(|f| !dir.join(f).is_file())
         .collect();
-    if backbone == Backbone::Gpt2
+    if matches!(backbone, Backbone::Gpt2 | Backbone::Roberta)
         && !dir.join("tokenizer.json").is_file()
         && !(dir.join("vocab.json").is_file() && dir.join("merges.txt").is_file())
     {
