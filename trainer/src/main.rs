@@ -41,7 +41,8 @@ enum Command {
     /// Validate a config and a data folder and print what would be trained.
     Check(CheckArgs),
     /// Run the HLM12ERC report's Table 4 (30 experiments; resumable) and write our numbers beside the paper's
-    /// (OUT/table4.md, table4.csv, table3.md, table4.png).
+    /// (OUT/table4.md, table4.csv, table3.md, table4.png); `--table seeds`: the seed systems on MELD
+    /// (OUT/seeds.md, seeds.csv, seeds.png), their own published figures beside ours, labelled as theirs.
     Table4(Table4Args),
     /// Parity of the backbones with PyTorch on the device, and timings (what scripts/gpu-check.sh runs).
     #[command(hide = true)]
@@ -137,7 +138,7 @@ struct TrainArgs {
 /// `visual_model`).
 #[derive(Args, Clone)]
 struct ModelArgs {
-    /// GPT-2: a local Hugging Face model folder or a hub id (default: `gpt2`).
+    /// GPT-2 or RoBERTa: a local Hugging Face model folder or a hub id (default: `gpt2`, `roberta-base`).
     #[arg(long)]
     text_model: Option<String>,
     /// wav2vec2: a local model folder or a hub id (default: `facebook/wav2vec2-base`).
@@ -190,6 +191,9 @@ struct EvalArgs {
 
 #[derive(Args)]
 struct Table4Args {
+    /// Which table: table4 (the HLM12ERC report's) or seeds (the seed systems on MELD).
+    #[arg(long, default_value = "table4")]
+    table: erc_train::table4::Table,
     /// Dataset folder written by `meld-etl extract` (rows with the reference's audio need `--profile hlm12erc`,
     /// rows 11/12 need `--faces`). With --collect: the dataset the rows' numbers must come from.
     #[arg(long)]
@@ -197,9 +201,9 @@ struct Table4Args {
     /// The dataset of the --corrected rows (16 kHz mono WAVs: a plain `meld-etl extract`); default: --data.
     #[arg(long)]
     corrected_data: Option<PathBuf>,
-    /// Where the row folders and the tables go.
-    #[arg(long, default_value = "runs/table4")]
-    out: PathBuf,
+    /// Where the row folders and the tables go (default: runs/table4, or runs/seeds with --table seeds).
+    #[arg(long)]
+    out: Option<PathBuf>,
     /// Rows to run: `01-04,24`, `7` (e.g. $SLURM_ARRAY_TASK_ID); all by default.
     #[arg(long)]
     rows: Option<String>,
@@ -452,10 +456,12 @@ fn table4(args: Table4Args) -> Result<()> {
     if args.epochs == Some(0) {
         bail!("--epochs must be positive");
     }
+    let default_out = PathBuf::from("runs").join(args.table.name());
     let options = erc_train::table4::Table4Options {
+        table: args.table,
         data: args.data,
         corrected_data: args.corrected_data,
-        out: args.collect.clone().unwrap_or(args.out),
+        out: args.collect.clone().or(args.out).unwrap_or(default_out),
         rows: args.rows,
         devices,
         epochs: args.epochs,
@@ -471,7 +477,8 @@ fn table4(args: Table4Args) -> Result<()> {
     };
     if args.collect.is_some() {
         println!("{}", erc_train::table4::collect(&options)?);
-        println!("tables: {}", options.out.join("table4.md").display());
+        let md = format!("{}.md", options.table.name());
+        println!("tables: {}", options.out.join(md).display());
         return Ok(());
     }
     let report = erc_train::table4::run(&options)?;
@@ -590,6 +597,7 @@ fn check(args: CheckArgs) -> Result<()> {
     }
     for (name, path) in [
         ("gpt2", &prepared.backbones.gpt2),
+        ("roberta", &prepared.backbones.roberta),
         ("wav2vec2", &prepared.backbones.wav2vec2),
         ("resnet50", &prepared.backbones.resnet50),
     ] {

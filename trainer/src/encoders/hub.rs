@@ -62,7 +62,7 @@ impl Backbone {
     fn folder_name(self) -> &'static str {
         match self {
             Backbone::Gpt2 => "gpt2",
-            Backbone::Roberta => "roberta-base",
+            Backbone::Roberta => "roberta",
             Backbone::Wav2vec2 => "wav2vec2-base",
             Backbone::Resnet50 => "resnet50",
         }
