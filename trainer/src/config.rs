@@ -717,6 +717,15 @@ impl Config {
                             .into(),
                     );
                 }
+                if let Some(n) = self.audio_out_features.filter(|n| *n > 0) {
+                    return bad(
+                        "audio_out_features",
+                        format!(
+                            "`cross_attn` reads wav2vec2's frames, not its pooled and projected vector: remove the \
+                             key (found {n})"
+                        ),
+                    );
+                }
             }
             _ => {
                 if let Some((key, _)) = mixer_keys.iter().find(|(_, v)| v.is_some()) {
@@ -1102,6 +1111,10 @@ mod tests {
             &format!("{xattn}fusion_attention_heads_degree: 2\n")
         )
         .is_ok());
+        let e = err(&format!(
+            "{xattn}fusion_attention_heads_degree: 2\naudio_out_features: 64\n"
+        ));
+        assert!(e.contains("audio_out_features"), "{e}");
         let e = err(&format!("{MINIMAL}text_pooling: mean\n"));
         assert!(e.contains("text_pooling") && e.contains("roberta"), "{e}");
         let e = err(&format!("{tmn}text_limit_to_n_last_tokens: 16\n"));
