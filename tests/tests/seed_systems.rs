@@ -217,7 +217,7 @@ fn the_seeds_table_checks_trains_and_writes_its_files() {
     assert!(String::from_utf8_lossy(&output.stderr).contains("complete in"));
     // --collect assembles the same tables from the folders
     std::fs::remove_file(out.join("seeds.csv")).unwrap();
-    run_ok(models(&mut table(&["--smoke", "--collect"]).arg(&out)));
+    run_ok(models(table(&["--smoke", "--collect"]).arg(&out)));
     assert_eq!(read_csv_maps(&out.join("seeds.csv")).len(), 3);
 }
 
