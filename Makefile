@@ -12,7 +12,7 @@ DEMO_DIALOGUES ?= 24
 DEMO_SEED      ?= 7
 DEMO_CONFIG    ?= configs/demo-glove-waveform.yml
 
-.PHONY: all system-deps build test test-generic demo bench glove models cuda gpu-data gpu-bundle gpu-rehearse reproduce-table4 clean fmt lint help
+.PHONY: all system-deps build test test-generic demo bench glove models cuda gpu-data gpu-bundle gpu-rehearse reproduce-table4 reproduce-seeds clean fmt lint help
 
 all: build
 
@@ -28,6 +28,8 @@ help:
 	@echo "make cuda    - build erc-train for CUDA (CUDA_COMPUTE_CAP=90) into target-cuda/, with a CUDA 13.0 toolchain in .cuda/"
 	@echo "make reproduce-table4 DATA=data [OUT=runs/table4] [DEVICE=cpu|cuda] [ROWS=01-04,24] [DRY_RUN=1]"
 	@echo "              - the report's 30 experiments (resumable), our numbers beside the paper's in OUT/table4.md"
+	@echo "make reproduce-seeds DATA=data [SEEDS_OUT=runs/seeds] [DEVICE=cpu|cuda] [ROWS=01] [DRY_RUN=1]"
+	@echo "              - the seed systems on MELD (TMN and its ablations), their own published figures beside ours"
 	@echo "make gpu-bundle - what scripts/gpu-check.sh needs on a GPU machine, into gpu/ (CUDA binary, small dataset)"
 	@echo "make gpu-rehearse - scripts/gpu-check.sh on the CPU, deadline 240 s, killed once half way (needs torch in .venv)"
 	@echo "make clean   - remove build outputs and generated data"
@@ -54,7 +56,7 @@ test: system-deps models
 # onto its generic path (ERC_OPS=generic; the op unit tests compare both paths in every run).
 # ERC_EXPECT_OPS=generic: the tests then check that no CPU kernel ran (a lost ERC_OPS cannot pass unnoticed).
 test-generic:
-	ERC_OPS=generic ERC_EXPECT_OPS=generic $(CARGO) test --release --workspace --test backbones --test resnet_parity --test gradients --test reference_fixtures --test backbone_configs
+	ERC_OPS=generic ERC_EXPECT_OPS=generic $(CARGO) test --release --workspace --test backbones --test resnet_parity --test gradients --test reference_fixtures --test backbone_configs --test seeds
 	ERC_OPS=generic ERC_EXPECT_OPS=generic $(CARGO) test --release --workspace --test train small_resnet_model_trains_and_its_loss_falls
 
 glove: models/glove.6B.50d.txt
@@ -150,6 +152,16 @@ TABLE4_BIN = $(if $(filter cuda,$(DEVICE)),$(CUDA_BIN),$(BIN))/erc-train
 reproduce-table4: $(if $(filter cuda,$(DEVICE)),cuda,build)
 	$(TABLE4_BIN) table4 --data $(DATA) --out $(OUT) $(if $(findstring --devices,$(TABLE4_FLAGS)),,--device $(DEVICE)) \
 		$(if $(ROWS),--rows $(ROWS)) $(if $(DRY_RUN),--dry-run) $(TABLE4_FLAGS)
+
+# The seed systems on MELD (configs/seeds.csv, configs/seeds/*.yml) through the same machinery as Table 4 — preflight,
+# estimate, resume, failed.txt — into SEEDS_OUT/seeds.md|csv|png. DATA is a plain `meld-etl extract` (16 kHz mono
+# WAVs: the rows read `audio_input: normalized_mono`); extra flags go in SEEDS_FLAGS (--devices, --keep-going, …).
+SEEDS_OUT   ?= runs/seeds
+SEEDS_FLAGS ?=
+reproduce-seeds: $(if $(filter cuda,$(DEVICE)),cuda,build)
+	$(TABLE4_BIN) table4 --table seeds --data $(DATA) --out $(SEEDS_OUT) \
+		$(if $(findstring --devices,$(SEEDS_FLAGS)),,--device $(DEVICE)) \
+		$(if $(ROWS),--rows $(ROWS)) $(if $(DRY_RUN),--dry-run) $(SEEDS_FLAGS)
 
 fmt:
 	$(CARGO) fmt --all

@@ -18,7 +18,20 @@
 //!   `timm/resnet50.tv_in1k` = torchvision's ImageNet V1 weights); weights as safetensors or PyTorch pickles,
 //!   single or sharded; for ResNet-50 also a weights file (torchvision's `.pth`, `.safetensors`), or `random` for
 //!   torchvision's random initialisation. The command line (`--text-model`, `--audio-model`, `--visual-model`)
-//!   overrides them.
+//!   overrides them. With `modules_text_encoder: roberta`
+//!   `text_model` names a RoBERTa (default `roberta-base`);
+//! * `text_pooling: cls | mean` — RoBERTa's vector: the `<s>` token's hidden state (default) or the mean over the
+//!   real tokens;
+//! * `modules_fusion: tmn` — TMN's Tensor Mixer: two modality vectors, each projected to
+//!   `fusion_modality_features` (none: as they come), their tensor fusion (outer product of the vectors extended
+//!   by a 1), a Linear stem to `fusion_out_features` channels and `fusion_mixer_layers` MLP-Mixer blocks (token
+//!   and channel MLPs of `fusion_mixer_token_features` / `fusion_mixer_channel_features` hidden units);
+//! * `modules_fusion: cross_attn` — text and audio sequences (GPT-2 or RoBERTa, wav2vec2) attending to each other
+//!   at width `fusion_out_features` (heads by `fusion_attention_heads_degree`, the reference's rule);
+//! * `sentiment_loss_weight` — a second head for MELD's 3-class sentiment, its cross-entropy added with this
+//!   weight (the dataset's `sentiment` column);
+//! * `classifier_label_smoothing` (ε) and `classifier_peak_labels` — soft targets `(1 − ε)·y + ε/K`, then TMN's
+//!   Peaking Labels (`ce`/`cce` only).
 //!
 //! Unknown keys, wrong types and missing required keys are errors that name the file, the key and what is
 //! allowed.
@@ -36,6 +49,7 @@ pub enum TextEncoder {
     None,
     Glove,
     Gpt2,
+    Roberta,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -58,6 +72,10 @@ pub enum AudioEncoder {
 pub enum Fusion {
     Concat,
     MultiHeadedAttn,
+    /// TMN's Tensor Mixer (tensor fusion + MLP-Mixer) of two modality vectors.
+    Tmn,
+    /// Text and audio sequences attending to each other.
+    CrossAttn,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -334,6 +352,14 @@ pub struct Config {
     pub fusion_attention_heads_degree: Option<i64>,
     #[serde(default)]
     pub fusion_out_features: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fusion_modality_features: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fusion_mixer_layers: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fusion_mixer_token_features: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fusion_mixer_channel_features: Option<i64>,
 
     #[serde(default)]
     pub feedforward_l2norm: bool,
@@ -371,6 +397,14 @@ pub struct Config {
     pub audio_model: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub visual_model: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub text_pooling: Option<crate::encoders::roberta::Pooling>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sentiment_loss_weight: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub classifier_label_smoothing: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub classifier_peak_labels: Option<bool>,
 }
 
 /// Where the pretrained backbones come from, when the command line says (`--text-model`, `--audio-model`,
@@ -400,6 +434,10 @@ impl ModelSources {
 pub const DEFAULT_EPOCHS: usize = 10;
 pub const DEFAULT_BATCH_SIZE: usize = 64;
 pub const DEFAULT_SEED: u64 = 42;
+/// The Mixer's depth and hidden widths when the config does not say (`fusion_mixer_*`).
+pub const DEFAULT_MIXER_LAYERS: usize = 2;
+pub const DEFAULT_MIXER_TOKEN_FEATURES: usize = 256;
+pub const DEFAULT_MIXER_CHANNEL_FEATURES: usize = 256;
 /// `visual_model` value for a randomly initialised ResNet-50.
 pub const RANDOM_WEIGHTS: &str = "random";
 /// The reference's resize target (torchvision `Resize(256)`).
@@ -597,6 +635,7 @@ impl Config {
         if self.batch_size == Some(0) {
             return bad("batch_size", "expected a positive integer".into());
         }
+        self.validate_seeds(path)?;
         if let Some(side) = self.visual_short_side {
             if side < 32 {
                 return bad(
@@ -610,11 +649,187 @@ impl Config {
         Ok(())
     }
 
-    /// Where the pretrained GPT-2 comes from (`text_model`, default the reference's `gpt2`).
+    /// The keys of the seed systems (TMN's fusion, RoBERTa's pooling, the sentiment task, soft targets).
+    fn validate_seeds(&self, path: &Path) -> Result<()> {
+        let bad = |key: &str, message: String| Err(Config::invalid(path, key, message));
+        let positive = |key: &str, value: Option<i64>| -> Result<()> {
+            match value {
+                Some(n) if n <= 0 => bad(
+                    key,
+                    format!("expected a positive integer or null, found {n}"),
+                ),
+                _ => Ok(()),
+            }
+        };
+        if self.modules_text_encoder == TextEncoder::Roberta {
+            if let Some(n) = self.text_limit_to_n_last_tokens.filter(|n| *n > 0) {
+                return bad(
+                    "text_limit_to_n_last_tokens",
+                    format!(
+                        "RoBERTa keeps each text's last tokens itself (and needs its first, `<s>`); remove the key \
+                         (found {n})"
+                    ),
+                );
+            }
+        } else if self.text_pooling.is_some() {
+            return bad(
+                "text_pooling",
+                "applies to `modules_text_encoder: roberta` only".into(),
+            );
+        }
+        let encoders = [self.uses_text(), self.uses_visual(), self.uses_audio()]
+            .iter()
+            .filter(|u| **u)
+            .count();
+        let mixer_keys = [
+            ("fusion_modality_features", self.fusion_modality_features),
+            ("fusion_mixer_layers", self.fusion_mixer_layers),
+            (
+                "fusion_mixer_token_features",
+                self.fusion_mixer_token_features,
+            ),
+            (
+                "fusion_mixer_channel_features",
+                self.fusion_mixer_channel_features,
+            ),
+        ];
+        match self.modules_fusion {
+            Fusion::Tmn => {
+                if encoders != 2 {
+                    return bad(
+                        "modules_fusion",
+                        format!("`tmn` fuses exactly two modalities (the outer product of two vectors), found {encoders}"),
+                    );
+                }
+                for (key, value) in mixer_keys {
+                    positive(key, value)?;
+                }
+            }
+            Fusion::CrossAttn => {
+                let sequences = matches!(
+                    self.modules_text_encoder,
+                    TextEncoder::Gpt2 | TextEncoder::Roberta
+                ) && self.modules_audio_encoder == AudioEncoder::Wav2vec2
+                    && !self.uses_visual();
+                if !sequences {
+                    return bad(
+                        "modules_fusion",
+                        "`cross_attn` attends between the token and frame sequences of a text encoder (gpt2, \
+                         roberta) and `wav2vec2`, and nothing else"
+                            .into(),
+                    );
+                }
+                if let Some(n) = self.audio_out_features.filter(|n| *n > 0) {
+                    return bad(
+                        "audio_out_features",
+                        format!(
+                            "`cross_attn` reads wav2vec2's frames, not its pooled and projected vector: remove the \
+                             key (found {n})"
+                        ),
+                    );
+                }
+            }
+            _ => {
+                if let Some((key, _)) = mixer_keys.iter().find(|(_, v)| v.is_some()) {
+                    return bad(key, "applies to `modules_fusion: tmn` only".into());
+                }
+            }
+        }
+        if matches!(self.modules_fusion, Fusion::Tmn | Fusion::CrossAttn) {
+            let fusion = if self.modules_fusion == Fusion::Tmn {
+                "tmn"
+            } else {
+                "cross_attn"
+            };
+            match self.fusion_out_features {
+                Some(n) if n > 0 => {}
+                other => {
+                    return bad(
+                        "fusion_out_features",
+                        format!(
+                            "`modules_fusion: {fusion}` needs a positive width, found {other:?}"
+                        ),
+                    )
+                }
+            }
+        }
+        if self.modules_fusion == Fusion::CrossAttn {
+            match self.fusion_attention_heads_degree {
+                Some(n) if n > 0 => {}
+                other => {
+                    return bad(
+                        "fusion_attention_heads_degree",
+                        format!(
+                            "`modules_fusion: cross_attn` needs a positive degree, found {other:?}"
+                        ),
+                    )
+                }
+            }
+        }
+        if let Some(w) = self.sentiment_loss_weight {
+            // written so that NaN is rejected too
+            if !(w.is_finite() && w >= 0.0) {
+                return bad(
+                    "sentiment_loss_weight",
+                    format!("expected a non-negative number or null, found {w}"),
+                );
+            }
+        }
+        if let Some(eps) = self.classifier_label_smoothing {
+            if !(0.0..1.0).contains(&eps) {
+                return bad(
+                    "classifier_label_smoothing",
+                    format!("expected ε in [0, 1), found {eps}"),
+                );
+            }
+        }
+        let soft = self.classifier_label_smoothing.is_some() || self.peak_labels();
+        if soft
+            && !matches!(
+                self.classifier_loss_fn.classifier,
+                ClassifierLoss::Ce | ClassifierLoss::Cce
+            )
+        {
+            let key = if self.peak_labels() {
+                "classifier_peak_labels"
+            } else {
+                "classifier_label_smoothing"
+            };
+            return bad(
+                key,
+                format!(
+                    "soft targets need a cross-entropy loss (`ce` or `cce`), not `{}`",
+                    self.classifier_loss_fn
+                ),
+            );
+        }
+        Ok(())
+    }
+
+    /// Where the pretrained text model comes from (`text_model`; default the reference's `gpt2`, or
+    /// `roberta-base` for `modules_text_encoder: roberta`).
     pub fn text_model(&self) -> &str {
-        self.text_model
-            .as_deref()
-            .unwrap_or(crate::encoders::hub::Backbone::Gpt2.default_repo())
+        let default = match self.modules_text_encoder {
+            TextEncoder::Roberta => crate::encoders::hub::Backbone::Roberta,
+            _ => crate::encoders::hub::Backbone::Gpt2,
+        };
+        self.text_model.as_deref().unwrap_or(default.default_repo())
+    }
+
+    /// RoBERTa's pooling (`text_pooling`, default `cls`).
+    pub fn text_pooling(&self) -> crate::encoders::roberta::Pooling {
+        self.text_pooling
+            .unwrap_or(crate::encoders::roberta::Pooling::Cls)
+    }
+
+    /// Whether the targets go through Peaking Labels (`classifier_peak_labels`).
+    pub fn peak_labels(&self) -> bool {
+        self.classifier_peak_labels == Some(true)
+    }
+
+    /// The weight of the sentiment head's loss; `None` without a sentiment head.
+    pub fn sentiment_weight(&self) -> Option<f64> {
+        self.sentiment_loss_weight
     }
 
     /// Where the pretrained wav2vec2 comes from (`audio_model`, default `facebook/wav2vec2-base`).
@@ -843,6 +1058,82 @@ mod tests {
         .unwrap();
         assert_eq!(c.visual_model(), None);
         assert_eq!(c.text_model(), "models/gpt2");
+    }
+
+    #[test]
+    fn seed_system_keys_are_checked() {
+        let tmn = "classifier_classes: [anger, joy]\nmodules_text_encoder: roberta\nmodules_audio_encoder: wav2vec2\naudio_in_features: 16000\nmodules_fusion: tmn\nfusion_out_features: 8\n";
+        let c = Config::parse(Path::new("x.yml"), tmn).unwrap();
+        assert_eq!(c.text_model(), "roberta-base");
+        assert_eq!(c.text_pooling(), crate::encoders::roberta::Pooling::Cls);
+        assert!(!c.peak_labels() && c.sentiment_weight().is_none());
+        let again = Config::parse(Path::new("y.yml"), &c.to_yaml().unwrap()).unwrap();
+        assert_eq!(again, c);
+        // the keys of ours stay out of the YAML of configs that do not set them (run fingerprints unchanged)
+        let plain = Config::parse(Path::new("x.yml"), MINIMAL)
+            .unwrap()
+            .to_yaml()
+            .unwrap();
+        for key in [
+            "fusion_mixer",
+            "sentiment",
+            "peak",
+            "smoothing",
+            "text_pooling",
+            "modality",
+        ] {
+            assert!(!plain.contains(key), "{key} in\n{plain}");
+        }
+        let e = err(&format!("{tmn}modules_visual_encoder: resnet50\n"));
+        assert!(
+            e.contains("modules_fusion") && e.contains("two modalities"),
+            "{e}"
+        );
+        let e = err(&tmn.replace("fusion_out_features: 8\n", ""));
+        assert!(
+            e.contains("fusion_out_features") && e.contains("tmn"),
+            "{e}"
+        );
+        let e = err(&format!("{tmn}fusion_mixer_layers: 0\n"));
+        assert!(e.contains("fusion_mixer_layers"), "{e}");
+        let e = err(&format!("{MINIMAL}fusion_mixer_token_features: 64\n"));
+        assert!(
+            e.contains("fusion_mixer_token_features") && e.contains("tmn"),
+            "{e}"
+        );
+        let e = err(&format!(
+            "{MINIMAL}modules_audio_encoder: wav2vec2\naudio_in_features: 100\nmodules_fusion: cross_attn\n"
+        ));
+        assert!(e.contains("cross_attn") && e.contains("roberta"), "{e}");
+        let xattn = tmn.replace("modules_fusion: tmn", "modules_fusion: cross_attn");
+        let e = err(&xattn);
+        assert!(e.contains("fusion_attention_heads_degree"), "{e}");
+        assert!(Config::parse(
+            Path::new("x.yml"),
+            &format!("{xattn}fusion_attention_heads_degree: 2\n")
+        )
+        .is_ok());
+        let e = err(&format!(
+            "{xattn}fusion_attention_heads_degree: 2\naudio_out_features: 64\n"
+        ));
+        assert!(e.contains("audio_out_features"), "{e}");
+        let e = err(&format!("{MINIMAL}text_pooling: mean\n"));
+        assert!(e.contains("text_pooling") && e.contains("roberta"), "{e}");
+        let e = err(&format!("{tmn}text_limit_to_n_last_tokens: 16\n"));
+        assert!(e.contains("text_limit_to_n_last_tokens"), "{e}");
+        let e = err(&format!(
+            "{MINIMAL}classifier_loss_fn: dice\nclassifier_peak_labels: true\n"
+        ));
+        assert!(
+            e.contains("classifier_peak_labels") && e.contains("dice"),
+            "{e}"
+        );
+        let e = err(&format!("{MINIMAL}classifier_label_smoothing: 1.0\n"));
+        assert!(e.contains("classifier_label_smoothing"), "{e}");
+        let e = err(&format!("{MINIMAL}sentiment_loss_weight: -1\n"));
+        assert!(e.contains("sentiment_loss_weight"), "{e}");
+        let e = err(&format!("{MINIMAL}modules_fusion: tensor_mixer\n"));
+        assert!(e.contains("tmn") && e.contains("cross_attn"), "{e}");
     }
 
     #[test]

@@ -44,7 +44,8 @@ enum Command {
     /// video with its subtitles (--video, --subtitles); writes predictions.csv, emotions.srt (and timeline.png).
     Predict(PredictArgs),
     /// Run the HLM12ERC report's Table 4 (30 experiments; resumable) and write our numbers beside the paper's
-    /// (OUT/table4.md, table4.csv, table3.md, table4.png).
+    /// (OUT/table4.md, table4.csv, table3.md, table4.png); `--table seeds`: the seed systems on MELD
+    /// (OUT/seeds.md, seeds.csv, seeds.png), their own published figures beside ours, labelled as theirs.
     Table4(Table4Args),
     /// The pretrained backbones: `models check` says where each would be loaded from and whether it fits.
     Models(ModelsArgs),
@@ -211,7 +212,8 @@ struct TrainArgs {
 /// `visual_model`).
 #[derive(Args, Clone)]
 struct ModelArgs {
-    /// GPT-2: a local Hugging Face model folder or a hub id, optionally `@REVISION` (default: `gpt2`).
+    /// GPT-2 or RoBERTa: a local Hugging Face model folder or a hub id, optionally `@REVISION` (default: `gpt2`,
+    /// `roberta-base`).
     #[arg(long)]
     text_model: Option<String>,
     /// wav2vec2: a local model folder or a hub id, optionally `@REVISION` (a branch, `refs/pr/N` or a commit;
@@ -265,6 +267,9 @@ struct EvalArgs {
 
 #[derive(Args)]
 struct Table4Args {
+    /// Which table: table4 (the HLM12ERC report's) or seeds (the seed systems on MELD).
+    #[arg(long, default_value = "table4")]
+    table: erc_train::table4::Table,
     /// Dataset folder written by `meld-etl extract` (rows with the reference's audio need `--profile hlm12erc`,
     /// rows 11/12 need `--faces`). With --collect: the dataset the rows' numbers must come from.
     #[arg(long)]
@@ -272,9 +277,9 @@ struct Table4Args {
     /// The dataset of the --corrected rows (16 kHz mono WAVs: a plain `meld-etl extract`); default: --data.
     #[arg(long)]
     corrected_data: Option<PathBuf>,
-    /// Where the row folders and the tables go.
-    #[arg(long, default_value = "runs/table4")]
-    out: PathBuf,
+    /// Where the row folders and the tables go (default: runs/table4, or runs/seeds with --table seeds).
+    #[arg(long)]
+    out: Option<PathBuf>,
     /// Rows to run: `01-04,24`, `7` (e.g. $SLURM_ARRAY_TASK_ID); all by default.
     #[arg(long)]
     rows: Option<String>,
@@ -531,10 +536,12 @@ fn table4(args: Table4Args) -> Result<()> {
     if args.epochs == Some(0) {
         bail!("--epochs must be positive");
     }
+    let default_out = PathBuf::from("runs").join(args.table.name());
     let options = erc_train::table4::Table4Options {
+        table: args.table,
         data: args.data,
         corrected_data: args.corrected_data,
-        out: args.collect.clone().unwrap_or(args.out),
+        out: args.collect.clone().or(args.out).unwrap_or(default_out),
         rows: args.rows,
         devices,
         epochs: args.epochs,
@@ -550,7 +557,8 @@ fn table4(args: Table4Args) -> Result<()> {
     };
     if args.collect.is_some() {
         println!("{}", erc_train::table4::collect(&options)?);
-        println!("tables: {}", options.out.join("table4.md").display());
+        let md = format!("{}.md", options.table.name());
+        println!("tables: {}", options.out.join(md).display());
         return Ok(());
     }
     let report = erc_train::table4::run(&options)?;
@@ -783,6 +791,7 @@ fn check(args: CheckArgs) -> Result<()> {
     }
     for (name, path) in [
         ("gpt2", &prepared.backbones.gpt2),
+        ("roberta", &prepared.backbones.roberta),
         ("wav2vec2", &prepared.backbones.wav2vec2),
         ("resnet50", &prepared.backbones.resnet50),
     ] {

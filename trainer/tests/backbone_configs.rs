@@ -1,7 +1,7 @@
-//! Every Table-4 config family that uses a pretrained backbone builds its model through the real loading path
-//! (`Backbones::resolve` → `Model::build_with`) and takes one training step, with the tiny checkpoints of the
-//! backbone fixtures standing in for GPT-2, wav2vec2 and ResNet-50 (same architectures and file layouts, random
-//! weights; see `fixtures/backbones/README.md`).
+//! Every Table-4 config family that uses a pretrained backbone, and every seed-system config, builds its model
+//! through the real loading path (`Backbones::resolve` → `Model::build_with`) and takes one training step, with the
+//! tiny checkpoints of the backbone fixtures standing in for GPT-2, RoBERTa, wav2vec2 and ResNet-50 (same
+//! architectures and file layouts, random weights; see `fixtures/backbones/README.md`).
 //!
 //! The configs are the files of `configs/`, unchanged except for what the tiny models and CI need: the model
 //! locations, `audio_in_features` 16 000 (the reference's 150 000–250 000 would make the waveform MLP's first
@@ -19,6 +19,7 @@ use erc_train::config::{Config, TextEncoder};
 use erc_train::data::GloveVocab;
 use erc_train::data::Gpt2Tokenizer;
 use erc_train::data::{Batch, MediaCounts};
+use erc_train::encoders::roberta::RobertaTokenizer;
 use erc_train::model::{Backbones, Model};
 use erc_train::nn::Ctx;
 use erc_train::train::losses::Loss;
@@ -41,7 +42,11 @@ fn checkpoint(name: &str) -> HashMap<String, Tensor> {
 fn config(file: &str) -> Config {
     let path = repo().join("configs").join(file);
     let mut config = Config::load(&path).unwrap().config;
-    config.text_model = Some(fixture("gpt2-tiny").display().to_string());
+    let text = match config.modules_text_encoder {
+        TextEncoder::Roberta => "roberta-tiny",
+        _ => "gpt2-tiny",
+    };
+    config.text_model = Some(fixture(text).display().to_string());
     config.audio_model = Some(fixture("wav2vec2-tiny").display().to_string());
     config.visual_model = Some(fixture("resnet50-tiny").display().to_string());
     if config.audio_in_features.is_some() {
@@ -97,6 +102,13 @@ fn batch(config: &Config, vocab: Option<&GloveVocab>) -> Batch {
                 .map(|p| tokenizer.encode(p).unwrap())
                 .collect()
         }
+        TextEncoder::Roberta => {
+            let tokenizer = RobertaTokenizer::from_dir(&fixture("roberta-tiny"), 64).unwrap();
+            prompts
+                .iter()
+                .map(|p| tokenizer.encode(p).unwrap())
+                .collect()
+        }
         TextEncoder::Glove => {
             let vocab = vocab.unwrap();
             prompts
@@ -123,6 +135,11 @@ fn batch(config: &Config, vocab: Option<&GloveVocab>) -> Batch {
             .audio
             .map(|spec| seeded(&[BATCH, spec.samples], 3000.0, 2)),
         labels: vec![3, 5, 3, 5],
+        sentiments: if config.sentiment_weight().is_some() {
+            vec![0, 2, 1, 0]
+        } else {
+            Vec::new()
+        },
         missing: MediaCounts::default(),
     }
 }
@@ -163,6 +180,17 @@ fn one_step(file: &str) {
             "",
         );
     }
+    if backbones.roberta.is_some() {
+        expect_loaded(
+            "text",
+            "roberta-tiny",
+            &[
+                "encoder.layer.0.attention.self.query.weight",
+                "embeddings.word_embeddings.weight",
+            ],
+            "roberta.",
+        );
+    }
     if backbones.wav2vec2.is_some() {
         expect_loaded(
             "audio",
@@ -183,6 +211,17 @@ fn one_step(file: &str) {
         );
     }
 
+    // the seed systems' fusions and second head move too
+    for name in [
+        "fusion.stem.weight",
+        "fusion.blocks.1.token_mixing.fc1.weight",
+        "fusion.text_to_audio.q_proj.weight",
+        "sentiment_head.logits.weight",
+    ] {
+        if model.store.get(name).is_some() {
+            watched.push(name.to_string());
+        }
+    }
     let before: Vec<Tensor> = watched
         .iter()
         .map(|n| model.store.get(n).unwrap().copy().unwrap())
@@ -197,10 +236,12 @@ fn one_step(file: &str) {
     let mut ctx = Ctx::train(3);
     let out = model.forward(&batch, &mut ctx).unwrap();
     assert_eq!(out.probs.dims(), [BATCH, 7], "{file}");
-    let y = batch.one_hot(7, &Device::Cpu).unwrap();
-    let loss = loss_fn
-        .training(&out.probs, &out.logits, &y, &out.hidden, &batch.labels)
-        .unwrap();
+    assert_eq!(
+        out.sentiment_logits.as_ref().map(|t| t.dims().to_vec()),
+        config.sentiment_weight().map(|_| vec![BATCH, 3]),
+        "{file}: a sentiment head exactly when the config asks for one"
+    );
+    let loss = loss_fn.step(&out, &batch, 7).unwrap();
     let value = loss.to_scalar::<f32>().unwrap();
     assert!(value.is_finite(), "{file}: loss {value}");
     optimizer.step(&loss.backward().unwrap()).unwrap();
@@ -260,4 +301,19 @@ fn gpt2_resnet50_wav2vec2_concat() {
 #[test]
 fn gpt2_resnet50_wav2vec2_dice_triplet() {
     one_step("losses-dice_triplet.yml");
+}
+
+#[test]
+fn tmn_roberta_wav2vec2_tensor_mixer() {
+    one_step("seeds/tmn.yml");
+}
+
+#[test]
+fn tmn_ablation_concat() {
+    one_step("seeds/tmn-concat.yml");
+}
+
+#[test]
+fn tmn_ablation_cross_attention() {
+    one_step("seeds/tmn-xattn.yml");
 }

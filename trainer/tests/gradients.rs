@@ -61,6 +61,7 @@ fn batch(b: usize, audio: usize, visual: Option<(usize, usize)>) -> Batch {
         visual: visual.map(|(h, w)| seeded_normal(&[b, 3, h, w], 1.0, 1)),
         audio: Some(seeded_normal(&[b, audio], 1000.0, 2)),
         labels: (0..b).map(|i| [3, 5, 6, 3, 4, 5][i % 6]).collect(),
+        sentiments: Vec::new(),
         missing: MediaCounts::default(),
     }
 }

@@ -9,7 +9,9 @@
 //!   to S × L; scaled to [0, 1] and normalised with the training mosaics' statistics → (3, S, L) / (3, L, S);
 //! * audio — the WAV's samples as written, channels interleaved, int16 scale (docs/reference.md §2.5), cut or zero-padded to
 //!   `audio_in_features` (or, with `audio_input: normalized_mono`, the channel mean in [-1, 1]);
-//! * labels — class indices in alphabetical order of the config's classes (docs/reference.md §2.6).
+//! * labels — class indices in alphabetical order of the config's classes (docs/reference.md §2.6); with a
+//!   sentiment head (`sentiment_loss_weight`), also MELD's sentiment (negative, neutral, positive → 0, 1, 2) from
+//!   the dataset's `sentiment` column.
 //!
 //! An empty media cell (the ETL could not produce that medium) becomes zeros and is counted; a cell naming a
 //! file that does not exist is an error found before training starts ([`SplitData::check_media`]).
@@ -37,6 +39,8 @@ pub fn render_turn(speaker: &str, text: &str) -> String {
 #[derive(Debug, Clone)]
 pub struct Preprocess {
     pub text: bool,
+    /// Batches carry the sentiment labels (a sentiment head).
+    pub sentiment: bool,
     pub visual: Option<VisualSpec>,
     pub audio: Option<AudioSpec>,
 }
@@ -93,6 +97,7 @@ impl Preprocess {
     pub fn new(config: &Config) -> Self {
         Preprocess {
             text: config.uses_text(),
+            sentiment: config.sentiment_weight().is_some(),
             visual: config.uses_visual().then(|| VisualSpec {
                 short_side: config.short_side(),
                 crop: config.visual_crop,
@@ -113,6 +118,8 @@ pub struct SplitData {
     pub csv: PathBuf,
     pub rows: Vec<DatasetRow>,
     pub labels: Vec<usize>,
+    /// MELD's sentiment of each row (index in `Sentiment::ALL`), where the dataset has it.
+    pub sentiments: Vec<Option<usize>>,
     /// Tokens of each row's own turn (basic_english).
     turn_tokens: Vec<Vec<String>>,
     /// Index of the first row of each row's dialogue (rows are sorted by dialogue, sequence).
@@ -180,6 +187,13 @@ impl SplitData {
             .iter()
             .map(|r| basic_english(&render_turn(&r.speaker, &r.x_text)))
             .collect();
+        let sentiments = rows
+            .iter()
+            .map(|r| {
+                r.sentiment
+                    .and_then(|s| meld_shared::Sentiment::ALL.iter().position(|a| *a == s))
+            })
+            .collect();
         let mut dialogue_start = Vec::with_capacity(rows.len());
         for (i, row) in rows.iter().enumerate() {
             let start = if i > 0 && rows[i - 1].dialogue == row.dialogue {
@@ -194,6 +208,7 @@ impl SplitData {
             csv,
             rows,
             labels,
+            sentiments,
             turn_tokens,
             dialogue_start,
             token_ids: Vec::new(),
@@ -208,6 +223,7 @@ impl SplitData {
     pub fn truncate(&mut self, n: usize) {
         self.rows.truncate(n);
         self.labels.truncate(n);
+        self.sentiments.truncate(n);
         self.turn_tokens.truncate(n);
         self.dialogue_start.truncate(n);
         self.token_ids.truncate(n);
@@ -235,11 +251,35 @@ impl SplitData {
 
     /// GPT-2 token ids of every row's text (untruncated; batches truncate), tokenised on worker threads.
     pub fn encode_gpt2(&mut self, tokenizer: &Gpt2Tokenizer, context: TextContext) -> Result<()> {
+        self.encode_with(context, |text| tokenizer.encode(text))
+    }
+
+    /// Token ids of every row's text by a subword tokenizer's `encode`, on worker threads.
+    pub fn encode_with(
+        &mut self,
+        context: TextContext,
+        encode: impl Fn(&str) -> Result<Vec<u32>> + Sync,
+    ) -> Result<()> {
         self.token_ids = (0..self.rows.len())
             .into_par_iter()
-            .map(|i| tokenizer.encode(&self.text(i, context)))
+            .map(|i| encode(&self.text(i, context)))
             .collect::<Result<_>>()?;
         Ok(())
+    }
+
+    /// Every row must have its sentiment (a sentiment head's targets): the first without one is an error naming it.
+    pub fn check_sentiments(&self) -> Result<()> {
+        match self.sentiments.iter().position(Option::is_none) {
+            None => Ok(()),
+            Some(i) => Err(Error::data(
+                &self.csv,
+                format!(
+                    "dialogue {} sequence {}: no `sentiment`, which `sentiment_loss_weight` needs (re-extract with \
+                     `meld-etl extract`: it keeps MELD's Sentiment column)",
+                    self.rows[i].dialogue, self.rows[i].sequence
+                ),
+            )),
+        }
     }
 
     /// Every token that occurs in the split's prompts.

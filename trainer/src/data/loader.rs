@@ -10,7 +10,7 @@ use meld_shared::dataset::media_path;
 use rayon::prelude::*;
 
 use super::dataset::{load_audio, load_visual, MediaCounts, Preprocess, SplitData};
-use crate::error::Result;
+use crate::error::{Error, Result};
 
 /// Model inputs for a batch of rows.
 pub struct Batch {
@@ -21,6 +21,8 @@ pub struct Batch {
     /// (B, N)
     pub audio: Option<Tensor>,
     pub labels: Vec<usize>,
+    /// MELD's sentiment of each row (a sentiment head's targets; empty without one).
+    pub sentiments: Vec<usize>,
     pub missing: MediaCounts,
 }
 
@@ -35,12 +37,28 @@ impl Batch {
 
     /// One-hot targets (B, classes).
     pub fn one_hot(&self, classes: usize, device: &Device) -> Result<Tensor> {
-        let mut y = vec![0f32; self.labels.len() * classes];
-        for (i, l) in self.labels.iter().enumerate() {
-            y[i * classes + l] = 1.0;
-        }
-        Ok(Tensor::from_vec(y, (self.labels.len(), classes), device)?)
+        one_hot(&self.labels, classes, device)
     }
+
+    /// One-hot sentiment targets (B, 3).
+    pub fn sentiment_one_hot(&self, device: &Device) -> Result<Tensor> {
+        if self.sentiments.len() != self.labels.len() {
+            return Err(Error::Other(format!(
+                "a batch of {} rows with {} sentiment labels",
+                self.labels.len(),
+                self.sentiments.len()
+            )));
+        }
+        one_hot(&self.sentiments, meld_shared::Sentiment::ALL.len(), device)
+    }
+}
+
+fn one_hot(labels: &[usize], classes: usize, device: &Device) -> Result<Tensor> {
+    let mut y = vec![0f32; labels.len() * classes];
+    for (i, l) in labels.iter().enumerate() {
+        y[i * classes + l] = 1.0;
+    }
+    Ok(Tensor::from_vec(y, (labels.len(), classes), device)?)
 }
 
 /// Decodes the items of one batch (in parallel) and stacks them.
@@ -102,12 +120,27 @@ pub fn make_batch(data: &SplitData, prep: &Preprocess, indices: &[usize]) -> Res
     } else {
         Vec::new()
     };
+    let sentiments = if prep.sentiment {
+        indices
+            .iter()
+            .map(|i| {
+                data.sentiments
+                    .get(*i)
+                    .copied()
+                    .flatten()
+                    .ok_or_else(|| Error::data(&data.csv, format!("row {i} has no sentiment")))
+            })
+            .collect::<Result<_>>()?
+    } else {
+        Vec::new()
+    };
     Ok(Batch {
         indices: indices.to_vec(),
         text_ids,
         visual,
         audio,
         labels: indices.iter().map(|i| data.labels[*i]).collect(),
+        sentiments,
         missing,
     })
 }

@@ -14,14 +14,16 @@ use std::path::{Path, PathBuf};
 use crate::config::{AudioEncoder, Config, TextEncoder, VisualEncoder};
 use crate::encoders::hub::{self, Backbone, HubEnv};
 use crate::encoders::weights::{self, Checkpoint};
-use crate::encoders::{gpt2, resnet, wav2vec2};
+use crate::encoders::{gpt2, resnet, roberta, wav2vec2};
 use crate::error::Result;
 
 /// The pretrained backbones `config` loads, each with where from (`visual_model: random` loads none).
 pub fn needed(config: &Config) -> Vec<(Backbone, String)> {
     let mut needed = Vec::new();
-    if config.modules_text_encoder == TextEncoder::Gpt2 {
-        needed.push((Backbone::Gpt2, config.text_model().to_string()));
+    match config.modules_text_encoder {
+        TextEncoder::Gpt2 => needed.push((Backbone::Gpt2, config.text_model().to_string())),
+        TextEncoder::Roberta => needed.push((Backbone::Roberta, config.text_model().to_string())),
+        TextEncoder::Glove | TextEncoder::None => {}
     }
     if config.modules_audio_encoder == AudioEncoder::Wav2vec2 {
         needed.push((Backbone::Wav2vec2, config.audio_model().to_string()));
@@ -164,6 +166,21 @@ pub fn check(env: &HubEnv, backbone: Backbone, spec: &str, sha256: bool) -> Resu
             );
             (kept, described)
         }
+        Backbone::Roberta => {
+            let cfg = roberta::Config::from_file(&location.join("config.json"))?;
+            let kept = checkpoint.shapes(roberta::renamer(&checkpoint)?)?;
+            let architecture = "config.json";
+            problems.extend(weights::compare_shapes(
+                &roberta::expected_shapes(&cfg)?,
+                &kept,
+                architecture,
+            ));
+            let described = format!(
+                "{architecture} ({} layers, {} wide, {} tokens)",
+                cfg.num_hidden_layers, cfg.hidden_size, cfg.vocab_size
+            );
+            (kept, described)
+        }
         Backbone::Wav2vec2 => {
             let cfg = wav2vec2::Config::from_file(&location.join("config.json"))?;
             let kept = checkpoint.shapes(wav2vec2::renamer(&checkpoint, &cfg)?)?;
@@ -255,6 +272,37 @@ mod tests {
     /// The counts checked for the reference's hub ids are those of the architectures built here at the real
     /// sizes, under the names their loaders keep (GPT-2 small without `lm_head`, wav2vec2-base without the
     /// pre-training heads, torchvision's ResNet-50 without `fc` and without its running statistics).
+    /// RoBERTa-base and RoBERTa-large at their real sizes, under the names the loader keeps (no pooler, no LM
+    /// head): the reference count and the guess for a large checkpoint.
+    #[test]
+    fn roberta_counts_are_the_real_architectures() {
+        let config = |hidden: usize, layers: usize| -> roberta::Config {
+            serde_json::from_value(serde_json::json!({
+                "vocab_size": 50265, "hidden_size": hidden, "num_hidden_layers": layers,
+                "num_attention_heads": hidden / 64, "intermediate_size": 4 * hidden,
+                "max_position_embeddings": 514, "type_vocab_size": 1, "pad_token_id": 1
+            }))
+            .unwrap()
+        };
+        let count = |cfg: &roberta::Config| {
+            weights::count_elements(&roberta::expected_shapes(cfg).unwrap(), |n| {
+                Backbone::Roberta.is_parameter(n)
+            })
+        };
+        assert_eq!(
+            count(&config(768, 12)),
+            Backbone::Roberta.reference_parameters()
+        );
+        assert_eq!(count(&config(768, 6)), 81_527_808, "distilroberta-base");
+        let large = count(&config(1024, 24));
+        assert_eq!(large, 354_310_144);
+        let err = hub::check_reference_parameters(Backbone::Roberta, "roberta-base", large)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("roberta-large?"), "{err}");
+        assert!(hub::check_reference_parameters(Backbone::Roberta, "roberta-large", large).is_ok());
+    }
+
     #[test]
     fn the_reference_counts_are_the_real_architectures() {
         let count = |backbone: Backbone, shapes: &BTreeMap<String, Vec<usize>>| {
@@ -273,12 +321,12 @@ mod tests {
         let resnet = resnet::Config::resnet50().shapes();
         assert_eq!(count(Backbone::Resnet50, &resnet), 23_508_032);
         assert_eq!(hub::millions(23_508_032), "23.5M");
-        for backbone in [Backbone::Gpt2, Backbone::Wav2vec2, Backbone::Resnet50] {
-            let shapes = match backbone {
-                Backbone::Gpt2 => &gpt2,
-                Backbone::Wav2vec2 => &w2v,
-                Backbone::Resnet50 => &resnet,
-            };
+        // (RoBERTa: `roberta_counts_are_the_real_architectures`)
+        for (backbone, shapes) in [
+            (Backbone::Gpt2, &gpt2),
+            (Backbone::Wav2vec2, &w2v),
+            (Backbone::Resnet50, &resnet),
+        ] {
             assert_eq!(count(backbone, shapes), backbone.reference_parameters());
             assert!(hub::check_reference_parameters(
                 backbone,

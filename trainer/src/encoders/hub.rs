@@ -33,6 +33,8 @@ use crate::error::{Error, Result};
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum Backbone {
     Gpt2,
+    /// RoBERTa (`roberta-base`, `roberta-large`): a folder with its tokenizer, as GPT-2's.
+    Roberta,
     Wav2vec2,
     /// torchvision's ResNet-50: a torchvision state dict in a file (`.safetensors`, or torchvision's own `.pth`) or
     /// a folder (timm's `resnet50.tv_in1k` on the hub is torchvision's ImageNet V1 weights under the same names).
@@ -44,6 +46,7 @@ impl Backbone {
     pub fn default_repo(self) -> &'static str {
         match self {
             Backbone::Gpt2 => "gpt2",
+            Backbone::Roberta => "roberta-base",
             Backbone::Wav2vec2 => "facebook/wav2vec2-base",
             Backbone::Resnet50 => "timm/resnet50.tv_in1k",
         }
@@ -53,6 +56,7 @@ impl Backbone {
     pub fn reference_repos(self) -> &'static [&'static str] {
         match self {
             Backbone::Gpt2 => &["gpt2", "openai-community/gpt2"],
+            Backbone::Roberta => &["roberta-base", "FacebookAI/roberta-base"],
             Backbone::Wav2vec2 => &["facebook/wav2vec2-base"],
             Backbone::Resnet50 => &["timm/resnet50.tv_in1k"],
         }
@@ -65,14 +69,16 @@ impl Backbone {
 
     /// Whether a model folder needs a tokenizer (`tokenizer.json`, or `vocab.json` + `merges.txt`).
     pub fn needs_tokenizer(self) -> bool {
-        self == Backbone::Gpt2
+        matches!(self, Backbone::Gpt2 | Backbone::Roberta)
     }
 
     /// Parameters of the reference's checkpoint as the encoder keeps it: GPT-2 small without its LM head,
-    /// wav2vec2-base without its pre-training heads, ResNet-50 without `fc` (running statistics are buffers).
+    /// RoBERTa-base without its pooler and LM head, wav2vec2-base without its pre-training heads, ResNet-50 without
+    /// `fc` (running statistics are buffers).
     pub fn reference_parameters(self) -> u64 {
         match self {
             Backbone::Gpt2 => 124_439_808,
+            Backbone::Roberta => 124_055_040,
             Backbone::Wav2vec2 => 94_371_712,
             Backbone::Resnet50 => 23_508_032,
         }
@@ -117,6 +123,7 @@ impl Backbone {
     fn folder_name(self) -> &'static str {
         match self {
             Backbone::Gpt2 => "gpt2",
+            Backbone::Roberta => "roberta",
             Backbone::Wav2vec2 => "wav2vec2-base",
             Backbone::Resnet50 => "resnet50",
         }
@@ -131,6 +138,10 @@ impl Backbone {
                 (774_030_080, "gpt2-large"),
                 (1_557_611_200, "gpt2-xl"),
             ],
+            Backbone::Roberta => &[
+                (81_527_808, "distilroberta-base"),
+                (354_310_144, "roberta-large"),
+            ],
             Backbone::Wav2vec2 => &[(315_438_720, "a wav2vec2-large")],
             Backbone::Resnet50 => &[(42_500_160, "ResNet-101"), (58_143_808, "ResNet-152")],
         }
@@ -141,6 +152,7 @@ impl std::fmt::Display for Backbone {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(match self {
             Backbone::Gpt2 => "GPT-2",
+            Backbone::Roberta => "RoBERTa",
             Backbone::Wav2vec2 => "wav2vec2",
             Backbone::Resnet50 => "ResNet-50",
         })
@@ -503,17 +515,6 @@ fn same_snapshot(paths: &[PathBuf]) -> Option<PathBuf> {
     (parents.len() == 1)
         .then(|| parents.into_iter().next())
         .flatten()
-}
-
-/// Every tensor of one weights file (any format of [`weights`]) as f32 on `device`, under `rename(name)`; names
-/// mapped to `None` are skipped (heads the encoder does not use, mask buffers). Loaders read whole checkpoints
-/// through [`Checkpoint::read`]; this is the same for a single file.
-pub fn read_safetensors(
-    path: &Path,
-    device: &Device,
-    rename: impl Fn(&str) -> Option<String>,
-) -> Result<HashMap<String, Tensor>> {
-    Checkpoint::file(path)?.read(device, rename)
 }
 
 /// A checkpoint's tensors as trainable variables, recording which names the model asks for so that

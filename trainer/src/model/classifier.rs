@@ -1,7 +1,12 @@
 //! The whole classifier (docs/reference.md §3): encoders → fusion → feed-forward head → logits → softmax, built from a config.
-//! Top-level parameter prefixes: `text`, `visual`, `audio`, `fusion`, `head`; a pretrained backbone's weights
-//! keep their checkpoint names under its prefix (`text.h.0.attn.c_attn.weight`,
-//! `audio.encoder.layers.3.attention.q_proj.weight`, `visual.layer1.0.conv1.weight`).
+//! Top-level parameter prefixes: `text`, `visual`, `audio`, `fusion`, `head` (and `sentiment_head` with a sentiment
+//! task); a pretrained backbone's weights keep their checkpoint names under its prefix (`text.h.0.attn.c_attn.weight`,
+//! `text.encoder.layer.0.attention.self.query.weight`, `audio.encoder.layers.3.attention.q_proj.weight`,
+//! `visual.layer1.0.conv1.weight`).
+//!
+//! The cross-attention fusion reads the encoders' sequences instead of their vectors: GPT-2's and RoBERTa's
+//! last hidden states with the token mask, wav2vec2's frames (all real: the reference pads audio with zeros it
+//! feeds as samples).
 
 use std::path::PathBuf;
 
@@ -9,6 +14,7 @@ use candle_core::{Device, Tensor};
 
 use super::fusion::Fusion;
 use super::head::{Head, HeadOutput};
+use super::mixer::MixerSizes;
 use crate::config::{AudioEncoder, Config, Fusion as FusionKind, TextEncoder, VisualEncoder};
 use crate::data::tokenizer::MAX_TOKENS;
 use crate::data::Batch;
@@ -18,18 +24,20 @@ use crate::encoders::glove::GloveEncoder;
 use crate::encoders::gpt2::Gpt2Encoder;
 use crate::encoders::hub::{self, Backbone};
 use crate::encoders::resnet::ResNet50;
+use crate::encoders::roberta::RobertaEncoder;
 use crate::encoders::wav2vec2::Wav2Vec2Encoder;
 use crate::encoders::waveform::WaveformEncoder;
 use crate::error::{Error, Result};
 use crate::nn::params::ParamStore;
 use crate::nn::Ctx;
 
-/// Where the pretrained backbones a config uses are: model folders (GPT-2, wav2vec2) and the ResNet-50 weights
-/// (a file, or a sharded checkpoint's index). `None` for an encoder the config does not use — and for ResNet-50,
-/// random weights.
+/// Where the pretrained backbones a config uses are: model folders (GPT-2, RoBERTa, wav2vec2) and the ResNet-50
+/// weights (a file, or a sharded checkpoint's index). `None` for an encoder the config does not use — and for
+/// ResNet-50, random weights.
 #[derive(Debug, Clone, Default)]
 pub struct Backbones {
     pub gpt2: Option<PathBuf>,
+    pub roberta: Option<PathBuf>,
     pub wav2vec2: Option<PathBuf>,
     pub resnet50: Option<PathBuf>,
 }
@@ -60,6 +68,7 @@ impl Backbones {
             );
             let slot = match backbone {
                 Backbone::Gpt2 => &mut found.gpt2,
+                Backbone::Roberta => &mut found.roberta,
                 Backbone::Wav2vec2 => &mut found.wav2vec2,
                 Backbone::Resnet50 => &mut found.resnet50,
             };
@@ -82,6 +91,8 @@ enum TextModule {
         /// `text_limit_to_n_last_tokens`: keep only the last n columns of the padded batch.
         last_tokens: Option<usize>,
     },
+    /// Rows already `<s> … </s>` and cut to the model's positions by its tokenizer.
+    Roberta(Box<RobertaEncoder>),
 }
 
 /// The audio encoder of a config.
@@ -99,6 +110,8 @@ pub struct Model {
     audio: Option<AudioModule>,
     fusion: Fusion,
     head: Head,
+    /// MELD's sentiment (3 classes), with a sentiment task.
+    sentiment_head: Option<Head>,
     pub classes: usize,
     device: Device,
 }
@@ -132,6 +145,8 @@ impl Model {
         let mut store = ParamStore::new(device, seed);
         let mut names = Vec::new();
         let mut dims = Vec::new();
+        // the widths of the encoders' sequences (tokens, frames), for a fusion that reads them
+        let mut sequence_dims = Vec::new();
         let text = match config.modules_text_encoder {
             TextEncoder::None => None,
             TextEncoder::Glove => {
@@ -153,6 +168,7 @@ impl Model {
                 let encoder = Gpt2Encoder::new(loaded.model, config.text_l2norm);
                 names.push("text");
                 dims.push(encoder.out_features());
+                sequence_dims.push(encoder.out_features());
                 Some(TextModule::Gpt2 {
                     encoder: Box::new(encoder),
                     max_tokens,
@@ -161,6 +177,24 @@ impl Model {
                         .filter(|n| *n > 0)
                         .map(|n| n as usize),
                 })
+            }
+            TextEncoder::Roberta => {
+                let dir = backbones
+                    .roberta
+                    .as_ref()
+                    .ok_or_else(|| needs("RoBERTa", "text_model"))?;
+                let loaded = crate::encoders::roberta::load(
+                    dir,
+                    config.text_pooling(),
+                    config.text_l2norm,
+                    device,
+                    seed,
+                )?;
+                store.import("text", &loaded.vars)?;
+                names.push("text");
+                dims.push(loaded.encoder.out_features());
+                sequence_dims.push(loaded.encoder.model.config().hidden_size);
+                Some(TextModule::Roberta(Box::new(loaded.encoder)))
             }
         };
         let visual = match config.modules_visual_encoder {
@@ -214,6 +248,7 @@ impl Model {
                 store.import("audio", &loaded.vars)?;
                 names.push("audio");
                 dims.push(loaded.encoder.out_features());
+                sequence_dims.push(loaded.encoder.model.config().hidden_size);
                 Some(AudioModule::Wav2vec2(loaded.encoder))
             }
         };
@@ -228,6 +263,42 @@ impl Model {
                 config.fusion_attention_heads_degree.unwrap_or(1).max(1) as usize,
                 config.attention_scope,
             )?,
+            FusionKind::Tmn => {
+                let size =
+                    |v: Option<i64>, default: usize| v.map_or(default, |n| n.max(1) as usize);
+                let sizes = MixerSizes {
+                    projections: [config.fusion_modality_features.map(|n| n.max(1) as usize); 2],
+                    channels: size(config.fusion_out_features, 1),
+                    layers: size(
+                        config.fusion_mixer_layers,
+                        crate::config::DEFAULT_MIXER_LAYERS,
+                    ),
+                    token_hidden: size(
+                        config.fusion_mixer_token_features,
+                        crate::config::DEFAULT_MIXER_TOKEN_FEATURES,
+                    ),
+                    channel_hidden: size(
+                        config.fusion_mixer_channel_features,
+                        crate::config::DEFAULT_MIXER_CHANNEL_FEATURES,
+                    ),
+                };
+                Fusion::tmn(&mut store, "fusion", &names, &dims, sizes)?
+            }
+            FusionKind::CrossAttn => {
+                let [text, audio] = sequence_dims[..] else {
+                    return Err(Error::Other(format!(
+                        "the cross-attention fusion needs a text and an audio sequence, the config has {}",
+                        names.join(" and ")
+                    )));
+                };
+                Fusion::cross_attention(
+                    &mut store,
+                    "fusion",
+                    [text, audio],
+                    config.fusion_out_features.unwrap_or(0).max(1) as usize,
+                    config.fusion_attention_heads_degree.unwrap_or(1).max(1) as usize,
+                )?
+            }
         };
         let classes = config.classifier_classes.len();
         let head = Head::new(
@@ -238,6 +309,17 @@ impl Model {
             config.feedforward_l2norm,
             classes,
         )?;
+        let sentiment_head = match config.sentiment_weight() {
+            Some(_) => Some(Head::new(
+                &mut store,
+                "sentiment_head",
+                fusion.out_features(),
+                config.feedforward_layers.as_deref().unwrap_or(&[]),
+                config.feedforward_l2norm,
+                meld_shared::Sentiment::ALL.len(),
+            )?),
+            None => None,
+        };
         Ok(Model {
             store,
             text,
@@ -245,6 +327,7 @@ impl Model {
             audio,
             fusion,
             head,
+            sentiment_head,
             classes,
             device: device.clone(),
         })
@@ -253,8 +336,10 @@ impl Model {
     /// The backbones' own dropout generators, by module (what a resume checkpoint saves).
     pub fn generators(&self) -> Vec<(&'static str, &std::sync::Mutex<rand_chacha::ChaCha8Rng>)> {
         let mut out = Vec::new();
-        if let Some(TextModule::Gpt2 { encoder, .. }) = &self.text {
-            out.push(("text", encoder.model.rng()));
+        match &self.text {
+            Some(TextModule::Gpt2 { encoder, .. }) => out.push(("text", encoder.model.rng())),
+            Some(TextModule::Roberta(encoder)) => out.push(("text", encoder.model.rng())),
+            _ => {}
         }
         if let Some(AudioModule::Wav2vec2(encoder)) = &self.audio {
             out.push(("audio", encoder.model.rng()));
@@ -272,7 +357,9 @@ impl Model {
     }
 
     pub fn forward(&self, batch: &Batch, ctx: &mut Ctx) -> Result<HeadOutput> {
+        let sequences = self.fusion.needs_sequences();
         let mut embeddings = Vec::new();
+        let mut states = Vec::new();
         match &self.text {
             None => {}
             Some(TextModule::Glove(encoder)) => {
@@ -291,7 +378,26 @@ impl Model {
                     *last_tokens,
                     &self.device,
                 )?;
-                embeddings.push(encoder.forward(&ids, &mask, ctx.train)?);
+                if sequences {
+                    states.push((encoder.model.forward(&ids, &mask, ctx.train)?, mask));
+                } else {
+                    embeddings.push(encoder.forward(&ids, &mask, ctx.train)?);
+                }
+            }
+            Some(TextModule::Roberta(encoder)) => {
+                let cfg = encoder.model.config();
+                let (ids, mask) = pad_right(
+                    &batch.text_ids,
+                    cfg.pad_token_id,
+                    cfg.max_tokens(),
+                    None,
+                    &self.device,
+                )?;
+                if sequences {
+                    states.push((encoder.model.forward(&ids, &mask, ctx.train)?, mask));
+                } else {
+                    embeddings.push(encoder.forward(&ids, &mask, ctx.train)?);
+                }
             }
         }
         if let Some(visual) = &self.visual {
@@ -308,13 +414,27 @@ impl Model {
                 .as_ref()
                 .ok_or_else(|| Error::Other("batch without audio for the audio encoder".into()))?
                 .to_device(&self.device)?;
-            embeddings.push(match audio {
-                AudioModule::Waveform(encoder) => encoder.forward(&x, ctx)?,
-                AudioModule::Wav2vec2(encoder) => encoder.forward(&x, ctx.train)?,
-            });
+            match audio {
+                AudioModule::Waveform(encoder) => embeddings.push(encoder.forward(&x, ctx)?),
+                AudioModule::Wav2vec2(encoder) if sequences => {
+                    let frames = encoder.model.forward(&x, ctx.train)?.last_hidden_state;
+                    let (b, t, _) = frames.dims3()?;
+                    let mask = Tensor::ones((b, t), candle_core::DType::U32, &self.device)?;
+                    states.push((frames, mask));
+                }
+                AudioModule::Wav2vec2(encoder) => embeddings.push(encoder.forward(&x, ctx.train)?),
+            }
         }
-        let fused = self.fusion.forward(&embeddings)?;
-        self.head.forward(&fused, ctx)
+        let fused = if sequences {
+            self.fusion.forward_sequences(&states)?
+        } else {
+            self.fusion.forward(&embeddings)?
+        };
+        let mut out = self.head.forward(&fused, ctx)?;
+        if let Some(head) = &self.sentiment_head {
+            out.sentiment_logits = Some(head.forward(&fused, ctx)?.logits);
+        }
+        Ok(out)
     }
 
     /// Probabilities of a batch in evaluation mode, detached from any graph.

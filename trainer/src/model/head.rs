@@ -24,6 +24,8 @@ pub struct HeadOutput {
     pub logits: Tensor,
     /// Feed-forward output (after the optional l2): the triplet loss's input.
     pub hidden: Tensor,
+    /// The sentiment head's logits (B, 3), with a sentiment task (`sentiment_loss_weight`).
+    pub sentiment_logits: Option<Tensor>,
 }
 
 impl Head {
@@ -76,6 +78,7 @@ impl Head {
             probs,
             logits,
             hidden: h,
+            sentiment_logits: None,
         })
     }
 }

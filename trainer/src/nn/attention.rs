@@ -102,6 +102,72 @@ impl MultiheadAttention {
     }
 }
 
+/// Multi-head attention of a query sequence over a context sequence whose padded positions are left out
+/// (`nn.MultiheadAttention(q, k=v=context, key_padding_mask)` with separate q/k/v projections named `q_proj`,
+/// `k_proj`, `v_proj`, `out_proj`): `softmax(q·kᵀ/√d + mask)·v` per head, dropout 0. The cross-attention fusion's
+/// layer (one per direction).
+#[derive(Debug, Clone)]
+pub struct CrossAttention {
+    q_proj: Linear,
+    k_proj: Linear,
+    v_proj: Linear,
+    out_proj: Linear,
+    heads: usize,
+    dim: usize,
+}
+
+impl CrossAttention {
+    /// PyTorch-initialised Linears `<name>.{q,k,v,out}_proj`; `dim` must be a multiple of `heads`.
+    pub fn new(store: &mut ParamStore, name: &str, dim: usize, heads: usize) -> Result<Self> {
+        if heads == 0 || !dim.is_multiple_of(heads) {
+            return Err(crate::error::Error::Other(format!(
+                "{name}: width {dim} is not a multiple of {heads} heads"
+            )));
+        }
+        let mut linear = |part: &str| Linear::new(store, &format!("{name}.{part}"), dim, dim);
+        Ok(CrossAttention {
+            q_proj: linear("q_proj")?,
+            k_proj: linear("k_proj")?,
+            v_proj: linear("v_proj")?,
+            out_proj: linear("out_proj")?,
+            heads,
+            dim,
+        })
+    }
+
+    /// Queries x (B, Lq, d) over `context` (B, Lk, d) with `context_mask` (B, Lk) (0 = padding) → (B, Lq, d).
+    pub fn forward(&self, x: &Tensor, context: &Tensor, context_mask: &Tensor) -> Result<Tensor> {
+        // large and finite: exp() of it is exactly 0 in fp32, and no inf − inf can appear
+        const MASKED: f64 = -1e9;
+        let (b, lq, _) = x.dims3()?;
+        let lk = context.dim(1)?;
+        let head_dim = self.dim / self.heads;
+        let split = |t: Tensor, l: usize| -> Result<Tensor> {
+            Ok(t.reshape((b, l, self.heads, head_dim))?
+                .transpose(1, 2)?
+                .contiguous()?)
+        };
+        let q = split((self.q_proj.forward(x)? / (head_dim as f64).sqrt())?, lq)?;
+        let k = split(self.k_proj.forward(context)?, lk)?;
+        let v = split(self.v_proj.forward(context)?, lk)?;
+        let bias = context_mask
+            .to_dtype(candle_core::DType::F32)?
+            .ne(0f32)?
+            .to_dtype(x.dtype())?
+            .affine(-MASKED, MASKED)?
+            .reshape((b, 1, 1, lk))?;
+        let scores = q
+            .matmul(&k.transpose(2, 3)?.contiguous()?)?
+            .broadcast_add(&bias)?;
+        let mixed = crate::ops::softmax(&scores)?
+            .matmul(&v)?
+            .transpose(1, 2)?
+            .contiguous()?
+            .reshape((b, lq, self.dim))?;
+        self.out_proj.forward(&mixed)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -4,7 +4,7 @@
 //! * [`Linear`] `y = x·Wᵀ + b` with PyTorch's default initialisation (U(±1/√in) for W and b);
 //! * [`Dropout`] with masks from the run's seeded generator (candle's CPU generator cannot be seeded);
 //! * [`LayerNorm`] over the last dimension, eps 1e-5, learnable affine;
-//! * [`BatchNorm`] (2-d, with running statistics), [`attention::MultiheadAttention`];
+//! * [`BatchNorm`] (2-d, with running statistics), [`attention::MultiheadAttention`], [`attention::CrossAttention`];
 //! * [`params::ParamStore`], where every layer's parameters are created, named, loaded and saved.
 
 use candle_core::Tensor;
@@ -108,9 +108,24 @@ impl Linear {
         ops::linear(x, self.weight(), self.bias(), relu, dropout_mask)
     }
 
-    /// `x·Wᵀ + b`.
+    /// `x·Wᵀ + b`, x of any rank (…, in) → (…, out).
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        ops::linear(x, self.weight(), self.bias(), false, None)
+        if x.rank() <= 2 {
+            return ops::linear(x, self.weight(), self.bias(), false, None);
+        }
+        // as one 2-D product: the op's CPU kernel takes rank 2 (a broadcasted batched matmul is slower too)
+        let mut dims = x.dims().to_vec();
+        let rows = x.elem_count() / self.in_features.max(1);
+        let y = ops::linear(
+            &x.reshape((rows, self.in_features))?,
+            self.weight(),
+            self.bias(),
+            false,
+            None,
+        )?;
+        dims.pop();
+        dims.push(self.out_features);
+        Ok(y.reshape(dims)?)
     }
 
     pub fn weight(&self) -> &Tensor {
@@ -120,6 +135,18 @@ impl Linear {
     pub fn bias(&self) -> &Tensor {
         &self.bias
     }
+}
+
+/// The mean over the positions where `mask` (B, L) is non-zero of `x` (B, L, D) → (B, D): a sequence's
+/// vector without its padding.
+pub fn masked_mean(x: &Tensor, mask: &Tensor) -> Result<Tensor> {
+    let m = mask
+        .to_dtype(candle_core::DType::F32)?
+        .ne(0f32)?
+        .to_dtype(x.dtype())?
+        .unsqueeze(2)?;
+    let sum = x.broadcast_mul(&m)?.sum(1)?;
+    Ok(sum.broadcast_div(&m.sum(1)?)?)
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -200,6 +227,21 @@ mod tests {
     use super::*;
     use crate::testing::{grads_through, max_diff};
     use candle_core::{Device, Module, Var};
+
+    #[test]
+    fn masked_mean_ignores_padding() {
+        let x = Tensor::new(
+            &[
+                [[1f32, 2.], [3., 4.], [100., 100.]],
+                [[5., 6.], [7., 8.], [9., 10.]],
+            ],
+            &Device::Cpu,
+        )
+        .unwrap();
+        let mask = Tensor::new(&[[1u32, 1, 0], [1, 1, 1]], &Device::Cpu).unwrap();
+        let m = masked_mean(&x, &mask).unwrap().to_vec2::<f32>().unwrap();
+        assert_eq!(m, [[2.0, 3.0], [7.0, 8.0]]);
+    }
 
     /// A layer fed from data (no input gradient: the raw-waveform MLP's first layer) equals candle's own Linear
     /// in value and weight gradient, and builds no input gradient.

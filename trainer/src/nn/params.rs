@@ -215,13 +215,13 @@ impl ParamStore {
 /// BatchNorm and GroupNorm weights and embeddings are decayed.
 ///
 /// LayerNorms are recognised by name: ours and wav2vec2's are called `layer_norm` / `final_layer_norm` —
-/// except wav2vec2's first conv layer, whose `conv_layers.0.layer_norm` is a GroupNorm — and GPT-2's are
-/// `ln_1`, `ln_2` and `ln_f`.
+/// except wav2vec2's first conv layer, whose `conv_layers.0.layer_norm` is a GroupNorm — GPT-2's are
+/// `ln_1`, `ln_2` and `ln_f`, and RoBERTa's `LayerNorm`.
 pub fn decays(name: &str) -> bool {
     let layer_norm = (name.contains("layer_norm") && !name.contains("conv_layers."))
         || name
             .split('.')
-            .any(|part| matches!(part, "ln_1" | "ln_2" | "ln_f"));
+            .any(|part| matches!(part, "ln_1" | "ln_2" | "ln_f" | "LayerNorm"));
     !(name.contains("bias") || layer_norm)
 }
 
@@ -235,6 +235,8 @@ mod tests {
             "head.layers.0.weight",
             "visual.bn1.weight",
             "text.wte.weight",
+            "text.embeddings.word_embeddings.weight",
+            "text.encoder.layer.0.attention.self.query.weight",
             "audio.feature_extractor.conv_layers.0.layer_norm.weight",
             "audio.feature_extractor.conv_layers.3.conv.weight",
         ] {
@@ -248,6 +250,9 @@ mod tests {
             "audio.encoder.layers.1.final_layer_norm.weight",
             "audio.feature_projection.layer_norm.weight",
             "audio.encoder.layer_norm.weight",
+            "text.embeddings.LayerNorm.weight",
+            "text.encoder.layer.3.output.LayerNorm.weight",
+            "fusion.blocks.0.layer_norm_tokens.weight",
         ] {
             assert!(!decays(skipped), "{skipped} must not be decayed");
         }

@@ -23,7 +23,7 @@ use rand_chacha::ChaCha8Rng;
 
 use super::{
     adamw, batch_norm, concat_l2, conv1d, conv2d, dropout, gelu, group_norm, layer_norm, linear,
-    loss, pool, softmax, softmax_dropout, Kernel, Mask,
+    loss, peak_labels, pool, softmax, softmax_dropout, tensor_fusion, Kernel, Mask,
 };
 use crate::error::{Error, Result};
 
@@ -83,9 +83,11 @@ pub fn compare_with_cpu(device: &Device) -> Result<Vec<OpCheck>> {
         check_cross_entropy(device)?,
         check_dice(device)?,
         check_focal(device)?,
+        check_peak_labels(device)?,
         check_pool(device)?,
         check_softmax(device)?,
         check_softmax_dropout(device)?,
+        check_tensor_fusion(device)?,
     ];
     if on_cpu {
         for c in &mut checks {
@@ -760,6 +762,33 @@ fn check_focal(device: &Device) -> Result<OpCheck> {
     Ok(report.finish())
 }
 
+/// Targets only (no gradient): vote-like rows, a label-smoothed one-hot, a uniform row and one with zeros.
+fn check_peak_labels(device: &Device) -> Result<OpCheck> {
+    let mut report = Report::new("peak_labels", device, false)?;
+    let raw = seeded(&[9, 7], 1.0, 1.2, 111)?;
+    let votes = raw.broadcast_div(&raw.sum_keepdim(1)?)?;
+    let special = Tensor::new(
+        &[
+            [0.9143f32, 0.0143, 0.0143, 0.0143, 0.0143, 0.0143, 0.0142],
+            [1.0 / 7.0; 7],
+            [0.4, 0.3, 0.2, 0.1, 0.0, 0.0, 0.0],
+        ],
+        &Device::Cpu,
+    )?;
+    let y = Tensor::cat(&[&votes, &special], 0)?;
+    case(
+        &mut report,
+        "(12, 7)",
+        device,
+        &[],
+        &[&y],
+        &|_, y| Ok(vec![peak_labels::kernel(&y[0])?]),
+        &|_, y| Ok(vec![peak_labels::generic(&y[0])?]),
+        &|_, y| Ok(vec![peak_labels::peak_labels(&y[0])?]),
+    )?;
+    Ok(report.finish())
+}
+
 fn check_pool(device: &Device) -> Result<OpCheck> {
     let mut report = Report::new("pool", device, true)?;
     let x = seeded(&[2, 3, 11, 10], 1.0, 0.0, 111)?;
@@ -819,6 +848,25 @@ fn check_softmax_dropout(device: &Device) -> Result<OpCheck> {
                 )?])
             },
             &|d, _| Ok(vec![softmax_dropout::with_mask(&d[0], device_mask())?]),
+        )?;
+    }
+    Ok(report.finish())
+}
+
+fn check_tensor_fusion(device: &Device) -> Result<OpCheck> {
+    let mut report = Report::new("tensor_fusion", device, false)?;
+    for (m, n) in [(4, 6), (33, 17)] {
+        let a = seeded(&[5, m], 1.0, 0.0, 121)?;
+        let b = seeded(&[5, n], 1.0, 0.0, 122)?;
+        case(
+            &mut report,
+            &format!("({m}, {n})"),
+            device,
+            &[("a", &a), ("b", &b)],
+            &[],
+            &|d, _| Ok(vec![tensor_fusion::kernel(&d[0], &d[1])?]),
+            &|d, _| Ok(vec![tensor_fusion::generic(&d[0], &d[1])?]),
+            &|d, _| Ok(vec![tensor_fusion::tensor_fusion(&d[0], &d[1])?]),
         )?;
     }
     Ok(report.finish())

@@ -65,9 +65,11 @@ pub mod group_norm;
 pub mod layer_norm;
 pub mod linear;
 pub mod loss;
+pub mod peak_labels;
 pub mod pool;
 pub mod softmax;
 pub mod softmax_dropout;
+pub mod tensor_fusion;
 
 pub use batch_norm::batch_norm;
 pub use concat_l2::{concat_l2_normalize, l2_normalize, l2_normalize_if};
@@ -78,9 +80,11 @@ pub use gelu::{gelu_erf, gelu_tanh};
 pub use group_norm::group_norm_per_channel;
 pub use layer_norm::layer_norm;
 pub use linear::linear;
+pub use peak_labels::peak_labels;
 pub use pool::max_pool_3x3_s2;
 pub use softmax::softmax;
 pub use softmax_dropout::softmax_dropout;
+pub use tensor_fusion::tensor_fusion;
 
 /// Which body of an op runs for a tensor.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

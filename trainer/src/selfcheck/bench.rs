@@ -449,6 +449,7 @@ fn random_checkpoints(dir: &Path, device: &Device, w: &StepWork) -> Result<Backb
     let w2v_dir = save("wav2vec2", json(&w.wav2vec2)?, &vars)?;
     Ok(Backbones {
         gpt2: Some(gpt2_dir),
+        roberta: None,
         wav2vec2: Some(w2v_dir),
         resnet50: None,
     })
@@ -487,6 +488,7 @@ fn full_step(device: &Device, w: &StepWork, precision: &str, iterations: usize) 
             visual: Some(Tensor::randn(0f32, 1.0, (b, 3, w.height, w.width), device)?),
             audio: Some((Tensor::randn(0f32, 1.0, (b, w.samples), device)? * 3000.0)?),
             labels: (0..b).map(|i| i % w.classes.max(1)).collect(),
+            sentiments: Vec::new(),
             missing: MediaCounts::default(),
         };
         let y = batch.one_hot(model.classes, device)?;

@@ -22,7 +22,8 @@ use crate::error::Result;
 pub enum Section {
     /// Every op on the device against its CPU kernel ([`crate::ops::check`]).
     Ops,
-    /// GPT-2, wav2vec2 and ResNet-50 outputs and weight gradients against PyTorch's (tiny checkpoints).
+    /// GPT-2, RoBERTa, wav2vec2 and ResNet-50 outputs and weight gradients against PyTorch's (tiny checkpoints),
+    /// and TMN's fusion pieces.
     Parity,
     /// Forward + backward timings ([`bench`]).
     Bench,
@@ -100,10 +101,12 @@ pub fn run(
     }
     if opts.sections.contains(&Section::Parity) {
         type Check = fn(&std::path::Path, &Device) -> Result<Vec<parity::Compared>>;
-        let checks: [(&str, Check); 3] = [
+        let checks: [(&str, Check); 5] = [
             ("gpt2", parity::gpt2),
+            ("roberta", parity::roberta),
             ("wav2vec2", parity::wav2vec2),
             ("resnet50", parity::resnet50),
+            ("tmn", parity::tmn),
         ];
         println!(
             "backbone parity with PyTorch (fp32, norm-wise relative error, limit {:e})",

@@ -1,8 +1,9 @@
 //! Parity of the trainable backbones with PyTorch, on any device: the tiny checkpoints of the backbone fixtures
-//! (`trainer/tests/fixtures/backbones/`: the real GPT-2, wav2vec2 and ResNet-50 architectures with random weights,
-//! and the inputs, outputs and gradients PyTorch recorded for them) loaded through the real loading code, run
-//! forward and backward, and every output and weight gradient compared norm-wise, ‖ours − torch‖ / ‖torch‖ ≤ 1e-4
-//! in fp32. The tests run this on the CPU; the GPU check (`erc-train selfcheck`) on a GPU.
+//! (`trainer/tests/fixtures/backbones/`: the real GPT-2, RoBERTa, wav2vec2 and ResNet-50 architectures with random
+//! weights, and the inputs, outputs and gradients PyTorch recorded for them) loaded through the real loading code,
+//! run forward and backward, and every output and weight gradient compared norm-wise, ‖ours − torch‖ / ‖torch‖ ≤
+//! 1e-4 in fp32; likewise TMN's fusion pieces against the PyTorch references of `make_seeds.py` ([`tmn`]). The
+//! tests run this on the CPU; the GPU check (`erc-train selfcheck`) on a GPU.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::Path;
@@ -11,9 +12,11 @@ use candle_core::{DType, Device, Tensor, Var};
 use candle_nn::VarMap;
 
 use crate::encoders::resnet::{load_torchvision, Config as ResNetConfig, ResNet50};
-use crate::encoders::{gpt2, wav2vec2};
+use crate::encoders::{gpt2, roberta, wav2vec2};
 use crate::error::{Error, Result};
-use crate::nn::ParamStore;
+use crate::model::fusion::CrossModal;
+use crate::model::mixer::{MixerBlock, MixerSizes, TensorMixer};
+use crate::nn::{masked_mean, ParamStore};
 
 /// Norm-wise relative error every parity check must stay within.
 pub const TOL: f64 = 1e-4;
@@ -216,6 +219,237 @@ pub fn gpt2_from(fixtures: &Path, model: &Path, device: &Device) -> Result<Vec<C
         get(&io, "grad.inputs_embeds")?.clone(),
     ));
     compare(rows, &BTreeSet::new())
+}
+
+/// RoBERTa (`roberta-tiny`, a `RobertaForMaskedLM` file as the hub's): every hidden state, the CLS and the mean
+/// pooling, the loss `Σ cls·R_cls + Σ mean·R_mean`, and every weight's gradient (the attention key biases' are
+/// zero mathematically: compared by norm).
+pub fn roberta(fixtures: &Path, device: &Device) -> Result<Vec<Compared>> {
+    let io = io(fixtures, "roberta-tiny", device)?;
+    let loaded = roberta::load(
+        &fixtures.join("roberta-tiny"),
+        roberta::Pooling::Cls,
+        false,
+        device,
+        7,
+    )?;
+    let vars = vars_of(&loaded.vars)?;
+    let model = &loaded.encoder.model;
+    let (ids, mask) = (get(&io, "input_ids")?, get(&io, "attention_mask")?);
+    let states = model.hidden_states(ids, mask, false)?;
+    let last = states
+        .last()
+        .ok_or_else(|| Error::Other("roberta: no hidden state".into()))?
+        .clone();
+    let cls = loaded.encoder.pool(&last, mask)?;
+    let mean = masked_mean(&last, mask)?;
+    let loss =
+        ((&cls * get(&io, "R_cls")?)?.sum_all()? + (&mean * get(&io, "R_mean")?)?.sum_all()?)?;
+    let grads = loss.backward()?;
+    let mut rows = vec![
+        (
+            "last_hidden_state".to_string(),
+            last,
+            get(&io, "last_hidden_state")?.clone(),
+        ),
+        ("cls".to_string(), cls, get(&io, "cls")?.clone()),
+        ("mean".to_string(), mean, get(&io, "mean")?.clone()),
+        (
+            "loss".to_string(),
+            loss.reshape(1)?,
+            get(&io, "loss")?.clone(),
+        ),
+    ];
+    for (i, h) in states.iter().enumerate() {
+        let key = format!("debug.hidden_states.{i}");
+        rows.push((key.clone(), h.clone(), get(&io, &key)?.clone()));
+    }
+    let expected: BTreeSet<String> = io
+        .keys()
+        .filter_map(|k| k.strip_prefix("grad."))
+        .map(str::to_string)
+        .collect();
+    same_names(
+        &vars.keys().cloned().collect(),
+        &expected,
+        "roberta weights",
+    )?;
+    for (name, var) in &vars {
+        let g = grads
+            .get(var.as_tensor())
+            .ok_or_else(|| Error::Other(format!("roberta: no gradient for {name}")))?;
+        let key = format!("grad.{name}");
+        rows.push((key.clone(), g.clone(), get(&io, &key)?.clone()));
+    }
+    // the keys' bias cancels in the softmax: its gradient is zero mathematically
+    let zero: BTreeSet<String> = (0..2)
+        .map(|i| format!("grad.encoder.layer.{i}.attention.self.key.bias"))
+        .collect();
+    compare(rows, &zero)
+}
+
+/// TMN's pieces (`tmn/io.safetensors`, the PyTorch references of `make_seeds.py`): tensor fusion, one Mixer block,
+/// the whole Tensor Mixer (projections, stem, two blocks, LayerNorm, mean), the cross-attention fusion (with
+/// padding on both sides) — outputs and the gradients of every input and parameter — and Peaking Labels.
+pub fn tmn(fixtures: &Path, device: &Device) -> Result<Vec<Compared>> {
+    let io = io(fixtures, "tmn", device)?;
+    let mut rows = Vec::new();
+    // the tensor mixer's token-mixing fc2 biases add a per-row constant over the channels, which every later
+    // LayerNorm removes; the key biases cancel in the softmax: zero mathematically
+    let zero: BTreeSet<String> = [
+        "tensor_mixer.grad.blocks.0.token_mixing.fc2.bias",
+        "tensor_mixer.grad.blocks.1.token_mixing.fc2.bias",
+        "cross_attention.grad.text_to_audio.k_proj.bias",
+        "cross_attention.grad.audio_to_text.k_proj.bias",
+    ]
+    .map(String::from)
+    .into();
+
+    // tensor fusion: no parameters
+    let (a, b) = (
+        Var::from_tensor(get(&io, "tensor_fusion.a")?)?,
+        Var::from_tensor(get(&io, "tensor_fusion.b")?)?,
+    );
+    let z = crate::ops::tensor_fusion(a.as_tensor(), b.as_tensor())?;
+    let grads = (&z * get(&io, "tensor_fusion.R")?)?.sum_all()?.backward()?;
+    rows.push((
+        "tensor_fusion.out".to_string(),
+        z,
+        get(&io, "tensor_fusion.out")?.clone(),
+    ));
+    for (name, v) in [("a", &a), ("b", &b)] {
+        let key = format!("tensor_fusion.grad.{name}");
+        let g = grads
+            .get(v.as_tensor())
+            .ok_or_else(|| Error::Other(format!("tmn: no gradient for {key}")))?;
+        rows.push((key.clone(), g.clone(), get(&io, &key)?.clone()));
+    }
+
+    // one Mixer block
+    let mut store = ParamStore::new(device, 1);
+    let block = MixerBlock::new(&mut store, "f", 5, 6, 7, 9)?;
+    let x = Var::from_tensor(get(&io, "mixer_block.x")?)?;
+    assign(&io, "mixer_block", &store)?;
+    let out = block.forward(x.as_tensor())?;
+    rows.extend(piece(&io, "mixer_block", &store, out, &[("x", &x)])?);
+
+    // the whole Tensor Mixer: rows from the text (projected to 4), columns from the audio (projected to 3)
+    let mut store = ParamStore::new(device, 1);
+    let sizes = MixerSizes {
+        projections: [Some(4), Some(3)],
+        channels: 6,
+        layers: 2,
+        token_hidden: 7,
+        channel_hidden: 9,
+    };
+    let mixer = TensorMixer::new(&mut store, "f", ["text", "audio"], [10, 6], sizes)?;
+    let text = Var::from_tensor(get(&io, "tensor_mixer.text")?)?;
+    let audio = Var::from_tensor(get(&io, "tensor_mixer.audio")?)?;
+    assign(&io, "tensor_mixer", &store)?;
+    let out = mixer.forward(text.as_tensor(), audio.as_tensor())?;
+    rows.extend(piece(
+        &io,
+        "tensor_mixer",
+        &store,
+        out,
+        &[("text", &text), ("audio", &audio)],
+    )?);
+
+    // the cross-attention fusion: text (7 tokens, padded rows) and audio (5 frames, one row padded)
+    let mut store = ParamStore::new(device, 1);
+    let fusion = CrossModal::new(&mut store, "f", [10, 6], 8, 2)?;
+    let text = Var::from_tensor(get(&io, "cross_attention.text")?)?;
+    let audio = Var::from_tensor(get(&io, "cross_attention.audio")?)?;
+    assign(&io, "cross_attention", &store)?;
+    let out = fusion.forward(
+        text.as_tensor(),
+        get(&io, "cross_attention.text_mask")?,
+        audio.as_tensor(),
+        get(&io, "cross_attention.audio_mask")?,
+    )?;
+    rows.extend(piece(
+        &io,
+        "cross_attention",
+        &store,
+        out,
+        &[("text", &text), ("audio", &audio)],
+    )?);
+
+    let peaked = crate::ops::peak_labels(get(&io, "peak_labels.y_soft")?)?;
+    rows.push((
+        "peak_labels.out".to_string(),
+        peaked,
+        get(&io, "peak_labels.out")?.clone(),
+    ));
+    let mut compared = compare(rows, &zero)?;
+    // fp32 leaves rounding noise in a zero gradient in proportion to the gradients around it (here of order 10, so
+    // ~1e-6): measured against the norm of the same layer's weight gradient
+    for row in compared.iter_mut().filter(|r| r.zero) {
+        let weight = row.name.replace(".bias", ".weight");
+        row.error /= norm(get(&io, &weight)?)?.max(1.0);
+    }
+    Ok(compared)
+}
+
+/// Puts the fixture's `<prefix>.param.<name>` values into the store's parameters `f.<name>`; the two sets of names
+/// must be the same.
+fn assign(io: &HashMap<String, Tensor>, prefix: &str, store: &ParamStore) -> Result<()> {
+    let marker = format!("{prefix}.param.");
+    let expected: BTreeSet<String> = io
+        .keys()
+        .filter_map(|k| k.strip_prefix(&marker))
+        .map(str::to_string)
+        .collect();
+    let ours: BTreeSet<String> = store
+        .trainable()
+        .into_iter()
+        .filter_map(|(n, _)| n.strip_prefix("f.").map(str::to_string))
+        .collect();
+    same_names(&ours, &expected, prefix)?;
+    for name in &ours {
+        store.assign(
+            &format!("f.{name}"),
+            get(io, &format!("{marker}{name}"))?,
+            Path::new("tmn/io.safetensors"),
+        )?;
+    }
+    Ok(())
+}
+
+/// A piece's rows: its output and the gradients of `sum(out · R)` for its inputs and every parameter (whose values
+/// are taken from the fixture first, when it has them).
+fn piece(
+    io: &HashMap<String, Tensor>,
+    prefix: &str,
+    store: &ParamStore,
+    out: Tensor,
+    inputs: &[(&str, &Var)],
+) -> Result<Vec<(String, Tensor, Tensor)>> {
+    let grads = (&out * get(io, &format!("{prefix}.R"))?)?
+        .sum_all()?
+        .backward()?;
+    let mut rows = vec![(
+        format!("{prefix}.out"),
+        out,
+        get(io, &format!("{prefix}.out"))?.clone(),
+    )];
+    let params = store
+        .trainable()
+        .into_iter()
+        .filter_map(|(n, v)| n.strip_prefix("f.").map(|n| (n.to_string(), v)))
+        .collect::<Vec<_>>();
+    let named = inputs
+        .iter()
+        .map(|(n, v)| (n.to_string(), (*v).clone()))
+        .chain(params);
+    for (name, var) in named {
+        let key = format!("{prefix}.grad.{name}");
+        let g = grads
+            .get(var.as_tensor())
+            .ok_or_else(|| Error::Other(format!("tmn: no gradient for {key}")))?;
+        rows.push((key.clone(), g.clone(), get(io, &key)?.clone()));
+    }
+    Ok(rows)
 }
 
 /// wav2vec2 (`wav2vec2-tiny`): the feature encoder's output, every hidden state, the pooled output, the loss,

@@ -15,11 +15,16 @@
 //! that cannot be opened (or fails during a row) drops out and the others take its rows. Every file the table
 //! writes is written aside and renamed; a number is shown beside the paper's only when it comes from the row's
 //! own config on the whole dataset ([`collect`]).
+//!
+//! `--table seeds` runs the seed systems' table ([`seeds`]: `configs/seeds.csv`, `configs/seeds/*.yml`) through
+//! the same machinery, into `OUT/seeds.md`, `seeds.csv` and `seeds.png`, the seeds' published figures beside ours
+//! labelled as theirs (their datasets), never compared.
 
 pub mod configs;
 pub mod paper;
 pub mod preflight;
 pub mod render;
+pub mod seeds;
 
 use std::collections::{BTreeMap, VecDeque};
 use std::panic::AssertUnwindSafe;
@@ -32,6 +37,7 @@ use serde::{Deserialize, Serialize};
 
 use self::paper::{PaperRow, Scores};
 use self::render::{Outcome, Results, RowResult};
+use self::seeds::SeedRow;
 use crate::config::{
     AttentionScope, AudioInput, ClassifierLoss, Config, LoadedConfig, ModelSources, TextContext,
     VisualCrop,
@@ -48,9 +54,91 @@ use crate::train::{
     TrainOptions, VocabSource,
 };
 
+/// Which table a run fills.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Table {
+    /// The HLM12ERC report's Table 4 (and Table 3).
+    #[default]
+    Table4,
+    /// The seed systems on MELD, their published figures beside ours ([`seeds`]).
+    Seeds,
+}
+
+impl Table {
+    /// The table's name: the `--table` value and the stem of its output files.
+    pub fn name(self) -> &'static str {
+        match self {
+            Table::Table4 => "table4",
+            Table::Seeds => "seeds",
+        }
+    }
+
+    /// How messages name it.
+    fn title(self) -> &'static str {
+        match self {
+            Table::Table4 => "Table 4",
+            Table::Seeds => "the seeds table",
+        }
+    }
+}
+
+impl std::str::FromStr for Table {
+    type Err = String;
+
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        match s {
+            "table4" => Ok(Table::Table4),
+            "seeds" => Ok(Table::Seeds),
+            other => Err(format!("table `{other}`: expected table4 or seeds")),
+        }
+    }
+}
+
+/// What the machinery needs of a row of either table.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TableRow {
+    pub row: u8,
+    pub name: String,
+    /// A file name under `configs/` (Table 4) or `configs/seeds/`.
+    pub config: String,
+    /// The batch the row is evaluated at, when the paper says (Table 4).
+    pub eval_batch: Option<usize>,
+}
+
+impl TableRow {
+    /// The row number as the tables print it: two digits.
+    pub fn label(&self) -> String {
+        format!("{:02}", self.row)
+    }
+}
+
+impl From<&PaperRow> for TableRow {
+    fn from(r: &PaperRow) -> Self {
+        TableRow {
+            row: r.row,
+            name: r.name.clone(),
+            config: r.config.clone(),
+            eval_batch: Some(r.eval_batch),
+        }
+    }
+}
+
+impl From<&SeedRow> for TableRow {
+    fn from(r: &SeedRow) -> Self {
+        TableRow {
+            row: r.row,
+            name: r.name.clone(),
+            config: r.config.clone(),
+            eval_batch: None,
+        }
+    }
+}
+
 /// `erc-train table4`'s settings.
 #[derive(Debug, Clone)]
 pub struct Table4Options {
+    /// Which table (`--table`).
+    pub table: Table,
     pub data: PathBuf,
     /// The dataset of the `--corrected` rows (16 kHz mono WAVs: `normalized_mono` audio); `None`: `data`.
     pub corrected_data: Option<PathBuf>,
@@ -108,9 +196,11 @@ pub enum Variant {
 
 /// One training run of the table.
 pub struct Job {
-    pub row: PaperRow,
+    pub row: TableRow,
     pub variant: Variant,
     pub config: Config,
+    /// Where the config comes from (`configs/…`), as run folders record it.
+    pub config_path: PathBuf,
     pub max_rows: Option<usize>,
     pub dir: PathBuf,
     /// The dataset it trains on.
@@ -127,7 +217,7 @@ impl Job {
 }
 
 /// The folder of a row's run.
-pub fn row_dir(out: &Path, row: &PaperRow, variant: Variant) -> PathBuf {
+pub fn row_dir(out: &Path, row: &TableRow, variant: Variant) -> PathBuf {
     let name = format!("{}-{}", row.label(), row.name);
     match variant {
         Variant::Reference => out.join(name),
@@ -140,18 +230,48 @@ pub fn paper_rows() -> Result<Vec<PaperRow>> {
     paper::rows().map_err(|e| Error::Other(format!("configs/table4.csv: {e}")))
 }
 
-/// A row's config as the table runs it: the row's YAML, evaluated at the paper's batch, with the command line's
-/// overrides and the variant's switches.
-pub fn row_config(row: &PaperRow, variant: Variant, opts: &Table4Options) -> Result<Config> {
-    let text = configs::yaml(&row.config).ok_or_else(|| {
+/// The seeds table's rows.
+pub fn seed_rows() -> Result<Vec<SeedRow>> {
+    seeds::rows().map_err(|e| Error::Other(format!("configs/seeds.csv: {e}")))
+}
+
+/// A table's rows as the machinery runs them.
+pub fn table_rows(table: Table) -> Result<Vec<TableRow>> {
+    Ok(match table {
+        Table::Table4 => paper_rows()?.iter().map(TableRow::from).collect(),
+        Table::Seeds => seed_rows()?.iter().map(TableRow::from).collect(),
+    })
+}
+
+/// A row's config file as the binary carries it: its path (for messages and run folders) and YAML.
+fn row_yaml(table: Table, row: &TableRow) -> Result<(PathBuf, &'static str)> {
+    let (path, text) = match table {
+        Table::Table4 => (
+            format!("configs/{}", row.config),
+            configs::yaml(&row.config),
+        ),
+        Table::Seeds => (
+            format!("configs/seeds/{}", row.config),
+            seeds::yaml(&row.config),
+        ),
+    };
+    let text = text.ok_or_else(|| {
         Error::Other(format!(
-            "row {}: no config {} in this build",
-            row.label(),
-            row.config
+            "row {}: no config {path} in this build",
+            row.label()
         ))
     })?;
-    let mut config = Config::parse(Path::new(&format!("configs/{}", row.config)), text)?;
-    config.eval_batch_size = Some(row.eval_batch);
+    Ok((PathBuf::from(path), text))
+}
+
+/// A row's config as the table runs it: the row's YAML, evaluated at the paper's batch (Table 4), with the
+/// command line's overrides and the variant's switches.
+pub fn row_config(row: &TableRow, variant: Variant, opts: &Table4Options) -> Result<Config> {
+    let (path, text) = row_yaml(opts.table, row)?;
+    let mut config = Config::parse(&path, text)?;
+    if let Some(batch) = row.eval_batch {
+        config.eval_batch_size = Some(batch);
+    }
     if opts.epochs.is_some() {
         config.epochs = opts.epochs;
     }
@@ -178,10 +298,18 @@ pub fn row_config(row: &PaperRow, variant: Variant, opts: &Table4Options) -> Res
 }
 
 /// The jobs of the asked rows, in row order (each row's corrected run after the reference one).
-pub fn jobs(opts: &Table4Options, rows: &[PaperRow]) -> Result<Vec<Job>> {
+pub fn jobs(opts: &Table4Options, rows: &[TableRow]) -> Result<Vec<Job>> {
+    if opts.corrected && opts.table != Table::Table4 {
+        return Err(Error::Other(format!(
+            "--corrected switches the reference's quirks of Table 4's rows; {} has none to switch",
+            opts.table.title()
+        )));
+    }
     let asked = match &opts.rows {
         Some(spec) => {
-            paper::parse_selection(spec, rows).map_err(|e| Error::Other(format!("--rows: {e}")))?
+            let known: std::collections::BTreeSet<u8> = rows.iter().map(|r| r.row).collect();
+            paper::parse_selection_in(spec, &known, opts.table.title())
+                .map_err(|e| Error::Other(format!("--rows: {e}")))?
         }
         None => rows.iter().map(|r| r.row).collect(),
     };
@@ -204,6 +332,7 @@ pub fn jobs(opts: &Table4Options, rows: &[PaperRow]) -> Result<Vec<Job>> {
                 opts.max_rows
             };
             jobs.push(Job {
+                config_path: row_yaml(opts.table, row)?.0,
                 dir: row_dir(&opts.out, row, *variant),
                 data: opts.data_for(*variant).to_path_buf(),
                 row: row.clone(),
@@ -242,7 +371,7 @@ fn open_devices(specs: &[DeviceSpec]) -> (Vec<(String, candle_core::Device)>, Ve
 
 /// Runs the table (see the module doc).
 pub fn run(opts: &Table4Options) -> Result<Table4Report> {
-    let rows = paper_rows()?;
+    let rows = table_rows(opts.table)?;
     let jobs = jobs(opts, &rows)?;
     if jobs.is_empty() {
         return Err(Error::Other("no row asked".into()));
@@ -332,7 +461,10 @@ pub fn run(opts: &Table4Options) -> Result<Table4Report> {
     }
     let table = collect(opts)?;
     println!("{table}");
-    println!("tables: {}", opts.out.join("table4.md").display());
+    println!(
+        "tables: {}",
+        opts.out.join(format!("{}.md", opts.table.name())).display()
+    );
     Ok(Table4Report { failed, table })
 }
 
@@ -585,7 +717,7 @@ fn split_sizes(data: &Path) -> Result<(usize, usize, usize)> {
 fn time_steps(job: &Job, opts: &Table4Options, device: &candle_core::Device) -> Result<f64> {
     let batch = job.config.batch_size();
     let loaded = LoadedConfig {
-        path: PathBuf::from(format!("configs/{}", job.row.config)),
+        path: job.config_path.clone(),
         config: job.config.clone(),
     };
     let glove = glove_path(&job.config, opts.glove.as_deref());
@@ -608,8 +740,7 @@ fn time_steps(job: &Job, opts: &Table4Options, device: &candle_core::Device) -> 
         let batch = batch?;
         let start = Instant::now();
         let out = model.forward(&batch, &mut ctx)?;
-        let y = batch.one_hot(model.classes, model.device())?;
-        let value = loss.training(&out.probs, &out.logits, &y, &out.hidden, &batch.labels)?;
+        let value = loss.step(&out, &batch, model.classes)?;
         optimizer.step(&value.backward()?)?;
         value.to_scalar::<f32>()?;
         times.push(start.elapsed().as_secs_f64());
@@ -846,7 +977,7 @@ fn run_job(
         panic!("failpoint: a panic in row {}", job.row.label());
     }
     let loaded = LoadedConfig {
-        path: PathBuf::from(format!("configs/{}", job.row.config)),
+        path: job.config_path.clone(),
         config: job.config.clone(),
     };
     let glove = glove_path(&job.config, opts.glove.as_deref());
@@ -970,10 +1101,11 @@ fn differences(dir: &Path, summary: &serde_json::Value, expected: &Expected) -> 
 /// paper ran it (its own epochs, no `--smoke`, no `--max-rows`; the command line's model locations and
 /// `--glove` apply) on the whole dataset (`opts.data`, or `opts.corrected_data` for the corrected column); other
 /// runs are listed with what they were and not compared. Failed rows give their error, the rest "not run"; a
-/// corrected column appears when `out/corrected/` exists. A folder with no row runs is an error.
+/// corrected column appears when `out/corrected/` exists. A folder with no row runs is an error. The seeds table
+/// is assembled the same way, each row's run checked against its config as it stands.
 pub fn collect(opts: &Table4Options) -> Result<String> {
     let out = &opts.out;
-    let rows = paper_rows()?;
+    let rows = table_rows(opts.table)?;
     let has_runs = out.is_dir()
         && rows.iter().any(|r| {
             [Variant::Reference, Variant::Corrected]
@@ -982,11 +1114,16 @@ pub fn collect(opts: &Table4Options) -> Result<String> {
         });
     if !has_runs {
         return Err(Error::Other(format!(
-            "{}: no Table 4 row folders (NN-name/) here; is it the --out of an `erc-train table4` run?",
-            out.display()
+            "{}: no {} row folders (NN-name/) here; is it the --out of an `erc-train table4{}` run?",
+            out.display(),
+            opts.table.title(),
+            match opts.table {
+                Table::Table4 => "",
+                Table::Seeds => " --table seeds",
+            }
         )));
     }
-    let corrected = out.join("corrected").is_dir();
+    let corrected = opts.table == Table::Table4 && out.join("corrected").is_dir();
     let paper = opts.as_the_paper_ran();
     let mut data_shas: BTreeMap<PathBuf, Option<String>> = BTreeMap::new();
     let mut column = |variant: Variant| -> Result<Vec<RowResult>> {
@@ -1008,12 +1145,19 @@ pub fn collect(opts: &Table4Options) -> Result<String> {
             .collect()
     };
     let ours = column(Variant::Reference)?;
+    if opts.table == Table::Seeds {
+        let seed_rows = seed_rows()?;
+        let results = seeds::Results::new(&seed_rows, &ours).map_err(Error::Other)?;
+        results.write_all(out).map_err(|e| Error::io(out, e))?;
+        return Ok(results.terminal_table());
+    }
     let fixed = if corrected {
         Some(column(Variant::Corrected)?)
     } else {
         None
     };
-    let results = Results::new(&rows, &ours, fixed.as_deref()).map_err(Error::Other)?;
+    let paper_rows = paper_rows()?;
+    let results = Results::new(&paper_rows, &ours, fixed.as_deref()).map_err(Error::Other)?;
     results.write_all(out).map_err(|e| Error::io(out, e))?;
     Ok(results.terminal_table())
 }

@@ -285,9 +285,18 @@ fn check_range(s: &Scores, prefix: &str) -> Result<(), String> {
 /// silently runs nothing.
 pub fn parse_selection(spec: &str, all: &[PaperRow]) -> Result<Vec<u8>, String> {
     let known: BTreeSet<u8> = all.iter().map(|r| r.row).collect();
+    parse_selection_in(spec, &known, "Table 4")
+}
+
+/// [`parse_selection`] among the row numbers `known` of the table called `table` in messages.
+pub fn parse_selection_in(
+    spec: &str,
+    known: &BTreeSet<u8>,
+    table: &str,
+) -> Result<Vec<u8>, String> {
     let span = match (known.first(), known.last()) {
         (Some(first), Some(last)) => format!("{first:02}-{last:02}"),
-        _ => return Err("no Table 4 rows to select from".into()),
+        _ => return Err(format!("no {table} rows to select from")),
     };
     let hint = format!("expected row numbers or ranges such as `01-04,24`, within {span}");
     if spec.trim().is_empty() {
@@ -307,7 +316,7 @@ pub fn parse_selection(spec: &str, all: &[PaperRow]) -> Result<Vec<u8>, String> 
             u8::try_from(n)
                 .ok()
                 .filter(|n| known.contains(n))
-                .ok_or_else(|| format!("`{item}`: there is no row {n} in Table 4 (rows {span})"))
+                .ok_or_else(|| format!("`{item}`: there is no row {n} in {table} (rows {span})"))
         };
         let (from, to) = match item.split_once('-') {
             Some((a, b)) => (number(a)?, number(b)?),

@@ -1,6 +1,6 @@
 //! Before any training: can every asked row run? One check per thing a row needs — the three splits, face-only
 //! images (rows 11/12), WAVs in the format the row's audio input was trained on, the GloVe vectors, the GPT-2,
-//! wav2vec2 and ResNet-50 weights (found and checked against their architecture as `erc-train models check` does,
+//! RoBERTa, wav2vec2 and ResNet-50 weights (found and checked against their architecture as `erc-train models check` does,
 //! once per backbone for the whole table), the device — each `ok`, `-` (not needed) or `MISSING`, with the one
 //! command that fixes it.
 
@@ -28,8 +28,8 @@ pub enum Cell {
 }
 
 /// The columns, in order.
-pub const COLUMNS: [&str; 8] = [
-    "data", "faces", "audio", "glove", "gpt2", "wav2vec2", "resnet50", "device",
+pub const COLUMNS: [&str; 9] = [
+    "data", "faces", "audio", "glove", "gpt2", "roberta", "wav2vec2", "resnet50", "device",
 ];
 
 /// A job's checks.
@@ -63,6 +63,8 @@ struct DataFacts {
     faces: bool,
     /// (rate, channels) of the first WAV.
     wav: Option<(u32, u16)>,
+    /// Why the rows cannot feed a sentiment head (a train row without MELD's sentiment).
+    no_sentiment: Option<String>,
 }
 
 fn data_facts(data: &Path) -> DataFacts {
@@ -70,6 +72,7 @@ fn data_facts(data: &Path) -> DataFacts {
         problem: None,
         faces: face_detector(data).is_some(),
         wav: None,
+        no_sentiment: None,
     };
     for split in Split::ALL {
         let csv = data.join(split.dataset_csv());
@@ -89,6 +92,7 @@ fn data_facts(data: &Path) -> DataFacts {
     match SplitData::load(data, Split::Train, &classes) {
         Ok(train) => {
             facts.faces = facts.faces || train.rows_with_faces() > 0;
+            facts.no_sentiment = train.check_sentiments().err().map(|e| e.to_string());
             match train.wav_format() {
                 Ok(format) => facts.wav = format.map(|(_, f)| (f.sample_rate, f.channels)),
                 Err(e) => facts.problem = Some(e.to_string()),
@@ -117,9 +121,10 @@ pub fn check(jobs: &[Job], glove: Option<&Path>, device_problem: Option<&str>) -
                 .or_insert_with(|| data_facts(data));
             let extract = format!("meld-etl extract --raw MELD.Raw --out {}", data.display());
             let c = &job.config;
-            let data_cell = match &facts.problem {
-                Some(p) => Cell::Missing(p.clone()),
-                None => Cell::Ok,
+            let data_cell = match (&facts.problem, &facts.no_sentiment) {
+                (Some(p), _) => Cell::Missing(p.clone()),
+                (None, Some(why)) if c.sentiment_weight().is_some() => Cell::Missing(why.clone()),
+                _ => Cell::Ok,
             };
             let faces = if c.visual_preprocess_faceonly.unwrap_or(false) {
                 if facts.faces {
@@ -201,6 +206,11 @@ pub fn check(jobs: &[Job], glove: Option<&Path>, device_problem: Option<&str>) -
                 audio,
                 glove_cell,
                 backbone(c.modules_text_encoder == TextEncoder::Gpt2, Backbone::Gpt2, Some(c.text_model())),
+                backbone(
+                    c.modules_text_encoder == TextEncoder::Roberta,
+                    Backbone::Roberta,
+                    Some(c.text_model()),
+                ),
                 backbone(
                     c.modules_audio_encoder == AudioEncoder::Wav2vec2,
                     Backbone::Wav2vec2,

@@ -67,7 +67,7 @@ type Column<'a> = (&'static str, &'a [RowResult]);
 
 /// Weighted F1 on `valid` of a model that always answers "neutral" (470 of 1109 rows): rows 01, 08 and 11 of the
 /// report sit exactly there, so the plot draws it as the floor to beat.
-const ALL_NEUTRAL_WEIGHTED_F1: f64 = 0.25;
+pub(super) const ALL_NEUTRAL_WEIGHTED_F1: f64 = 0.25;
 
 /// Failure reasons are cut to this many characters in the tables (the CSV keeps the whole first line).
 const REASON_CHARS: usize = 60;
@@ -517,7 +517,7 @@ fn test_status(r: &RowResult) -> String {
     }
 }
 
-fn done(o: &Outcome) -> Option<Scores> {
+pub(super) fn done(o: &Outcome) -> Option<Scores> {
     match o {
         Outcome::Done(s) => Some(*s),
         _ => None,
@@ -525,7 +525,7 @@ fn done(o: &Outcome) -> Option<Scores> {
 }
 
 /// "done", "not run" or "failed: <first line of the reason, cut short>".
-fn short_status(o: &Outcome) -> String {
+pub(super) fn short_status(o: &Outcome) -> String {
     match o {
         Outcome::NotRun => "not run".into(),
         Outcome::Done(_) => "done".into(),
@@ -544,7 +544,7 @@ fn short_status(o: &Outcome) -> String {
     }
 }
 
-fn first_line(text: &str) -> &str {
+pub(super) fn first_line(text: &str) -> &str {
     text.lines()
         .map(str::trim)
         .find(|l| !l.is_empty())
@@ -552,7 +552,7 @@ fn first_line(text: &str) -> &str {
 }
 
 /// Pipes would end a markdown cell; newlines would end the table.
-fn escape(text: &str) -> String {
+pub(super) fn escape(text: &str) -> String {
     text.replace('|', "\\|").replace(['\n', '\r'], " ")
 }
 
@@ -560,7 +560,7 @@ fn percent(v: f64) -> String {
     format!("{:.0}", v * 100.0)
 }
 
-fn fraction(v: f64) -> String {
+pub(super) fn fraction(v: f64) -> String {
     format!("{v:.2}")
 }
 

@@ -10,11 +10,19 @@
 //!
 //! The classifier losses are ops ([`crate::ops::loss`]: one node each with its closed-form backward, where a
 //! kernel exists for the device); the triplet term is composed from candle primitives.
+//!
+//! Keys of ours, for the seed systems (TMN): training targets may be soft — label smoothing
+//! `(1 − ε)·y + ε/K` (`classifier_label_smoothing`), then Peaking Labels ([`crate::ops::peak_labels`],
+//! `classifier_peak_labels`) — and a sentiment head adds `w · CE(sentiment logits, MELD's sentiment)`
+//! (`sentiment_loss_weight`). Evaluation always scores the one-hot emotion labels (the reported loss stays
+//! comparable across configs).
 
 use candle_core::{Tensor, D};
 
 use crate::config::{ClassifierLoss, Config, LossFn};
-use crate::error::Result;
+use crate::data::Batch;
+use crate::error::{Error, Result};
+use crate::model::HeadOutput;
 
 pub use crate::ops::loss::{cross_entropy, dice, focal};
 
@@ -83,6 +91,12 @@ pub struct Loss {
     alpha_tensor: std::sync::OnceLock<Tensor>,
     gamma: f64,
     mean: bool,
+    /// Label smoothing ε of the training targets.
+    smoothing: Option<f64>,
+    /// Peaking Labels on the training targets.
+    peak: bool,
+    /// The sentiment head's loss weight.
+    sentiment: Option<f64>,
 }
 
 impl Loss {
@@ -97,7 +111,23 @@ impl Loss {
             alpha_tensor: std::sync::OnceLock::new(),
             gamma: config.focal_gamma(),
             mean: config.focal_mean(),
+            smoothing: config.classifier_label_smoothing,
+            peak: config.peak_labels(),
+            sentiment: config.sentiment_weight(),
         }
+    }
+
+    /// The training targets of one-hot labels y (B, C): smoothed and peaked as configured, else y itself.
+    pub fn targets(&self, y: &Tensor) -> Result<Tensor> {
+        let mut y = y.clone();
+        if let Some(eps) = self.smoothing.filter(|e| *e > 0.0) {
+            let k = y.dim(D::Minus1)? as f64;
+            y = y.affine(1.0 - eps, eps / k)?;
+        }
+        if self.peak {
+            y = crate::ops::peak_labels(&y)?;
+        }
+        Ok(y)
     }
 
     /// The classifier part (what evaluation reports as the loss).
@@ -121,7 +151,8 @@ impl Loss {
         }
     }
 
-    /// Training loss: classifier part plus, for `*+triplet`, the triplet term (weight 1).
+    /// Training loss: classifier part (on the [`Loss::targets`] of the one-hot `y`) plus, for `*+triplet`, the
+    /// triplet term (weight 1).
     pub fn training(
         &self,
         probs: &Tensor,
@@ -130,12 +161,32 @@ impl Loss {
         hidden: &Tensor,
         labels: &[usize],
     ) -> Result<Tensor> {
-        let loss = self.classifier(probs, logits, y)?;
+        let loss = self.classifier(probs, logits, &self.targets(y)?)?;
         if self.kind.triplet {
             Ok((loss + triplet(hidden, labels, self.eps)?)?)
         } else {
             Ok(loss)
         }
+    }
+}
+
+impl Loss {
+    /// A training step's loss on a batch: [`Loss::training`] on its emotions plus, with a sentiment head, the
+    /// weighted cross-entropy of its sentiment logits.
+    pub fn step(&self, out: &HeadOutput, batch: &Batch, classes: usize) -> Result<Tensor> {
+        let device = out.logits.device();
+        let y = batch.one_hot(classes, device)?;
+        let loss = self.training(&out.probs, &out.logits, &y, &out.hidden, &batch.labels)?;
+        let Some(weight) = self.sentiment else {
+            return Ok(loss);
+        };
+        let logits = out.sentiment_logits.as_ref().ok_or_else(|| {
+            Error::Other(
+                "`sentiment_loss_weight` is set but the model has no sentiment head".into(),
+            )
+        })?;
+        let sentiment = cross_entropy(logits, &batch.sentiment_one_hot(device)?)?;
+        Ok((loss + (sentiment * weight)?)?)
     }
 }
 

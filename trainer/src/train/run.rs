@@ -131,6 +131,20 @@ pub fn prepare(
     for split in &mut splits {
         encode_text(split, &config.config, vocab.as_ref(), tokenizer.as_ref())?;
     }
+    if let Some(dir) = &backbones.roberta {
+        use crate::encoders::roberta;
+        let cfg = roberta::Config::from_file(&dir.join("config.json"))?;
+        let tokenizer = roberta::RobertaTokenizer::from_dir(dir, cfg.max_tokens())?;
+        cfg.check_tokenizer(&tokenizer, dir)?;
+        for split in &mut splits {
+            split.encode_with(config.config.text_context, |text| tokenizer.encode(text))?;
+        }
+    }
+    if prep.sentiment {
+        for split in &splits {
+            split.check_sentiments()?;
+        }
+    }
     let mut splits = splits.into_iter().map(Arc::new);
     let (Some(train), Some(valid), Some(test)) = (splits.next(), splits.next(), splits.next())
     else {
@@ -533,9 +547,7 @@ pub fn train(prepared: Prepared, options: &TrainOptions) -> Result<(PathBuf, Sum
             let batch = batch?;
             let mut step = || -> Result<f64> {
                 let out = model.forward(&batch, &mut rng.ctx)?;
-                let y = batch.one_hot(model.classes, model.device())?;
-                let loss =
-                    loss_fn.training(&out.probs, &out.logits, &y, &out.hidden, &batch.labels)?;
+                let loss = loss_fn.step(&out, &batch, model.classes)?;
                 let grads = loss.backward()?;
                 optimizer.step(&grads)?;
                 // the step's one read from the device: the loss, for the log
