@@ -6,8 +6,9 @@
 #                                          # (root, or sudo without a password), else name it and stop
 #   bash scripts/system-deps.sh --check    # check only: silent and exit 0 when all is there, else name what is
 #                                          # missing and the one command that installs it, exit 1
-#   bash scripts/system-deps.sh --install  # apt-get update + install the whole list (root or sudo), then check
+#   bash scripts/system-deps.sh --install  # apt-get update + install the list (root or sudo), then check
 #   bash scripts/system-deps.sh --list     # the Debian/Ubuntu package names
+#   bash scripts/system-deps.sh --plan     # the packages --install would install on this machine (see below)
 #
 # SYSTEM_DEPS_INSTALL=never turns the default mode into --check (tests use it).
 # Checked: FFmpeg's development files (pkg-config: libavcodec, libavformat, libavutil, libswscale, libswresample —
@@ -22,13 +23,32 @@ PACKAGES=(build-essential pkg-config clang libclang-dev
           libavcodec-dev libavformat-dev libavutil-dev libswscale-dev libswresample-dev ffmpeg
           fonts-dejavu-core python3 python3-pip python3-venv npm ca-certificates make time)
 
+# Packages left out of --install when their command is already on PATH from outside Debian: NodeSource's `nodejs`
+# (what CI's machines carry) bundles npm and declares `Conflicts: npm`, so asking apt for Debian's npm beside it
+# fails the whole install with "held broken packages".
+BUNDLED_ELSEWHERE=(npm:npm)
+
+# The list --install asks apt for on this machine.
+install_plan() {
+  local pkg entry skip plan=()
+  for pkg in "${PACKAGES[@]}"; do
+    skip=no
+    for entry in "${BUNDLED_ELSEWHERE[@]}"; do
+      [ "$pkg" = "${entry%%:*}" ] && command -v "${entry#*:}" > /dev/null && skip=yes
+    done
+    [ "$skip" = no ] && plan+=("$pkg")
+  done
+  echo "${plan[*]}"
+}
+
 MODE=auto
 case "${1:-}" in
   --check) MODE=check ;;
   --install) MODE=install ;;
   --list) echo "${PACKAGES[*]}"; exit 0 ;;
+  --plan) install_plan; exit 0 ;;
   "") ;;
-  *) echo "system-deps: unknown option $1 (--check, --install, --list)" >&2; exit 2 ;;
+  *) echo "system-deps: unknown option $1 (--check, --install, --list, --plan)" >&2; exit 2 ;;
 esac
 [ "$MODE" = auto ] && [ "${SYSTEM_DEPS_INSTALL:-}" = never ] && MODE=check
 
@@ -116,7 +136,9 @@ explain() {
 }
 
 if [ "$MODE" = install ]; then
-  install "${PACKAGES[@]}" || { echo "system-deps: apt-get failed (root or passwordless sudo needed)" >&2; exit 1; }
+  can_install || { echo "system-deps: --install needs apt-get and root or passwordless sudo" >&2; exit 1; }
+  # shellcheck disable=SC2046
+  install $(install_plan) || { echo "system-deps: apt-get failed (see its message above)" >&2; exit 1; }
   check || { explain; exit 1; }
   exit 0
 fi

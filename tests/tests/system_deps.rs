@@ -66,7 +66,6 @@ fn with_everything_present_the_check_is_silent_and_cheap() {
     );
     // /usr/bin/time's line is the only output
     let times: Vec<f64> = stderr
-        .trim()
         .split_whitespace()
         .map(|t| t.parse().expect("user and system seconds"))
         .collect();
@@ -92,4 +91,46 @@ fn the_package_list_lives_in_one_place() {
             "{file} keeps its own copy of the package list"
         );
     }
+}
+
+/// What `--install` asks apt for resolves on this machine. CI's machines carry NodeSource's `nodejs`, which
+/// conflicts with Debian's `npm`: asking for both failed CI's whole install ("held broken packages") before a
+/// line of ours was built. apt's simulation (`-s`) resolves the same request without installing anything.
+#[test]
+fn the_install_plan_resolves_with_apt() {
+    if Command::new("apt-get").arg("--version").output().is_err() {
+        eprintln!("no apt-get here: the plan is Debian's and cannot be resolved on this system");
+        return;
+    }
+    let plan = Command::new("bash")
+        .args(["scripts/system-deps.sh", "--plan"])
+        .current_dir(repo())
+        .output()
+        .expect("running scripts/system-deps.sh --plan");
+    assert!(plan.status.success());
+    let packages: Vec<String> = String::from_utf8_lossy(&plan.stdout)
+        .split_whitespace()
+        .map(str::to_owned)
+        .collect();
+    assert!(
+        packages.iter().any(|p| p == "libavcodec-dev"),
+        "{packages:?}"
+    );
+    let npm_on_path = Command::new("npm").arg("--version").output().is_ok();
+    assert_eq!(
+        packages.iter().any(|p| p == "npm"),
+        !npm_on_path,
+        "npm is asked for only where no npm is on PATH: {packages:?}"
+    );
+    let simulated = Command::new("apt-get")
+        .args(["install", "-s", "-y", "--no-install-recommends"])
+        .args(&packages)
+        .output()
+        .expect("running apt-get install -s");
+    assert!(
+        simulated.status.success(),
+        "apt cannot resolve {packages:?}:\n{}{}",
+        String::from_utf8_lossy(&simulated.stdout),
+        String::from_utf8_lossy(&simulated.stderr)
+    );
 }
