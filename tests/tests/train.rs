@@ -426,3 +426,84 @@ fn check_describes_the_run_and_names_missing_models_and_media() {
         "{stderr}"
     );
 }
+
+/// The feature-spread diagnostic (the frames + voice + LSTM seed's check): with every WAV of the dataset replaced
+/// by one clip, the audio encoder gives the same vector for every sample. metrics.jsonl records each modality's
+/// variance across a validation batch per epoch, the audio's is zero where the text's is not, and the log warns
+/// about the audio alone.
+#[test]
+fn a_constant_encoder_is_flagged_by_the_feature_variance_diagnostic() {
+    let ds = dataset();
+    let data = ds.dir.path().join("data-constant-audio");
+    run_ok(Command::new("cp").arg("-r").arg(&ds.data).arg(&data));
+    let wavs: Vec<PathBuf> = ["train", "valid", "test"]
+        .iter()
+        .flat_map(|split| {
+            std::fs::read_dir(data.join(split))
+                .unwrap_or_else(|e| panic!("{split}/audio: {e}"))
+                .map(|e| e.unwrap().path())
+        })
+        .filter(|p| p.extension().is_some_and(|e| e == "wav"))
+        .collect();
+    assert!(wavs.len() > 20, "{} WAVs", wavs.len());
+    for wav in &wavs[1..] {
+        std::fs::copy(&wavs[0], wav).unwrap();
+    }
+    let config = ds.dir.path().join("constant-audio.yml");
+    std::fs::write(
+        &config,
+        format!("classifier_name: constant-audio\n{CLASSES}modules_text_encoder: glove\ntext_out_features: 50\ntext_context: utterance\nmodules_audio_encoder: waveform\naudio_input: normalized_mono\naudio_in_features: 16000\naudio_out_features: 50\nclassifier_loss_fn: ce\nclassifier_learning_rate: 0.001\nclassifier_warmup_steps: 2\nbatch_size: 16\nepochs: 2\n"),
+    )
+    .unwrap();
+    let output = run_ok(
+        bin("erc-train")
+            .arg("--config")
+            .arg(&config)
+            .arg("--data")
+            .arg(&data)
+            .arg("--out")
+            .arg(ds.dir.path().join("runs-constant-audio"))
+            .arg("--glove")
+            .arg(&ds.glove)
+            .args(["--max-rows", "48"]),
+    );
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    let run = PathBuf::from(
+        stdout
+            .lines()
+            .find_map(|l| l.strip_prefix("run folder: "))
+            .unwrap_or_else(|| panic!("no run folder in:\n{stdout}"))
+            .trim(),
+    );
+    let lines = epochs(&run);
+    assert_eq!(lines.len(), 2);
+    for line in &lines {
+        let variance = &line["feature_variance"];
+        let share = &line["feature_variance_share"];
+        let audio = variance["audio"].as_f64().expect("audio variance");
+        let text = variance["text"].as_f64().expect("text variance");
+        eprintln!(
+            "epoch {}: variance text {text:.3e} (share {}), audio {audio:.3e} (share {})",
+            line["epoch"], share["text"], share["audio"]
+        );
+        assert!(audio < 1e-12, "audio variance {audio}");
+        assert!(share["audio"].as_f64().unwrap() < 1e-4);
+        assert!(share["text"].as_f64().unwrap() > 1e-3, "{share}");
+    }
+    let warnings: Vec<&str> = stderr
+        .lines()
+        .filter(|l| l.contains("barely vary across the batch"))
+        .collect();
+    assert_eq!(warnings.len(), 2, "one warning per epoch:\n{stderr}");
+    assert!(warnings.iter().all(|w| w.contains("the audio encoder")));
+    // the untouched dataset's runs record every modality's spread too, none collapsed
+    let normal = train(
+        "spread-normal",
+        "modules_text_encoder: glove\ntext_out_features: 50\ntext_context: utterance\nmodules_audio_encoder: waveform\naudio_input: normalized_mono\naudio_in_features: 16000\naudio_out_features: 50\nclassifier_loss_fn: ce\nbatch_size: 16\nepochs: 1\n",
+        &["--max-rows", "48"],
+    );
+    let share = &epochs(&normal)[0]["feature_variance_share"];
+    assert!(share["audio"].as_f64().unwrap() > 1e-3, "{share}");
+    assert!(share["text"].as_f64().unwrap() > 1e-3, "{share}");
+}

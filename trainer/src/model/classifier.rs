@@ -360,6 +360,9 @@ impl Model {
         let sequences = self.fusion.needs_sequences();
         let mut embeddings = Vec::new();
         let mut states = Vec::new();
+        // which modality each embedding and each sequence is, for the feature-spread diagnostic
+        let mut embedding_names = Vec::new();
+        let mut state_names = Vec::new();
         match &self.text {
             None => {}
             Some(TextModule::Glove(encoder)) => {
@@ -400,6 +403,13 @@ impl Model {
                 }
             }
         }
+        tag(
+            "text",
+            &embeddings,
+            &states,
+            &mut embedding_names,
+            &mut state_names,
+        );
         if let Some(visual) = &self.visual {
             let x = batch
                 .visual
@@ -408,6 +418,13 @@ impl Model {
                 .to_device(&self.device)?;
             embeddings.push(visual.forward(&x, ctx.train)?);
         }
+        tag(
+            "visual",
+            &embeddings,
+            &states,
+            &mut embedding_names,
+            &mut state_names,
+        );
         if let Some(audio) = &self.audio {
             let x = batch
                 .audio
@@ -425,12 +442,23 @@ impl Model {
                 AudioModule::Wav2vec2(encoder) => embeddings.push(encoder.forward(&x, ctx.train)?),
             }
         }
+        tag(
+            "audio",
+            &embeddings,
+            &states,
+            &mut embedding_names,
+            &mut state_names,
+        );
         let fused = if sequences {
             self.fusion.forward_sequences(&states)?
         } else {
             self.fusion.forward(&embeddings)?
         };
         let mut out = self.head.forward(&fused, ctx)?;
+        if !ctx.train {
+            // measured in eval mode only (`train::diagnostics`): training steps skip the extra ops
+            out.features = modality_features(&embedding_names, &embeddings, &state_names, &states)?;
+        }
         if let Some(head) = &self.sentiment_head {
             out.sentiment_logits = Some(head.forward(&fused, ctx)?.logits);
         }
@@ -442,6 +470,45 @@ impl Model {
         let mut ctx = Ctx::eval();
         Ok(self.forward(batch, &mut ctx)?.probs.detach())
     }
+}
+
+/// Names the vector or sequence an encoder just added (each adds at most one): `embedding_names` and
+/// `state_names` run beside `embeddings` and `states`.
+fn tag<T>(
+    name: &'static str,
+    embeddings: &[Tensor],
+    states: &[T],
+    embedding_names: &mut Vec<&'static str>,
+    state_names: &mut Vec<&'static str>,
+) {
+    if embedding_names.len() < embeddings.len() {
+        embedding_names.push(name);
+    } else if state_names.len() < states.len() {
+        state_names.push(name);
+    }
+}
+
+/// Each modality's vector for the feature-spread diagnostic, detached: an encoder's output vector as it is, a
+/// sequence as its mean over the real positions.
+fn modality_features(
+    embedding_names: &[&'static str],
+    embeddings: &[Tensor],
+    state_names: &[&'static str],
+    states: &[(Tensor, Tensor)],
+) -> Result<Vec<(&'static str, Tensor)>> {
+    let mut out: Vec<(&'static str, Tensor)> = embedding_names
+        .iter()
+        .zip(embeddings)
+        .map(|(name, x)| (*name, x.detach()))
+        .collect();
+    for (name, (x, mask)) in state_names.iter().zip(states) {
+        let x = x.detach();
+        let mask = mask.to_dtype(x.dtype())?.unsqueeze(2)?;
+        let sum = x.broadcast_mul(&mask)?.sum(1)?;
+        let count = mask.sum(1)?.clamp(1f64, f64::MAX)?;
+        out.push((name, sum.broadcast_div(&count)?));
+    }
+    Ok(out)
 }
 
 /// GPT-2 inputs of a batch of token-id rows: `(input_ids, attention_mask)` (B, L), padded on the right with

@@ -26,6 +26,9 @@ pub struct HeadOutput {
     pub hidden: Tensor,
     /// The sentiment head's logits (B, 3), with a sentiment task (`sentiment_loss_weight`).
     pub sentiment_logits: Option<Tensor>,
+    /// Each modality's encoder output the fusion read, `(modality, (B, D))` (a sequence as its masked mean over
+    /// time): what the feature-spread diagnostic measures (`train::diagnostics`).
+    pub features: Vec<(&'static str, Tensor)>,
 }
 
 impl Head {
@@ -79,6 +82,7 @@ impl Head {
             logits,
             hidden: h,
             sentiment_logits: None,
+            features: Vec::new(),
         })
     }
 }

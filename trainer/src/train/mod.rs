@@ -4,6 +4,7 @@
 
 pub mod checkpoint;
 pub mod device;
+pub mod diagnostics;
 pub mod heap;
 pub mod interrupt;
 pub mod losses;

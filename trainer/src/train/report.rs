@@ -48,6 +48,12 @@ pub struct EpochRecord {
     pub seconds: f64,
     pub missing_visual: usize,
     pub missing_audio: usize,
+    /// Per modality, the variance of its encoder's features across a validation batch, and that variance over
+    /// the features' mean square (`train::diagnostics`; empty in checkpoints written before it existed).
+    #[serde(default)]
+    pub feature_variance: BTreeMap<String, f64>,
+    #[serde(default)]
+    pub feature_variance_share: BTreeMap<String, f64>,
 }
 
 #[derive(Debug, Clone, Serialize)]

@@ -16,6 +16,7 @@ use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 
 use super::checkpoint::{self, sha256_hex, LoopState, RngState};
+use super::diagnostics::{self, FeatureSpread, Spread};
 use super::losses::Loss;
 use super::memory::{self, PeakMemory};
 use super::metrics::Metrics;
@@ -277,6 +278,8 @@ pub struct Evaluation {
     pub loss: f64,
     pub predictions: Vec<usize>,
     pub samples_per_s: f64,
+    /// How much each modality's encoder output varies across a batch ([`super::diagnostics`]).
+    pub feature_spread: BTreeMap<String, Spread>,
 }
 
 /// Evaluates in eval mode, in dataset order, with the given batch size.
@@ -293,9 +296,11 @@ pub fn evaluate(
     let mut probs = Vec::new();
     let mut logits = Vec::new();
     let mut ctx = Ctx::eval();
+    let mut spread = FeatureSpread::default();
     for batch in Loader::spawn(data.clone(), prep.clone(), order, batch_size) {
         let batch = batch?;
         let out = model.forward(&batch, &mut ctx)?;
+        spread.add(&out.features)?;
         probs.push(out.probs.detach());
         logits.push(out.logits.detach());
     }
@@ -316,6 +321,7 @@ pub fn evaluate(
         loss,
         predictions,
         samples_per_s: data.len() as f64 / start.elapsed().as_secs_f64().max(1e-9),
+        feature_spread: spread.finish(),
     })
 }
 
@@ -628,6 +634,16 @@ pub fn train(prepared: Prepared, options: &TrainOptions) -> Result<(PathBuf, Sum
             seconds: epoch_start.elapsed().as_secs_f64(),
             missing_visual: missing.missing_visual,
             missing_audio: missing.missing_audio,
+            feature_variance: eval
+                .feature_spread
+                .iter()
+                .map(|(name, s)| (name.clone(), s.variance))
+                .collect(),
+            feature_variance_share: eval
+                .feature_spread
+                .iter()
+                .map(|(name, s)| (name.clone(), s.share))
+                .collect(),
         };
         tracing::info!(
             "epoch {epoch}/{epochs}: train loss {:.4}, valid loss {:.4}, valid weighted F1 {:.4}, accuracy {:.4}{}",
@@ -637,6 +653,7 @@ pub fn train(prepared: Prepared, options: &TrainOptions) -> Result<(PathBuf, Sum
             record.valid_accuracy,
             if is_best { " (best)" } else { "" }
         );
+        diagnostics::warn_collapsed(epoch, &eval.feature_spread);
         run.append_epoch(&record)?;
         state.records.push(record);
         if let Some(patience) = config.patience() {
