@@ -24,12 +24,14 @@ pub enum Input {
     Video { video: PathBuf, subtitles: PathBuf },
 }
 
+/// (dialogue, sequence) → (stage, reason, detail) of every `failures.csv` line of a split.
+pub type Failures = BTreeMap<(u32, u32), Vec<(String, String, String)>>;
+
 /// A dataset split ready to read, and the ETL's reasons for its rows without media.
 pub struct Prepared {
     pub data: PathBuf,
     pub split: Split,
-    /// (dialogue, sequence) → (stage, reason, detail) of every `failures.csv` line of the split.
-    pub failures: BTreeMap<(u32, u32), Vec<(String, String, String)>>,
+    pub failures: Failures,
     /// The temporary folder holding extracted media (removed when dropped).
     pub _scratch: Option<tempfile::TempDir>,
 }
@@ -116,9 +118,9 @@ fn run_etl(args: &[String]) -> Result<()> {
 fn read_failures(
     data: &Path,
     split: Split,
-) -> Result<BTreeMap<(u32, u32), Vec<(String, String, String)>>> {
+) -> Result<Failures> {
     let path = data.join("failures.csv");
-    let mut out: BTreeMap<(u32, u32), Vec<(String, String, String)>> = BTreeMap::new();
+    let mut out = Failures::new();
     if !path.is_file() {
         return Ok(out);
     }

@@ -107,7 +107,7 @@ fn reason(
     data: &SplitData,
     i: usize,
     prep: &Preprocess,
-    failures: &std::collections::BTreeMap<(u32, u32), Vec<(String, String, String)>>,
+    failures: &media::Failures,
 ) -> Option<String> {
     let row = &data.rows[i];
     let problems = failures.get(&(row.dialogue, row.sequence));
