@@ -237,3 +237,80 @@ fn the_whole_time_axis_matches_pytorch() {
         assert!(counts.cpu == 0 && counts.generic > 0, "{counts:?}");
     }
 }
+
+/// `visual_pretrained`: unset or `true`, the ResNet holds `visual_model`'s weights; `false`, the same network
+/// (widths read off the checkpoint) re-initialised; `true` with `visual_model: random` contradicts itself.
+/// The whole classifier of the seed config builds with the tiny ResNet and gives (B, 7) probabilities.
+#[test]
+fn visual_pretrained_loads_or_reinitialises_the_checkpoints_network() {
+    use erc_train::config::Config;
+    use erc_train::model::{Backbones, Model};
+    let checkpoint = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures/backbones/resnet50-tiny/model.safetensors");
+    let seed_config = |pretrained: &str| {
+        let yaml = std::fs::read_to_string(
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("../configs/seeds/frames-lstm.yml"),
+        )
+        .unwrap()
+        .replace("visual_pretrained: true", pretrained)
+        .replace("audio_in_features: 96000", "audio_in_features: 4000")
+        .replace("visual_short_side: 256", "visual_short_side: 32");
+        Config::parse(Path::new("frames-lstm.yml"), &yaml).unwrap_or_else(|e| panic!("{e}"))
+    };
+    let backbones = Backbones {
+        resnet50: Some(checkpoint.clone()),
+        ..Backbones::default()
+    };
+    let stored = candle_core::safetensors::load(&checkpoint, &Device::Cpu).unwrap();
+    let conv1 = &stored["conv1.weight"];
+    for (pretrained, loaded) in [
+        ("visual_pretrained: true", true),
+        ("", true),
+        ("visual_pretrained: false", false),
+    ] {
+        let config = seed_config(pretrained);
+        assert_eq!(config.visual_pretrained(), loaded, "{pretrained:?}");
+        let model = Model::build_with(&config, None, &backbones, &Device::Cpu, 5).unwrap();
+        let ours = model.store.get("visual.conv1.weight").unwrap();
+        assert_eq!(ours.dims(), conv1.dims(), "the checkpoint's widths");
+        assert_eq!(rel_err(&ours, conv1) == 0.0, loaded, "{pretrained:?}");
+        assert_eq!(model.fusion_features(), 256);
+    }
+    // the built classifier runs a batch: 2 mosaics of 5 frames (3, 90, 32), 4000 samples each
+    let config = seed_config("visual_pretrained: false");
+    let model = Model::build_with(&config, None, &backbones, &Device::Cpu, 5).unwrap();
+    let batch = erc_train::data::Batch {
+        indices: vec![0, 1],
+        text_ids: Vec::new(),
+        visual: Some(Tensor::randn(0f32, 1.0, (2, 3, 90, 32), &Device::Cpu).unwrap()),
+        audio: Some(Tensor::randn(0f32, 0.1, (2, 4000), &Device::Cpu).unwrap()),
+        labels: vec![0, 1],
+        sentiments: Vec::new(),
+        missing: Default::default(),
+    };
+    let probs = model.predict(&batch).unwrap();
+    assert_eq!(probs.dims(), [2, 7]);
+
+    let parse = |extra: &str, from: &str, to: &str| {
+        let yaml = std::fs::read_to_string(
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("../configs/seeds/frames-lstm-scratch.yml"),
+        )
+        .unwrap()
+        .replace(from, to)
+            + extra;
+        Config::parse(Path::new("x.yml"), &yaml).map(|_| ())
+    };
+    parse("", "", "").unwrap();
+    for (from, to, key) in [
+        ("visual_pretrained: false", "visual_pretrained: true", "visual_pretrained"),
+        ("visual_crop: full", "visual_crop: reference", "visual_crop"),
+        ("modules_fusion: lstm", "modules_fusion: concat", "modules_audio_encoder"),
+        ("modules_text_encoder: none", "modules_text_encoder: roberta", "modules_fusion"),
+        ("fusion_out_features: 256", "fusion_out_features: 0", "fusion_out_features"),
+        ("audio_out_features: 128", "audio_out_features: null", "audio_out_features"),
+        ("visual_frames: 5", "visual_frames: 0", "visual_frames"),
+    ] {
+        let e = parse("", from, to).unwrap_err().to_string();
+        assert!(e.contains(key), "{from} → {to}: {e}");
+    }
+}
