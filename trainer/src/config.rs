@@ -882,7 +882,9 @@ impl Config {
     /// `visual_pretrained`): each where it means something, and not contradicting another.
     fn validate_frames_lstm(&self, path: &Path) -> Result<()> {
         let bad = |key: &str, message: String| Err(Config::invalid(path, key, message));
-        if self.visual_pretrained == Some(true) && self.visual_model.as_deref() == Some(RANDOM_WEIGHTS) {
+        if self.visual_pretrained == Some(true)
+            && self.visual_model.as_deref() == Some(RANDOM_WEIGHTS)
+        {
             return bad(
                 "visual_pretrained",
                 "`true` contradicts `visual_model: random` (for a ResNet trained from scratch write \
@@ -898,7 +900,10 @@ impl Config {
             );
         }
         if self.visual_frames.is_some() && !lstm {
-            return bad("visual_frames", "applies to `modules_fusion: lstm` only".into());
+            return bad(
+                "visual_frames",
+                "applies to `modules_fusion: lstm` only".into(),
+            );
         }
         if !lstm {
             return Ok(());
@@ -907,7 +912,10 @@ impl Config {
             return bad("visual_frames", "expected at least 1 frame".into());
         }
         if self.modules_text_encoder != TextEncoder::None
-            || !matches!(self.modules_audio_encoder, AudioEncoder::None | AudioEncoder::VocalNet)
+            || !matches!(
+                self.modules_audio_encoder,
+                AudioEncoder::None | AudioEncoder::VocalNet
+            )
         {
             return bad(
                 "modules_fusion",
@@ -916,7 +924,9 @@ impl Config {
                     .into(),
             );
         }
-        if self.modules_visual_encoder != VisualEncoder::None && self.visual_crop != VisualCrop::Full {
+        if self.modules_visual_encoder != VisualEncoder::None
+            && self.visual_crop != VisualCrop::Full
+        {
             return bad(
                 "visual_crop",
                 "`modules_fusion: lstm` cuts the mosaic into its frames: it needs `visual_crop: full` (the \
@@ -929,7 +939,10 @@ impl Config {
         {
             return bad(
                 "audio_out_features",
-                format!("`vocal_net` needs a positive width, found {:?}", self.audio_out_features),
+                format!(
+                    "`vocal_net` needs a positive width, found {:?}",
+                    self.audio_out_features
+                ),
             );
         }
         match self.fusion_out_features {

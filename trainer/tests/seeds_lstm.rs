@@ -60,7 +60,10 @@ fn load_params(io: &HashMap<String, Tensor>, piece: &str, prefix: &str, store: &
         .map(|(n, _)| n)
         .filter(|n| !recorded.contains(n.strip_prefix(prefix).unwrap_or(n)))
         .collect();
-    assert!(missing.is_empty(), "{piece}: not in the fixture: {missing:?}");
+    assert!(
+        missing.is_empty(),
+        "{piece}: not in the fixture: {missing:?}"
+    );
 }
 
 /// The rows of one piece: its outputs, then the gradient of `loss` for each input and EVERY trainable parameter
@@ -302,12 +305,32 @@ fn visual_pretrained_loads_or_reinitialises_the_checkpoints_network() {
     };
     parse("", "", "").unwrap();
     for (from, to, key) in [
-        ("visual_pretrained: false", "visual_pretrained: true", "visual_pretrained"),
+        (
+            "visual_pretrained: false",
+            "visual_pretrained: true",
+            "visual_pretrained",
+        ),
         ("visual_crop: full", "visual_crop: reference", "visual_crop"),
-        ("modules_fusion: lstm", "modules_fusion: concat", "modules_audio_encoder"),
-        ("modules_text_encoder: none", "modules_text_encoder: roberta", "modules_fusion"),
-        ("fusion_out_features: 256", "fusion_out_features: 0", "fusion_out_features"),
-        ("audio_out_features: 128", "audio_out_features: null", "audio_out_features"),
+        (
+            "modules_fusion: lstm",
+            "modules_fusion: concat",
+            "modules_audio_encoder",
+        ),
+        (
+            "modules_text_encoder: none",
+            "modules_text_encoder: roberta",
+            "modules_fusion",
+        ),
+        (
+            "fusion_out_features: 256",
+            "fusion_out_features: 0",
+            "fusion_out_features",
+        ),
+        (
+            "audio_out_features: 128",
+            "audio_out_features: null",
+            "audio_out_features",
+        ),
         ("visual_frames: 5", "visual_frames: 0", "visual_frames"),
     ] {
         let e = parse("", from, to).unwrap_err().to_string();

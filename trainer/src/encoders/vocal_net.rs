@@ -111,9 +111,9 @@ impl VocalNet {
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let (b, n) = x.dims2()?;
         let window = n / self.windows;
-        let mut h = x
-            .narrow(1, 0, window * self.windows)?
-            .reshape((b * self.windows, window, 1))?;
+        let mut h =
+            x.narrow(1, 0, window * self.windows)?
+                .reshape((b * self.windows, window, 1))?;
         for conv in &self.convs {
             h = conv.forward_relu(&h)?;
         }

@@ -33,12 +33,7 @@ pub fn split_frames(x: &Tensor, frames: usize) -> Result<Tensor> {
 
 /// The ResNet's pooled features of every frame: (B, C, H, W) → (B, T, F). BatchNorm's batch statistics (in
 /// training) are over all B·T frames.
-pub fn frame_features(
-    resnet: &ResNet50,
-    x: &Tensor,
-    frames: usize,
-    train: bool,
-) -> Result<Tensor> {
+pub fn frame_features(resnet: &ResNet50, x: &Tensor, frames: usize, train: bool) -> Result<Tensor> {
     let b = x.dim(0)?;
     let features = resnet.forward(&split_frames(x, frames)?, train)?;
     Ok(features.reshape((b, frames, resnet.out_features()))?)
@@ -72,7 +67,10 @@ impl FramesLstm {
             return Err(Error::Other(format!(
                 "the LSTM fusion expects {} features per step, the encoders gave {:?}",
                 self.in_features,
-                sequences.iter().map(|s| s.dims().to_vec()).collect::<Vec<_>>()
+                sequences
+                    .iter()
+                    .map(|s| s.dims().to_vec())
+                    .collect::<Vec<_>>()
             )));
         }
         Ok(self.lstm.forward(&x)?.last)

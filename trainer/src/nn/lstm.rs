@@ -44,8 +44,16 @@ impl Lstm {
     pub fn new(store: &mut ParamStore, name: &str, input: usize, hidden: usize) -> Result<Self> {
         let bound = 1.0 / (hidden.max(1) as f64).sqrt();
         Ok(Lstm {
-            weight_ih: store.uniform(&format!("{name}.weight_ih_l0"), &[4 * hidden, input], bound)?,
-            weight_hh: store.uniform(&format!("{name}.weight_hh_l0"), &[4 * hidden, hidden], bound)?,
+            weight_ih: store.uniform(
+                &format!("{name}.weight_ih_l0"),
+                &[4 * hidden, input],
+                bound,
+            )?,
+            weight_hh: store.uniform(
+                &format!("{name}.weight_hh_l0"),
+                &[4 * hidden, hidden],
+                bound,
+            )?,
             bias_ih: store.uniform(&format!("{name}.bias_ih_l0"), &[4 * hidden], bound)?,
             bias_hh: store.uniform(&format!("{name}.bias_hh_l0"), &[4 * hidden], bound)?,
             hidden,
