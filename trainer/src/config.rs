@@ -31,7 +31,14 @@
 //! * `sentiment_loss_weight` — a second head for MELD's 3-class sentiment, its cross-entropy added with this
 //!   weight (the dataset's `sentiment` column);
 //! * `classifier_label_smoothing` (ε) and `classifier_peak_labels` — soft targets `(1 − ε)·y + ε/K`, then TMN's
-//!   Peaking Labels (`ce`/`cce` only).
+//!   Peaking Labels (`ce`/`cce` only);
+//! * `modules_fusion: lstm` with `modules_audio_encoder: vocal_net` (the frames + voice seed system, README
+//!   "Frames, voice and an LSTM"): the ResNet on each of the mosaic's `visual_frames` frames (default 5; needs
+//!   `visual_crop: full`), the vocal net (a 1-D CNN, `audio_out_features` wide) on as many equal windows of the
+//!   waveform, the two concatenated per time step, an LSTM of `fusion_out_features` units over the steps;
+//! * `visual_pretrained: false` — the ResNet starts from torchvision's random initialisation whatever
+//!   `visual_model` names: a checkpoint there then gives only the network's widths, `random` the real ResNet-50.
+//!   Unset, the ResNet is pretrained unless `visual_model: random`; `true` with `visual_model: random` is an error.
 //!
 //! Unknown keys, wrong types and missing required keys are errors that name the file, the key and what is
 //! allowed.
@@ -65,6 +72,8 @@ pub enum AudioEncoder {
     None,
     Waveform,
     Wav2vec2,
+    /// The frames + voice seed system's 1-D CNN on each frame's window of the waveform (needs `modules_fusion: lstm`).
+    VocalNet,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -76,6 +85,8 @@ pub enum Fusion {
     Tmn,
     /// Text and audio sequences attending to each other.
     CrossAttn,
+    /// Per-frame visual and audio vectors concatenated per time step, an LSTM over the steps.
+    Lstm,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -405,6 +416,10 @@ pub struct Config {
     pub classifier_label_smoothing: Option<f64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub classifier_peak_labels: Option<bool>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub visual_frames: Option<usize>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub visual_pretrained: Option<bool>,
 }
 
 /// Where the pretrained backbones come from, when the command line says (`--text-model`, `--audio-model`,
@@ -438,6 +453,8 @@ pub const DEFAULT_SEED: u64 = 42;
 pub const DEFAULT_MIXER_LAYERS: usize = 2;
 pub const DEFAULT_MIXER_TOKEN_FEATURES: usize = 256;
 pub const DEFAULT_MIXER_CHANNEL_FEATURES: usize = 256;
+/// The frames of a mosaic, the LSTM fusion's time steps, when the config does not say (`visual_frames`).
+pub const DEFAULT_VISUAL_FRAMES: usize = 5;
 /// `visual_model` value for a randomly initialised ResNet-50.
 pub const RANDOM_WEIGHTS: &str = "random";
 /// The reference's resize target (torchvision `Resize(256)`).
@@ -636,6 +653,7 @@ impl Config {
             return bad("batch_size", "expected a positive integer".into());
         }
         self.validate_seeds(path)?;
+        self.validate_frames_lstm(path)?;
         if let Some(side) = self.visual_short_side {
             if side < 32 {
                 return bad(
@@ -846,6 +864,93 @@ impl Config {
             Some(RANDOM_WEIGHTS) => None,
             Some(spec) => Some(spec),
             None => Some(crate::encoders::hub::Backbone::Resnet50.default_repo()),
+        }
+    }
+
+    /// The mosaic's frames, the LSTM fusion's time steps (`visual_frames`, default 5).
+    pub fn visual_frames(&self) -> usize {
+        self.visual_frames.unwrap_or(DEFAULT_VISUAL_FRAMES)
+    }
+
+    /// Whether the ResNet starts from `visual_model`'s weights (`visual_pretrained`; unset: unless `random`).
+    pub fn visual_pretrained(&self) -> bool {
+        self.visual_pretrained
+            .unwrap_or(self.visual_model.as_deref() != Some(RANDOM_WEIGHTS))
+    }
+
+    /// The frames + voice + LSTM keys (`modules_fusion: lstm`, `vocal_net`, `visual_frames`,
+    /// `visual_pretrained`): each where it means something, and not contradicting another.
+    fn validate_frames_lstm(&self, path: &Path) -> Result<()> {
+        let bad = |key: &str, message: String| Err(Config::invalid(path, key, message));
+        if self.visual_pretrained == Some(true)
+            && self.visual_model.as_deref() == Some(RANDOM_WEIGHTS)
+        {
+            return bad(
+                "visual_pretrained",
+                "`true` contradicts `visual_model: random` (for a ResNet trained from scratch write \
+                 `visual_pretrained: false`)"
+                    .into(),
+            );
+        }
+        let lstm = self.modules_fusion == Fusion::Lstm;
+        if self.modules_audio_encoder == AudioEncoder::VocalNet && !lstm {
+            return bad(
+                "modules_audio_encoder",
+                "`vocal_net` gives one vector per frame: it needs `modules_fusion: lstm`".into(),
+            );
+        }
+        if self.visual_frames.is_some() && !lstm {
+            return bad(
+                "visual_frames",
+                "applies to `modules_fusion: lstm` only".into(),
+            );
+        }
+        if !lstm {
+            return Ok(());
+        }
+        if self.visual_frames == Some(0) {
+            return bad("visual_frames", "expected at least 1 frame".into());
+        }
+        if self.modules_text_encoder != TextEncoder::None
+            || !matches!(
+                self.modules_audio_encoder,
+                AudioEncoder::None | AudioEncoder::VocalNet
+            )
+        {
+            return bad(
+                "modules_fusion",
+                "`lstm` runs over time steps: it takes the ResNet's frames and the vocal net's windows \
+                 (`modules_text_encoder: none`, `modules_audio_encoder: vocal_net` or none)"
+                    .into(),
+            );
+        }
+        if self.modules_visual_encoder != VisualEncoder::None
+            && self.visual_crop != VisualCrop::Full
+        {
+            return bad(
+                "visual_crop",
+                "`modules_fusion: lstm` cuts the mosaic into its frames: it needs `visual_crop: full` (the \
+                 reference's crop keeps only the first frames)"
+                    .into(),
+            );
+        }
+        if self.modules_audio_encoder == AudioEncoder::VocalNet
+            && !matches!(self.audio_out_features, Some(a) if a > 0)
+        {
+            return bad(
+                "audio_out_features",
+                format!(
+                    "`vocal_net` needs a positive width, found {:?}",
+                    self.audio_out_features
+                ),
+            );
+        }
+        match self.fusion_out_features {
+            Some(n) if n > 0 => Ok(()),
+            other => bad(
+                "fusion_out_features",
+                format!("`modules_fusion: lstm` needs the LSTM's width, found {other:?}"),
+            ),
         }
     }
 

@@ -12,6 +12,7 @@ use std::path::PathBuf;
 
 use candle_core::{Device, Tensor};
 
+use super::frames_lstm::{frame_features, FramesLstm};
 use super::fusion::Fusion;
 use super::head::{Head, HeadOutput};
 use super::mixer::MixerSizes;
@@ -23,8 +24,10 @@ use crate::encoders::check;
 use crate::encoders::glove::GloveEncoder;
 use crate::encoders::gpt2::Gpt2Encoder;
 use crate::encoders::hub::{self, Backbone};
+use crate::encoders::resnet::Config as ResNetConfig;
 use crate::encoders::resnet::ResNet50;
 use crate::encoders::roberta::RobertaEncoder;
+use crate::encoders::vocal_net::VocalNet;
 use crate::encoders::wav2vec2::Wav2Vec2Encoder;
 use crate::encoders::waveform::WaveformEncoder;
 use crate::error::{Error, Result};
@@ -101,6 +104,8 @@ enum TextModule {
 enum AudioModule {
     Waveform(WaveformEncoder),
     Wav2vec2(Wav2Vec2Encoder),
+    /// One vector per frame's window (B, T, A), for the LSTM fusion.
+    VocalNet(VocalNet),
 }
 
 pub struct Model {
@@ -114,6 +119,8 @@ pub struct Model {
     sentiment_head: Option<Head>,
     pub classes: usize,
     device: Device,
+    /// The mosaic's frames (`visual_frames`): the time steps of a per-step fusion.
+    frames: usize,
 }
 
 impl Model {
@@ -202,6 +209,13 @@ impl Model {
             VisualEncoder::Resnet50 => {
                 let encoder = match &backbones.resnet50 {
                     None => ResNet50::new(&mut store, "visual", config.visual_l2norm)?,
+                    // `visual_pretrained: false`: the checkpoint's network, re-initialised
+                    Some(weights) if !config.visual_pretrained() => ResNet50::with_config(
+                        &mut store,
+                        "visual",
+                        &ResNetConfig::from_checkpoint(weights)?,
+                        config.visual_l2norm,
+                    )?,
                     Some(weights) => ResNet50::from_torchvision(
                         &mut store,
                         "visual",
@@ -251,6 +265,18 @@ impl Model {
                 sequence_dims.push(loaded.encoder.model.config().hidden_size);
                 Some(AudioModule::Wav2vec2(loaded.encoder))
             }
+            AudioEncoder::VocalNet => {
+                let encoder = VocalNet::new(
+                    &mut store,
+                    "audio",
+                    config.audio_samples(),
+                    config.visual_frames(),
+                    config.audio_out_features.unwrap_or(0).max(1) as usize,
+                )?;
+                names.push("audio");
+                dims.push(encoder.out_features());
+                Some(AudioModule::VocalNet(encoder))
+            }
         };
         let fusion = match config.modules_fusion {
             FusionKind::Concat => Fusion::concat(&dims),
@@ -299,6 +325,12 @@ impl Model {
                     config.fusion_attention_heads_degree.unwrap_or(1).max(1) as usize,
                 )?
             }
+            FusionKind::Lstm => Fusion::Lstm(Box::new(FramesLstm::new(
+                &mut store,
+                "fusion",
+                &dims,
+                config.fusion_out_features.unwrap_or(0).max(1) as usize,
+            )?)),
         };
         let classes = config.classifier_classes.len();
         let head = Head::new(
@@ -330,6 +362,7 @@ impl Model {
             sentiment_head,
             classes,
             device: device.clone(),
+            frames: config.visual_frames(),
         })
     }
 
@@ -416,7 +449,11 @@ impl Model {
                 .as_ref()
                 .ok_or_else(|| Error::Other("batch without images for the visual encoder".into()))?
                 .to_device(&self.device)?;
-            embeddings.push(visual.forward(&x, ctx.train)?);
+            if self.fusion.per_step() {
+                embeddings.push(frame_features(visual, &x, self.frames, ctx.train)?);
+            } else {
+                embeddings.push(visual.forward(&x, ctx.train)?);
+            }
         }
         tag(
             "visual",
@@ -440,6 +477,7 @@ impl Model {
                     states.push((frames, mask));
                 }
                 AudioModule::Wav2vec2(encoder) => embeddings.push(encoder.forward(&x, ctx.train)?),
+                AudioModule::VocalNet(encoder) => embeddings.push(encoder.forward(&x)?),
             }
         }
         tag(

@@ -8,9 +8,12 @@
 //! * `cross_attn` (TMN's cross-attention ablation): the text encoder's token states and wav2vec2's frames, each
 //!   projected to width d, attend to each other — `t' = LayerNorm(t + attn(t → a))`, `a' = LayerNorm(a + attn(a →
 //!   t))`, padding left out — and the masked means of t' and a' are concatenated (B, 2d). No l2.
+//! * `lstm` (the frames + voice seed system, [`super::frames_lstm`]): per-time-step sequences (B, T, d_m)
+//!   concatenated per step, an LSTM over the steps, its last hidden state. No l2.
 
 use candle_core::Tensor;
 
+use super::frames_lstm::FramesLstm;
 use super::mixer::{MixerSizes, TensorMixer};
 use crate::config::AttentionScope;
 use crate::error::{Error, Result};
@@ -47,6 +50,8 @@ pub enum Fusion {
     },
     Tmn(Box<TensorMixer>),
     CrossModal(Box<CrossModal>),
+    /// The frames + voice seed system's LSTM over per-step sequences.
+    Lstm(Box<FramesLstm>),
 }
 
 /// The cross-attention fusion's layers (see the module doc).
@@ -196,7 +201,13 @@ impl Fusion {
             }
             Fusion::Tmn(mixer) => mixer.out_features(),
             Fusion::CrossModal(c) => 2 * c.width,
+            Fusion::Lstm(l) => l.out_features(),
         }
+    }
+
+    /// Whether the encoders give one vector per time step, (B, T, d), to [`Fusion::forward`] (the LSTM fusion).
+    pub fn per_step(&self) -> bool {
+        matches!(self, Fusion::Lstm(_))
     }
 
     /// Whether the fusion reads the encoders' sequences ([`Fusion::forward_sequences`]) rather than their vectors.
@@ -228,6 +239,8 @@ impl Fusion {
             Fusion::CrossModal(_) => Err(Error::Other(
                 "the cross-attention fusion reads sequences, not vectors".into(),
             )),
+            // the encoders give (B, T, d) per-step sequences under this fusion
+            Fusion::Lstm(lstm) => lstm.forward(embeddings),
             Fusion::Concat { .. } => crate::ops::concat_l2_normalize(embeddings),
             Fusion::Attention {
                 projections,

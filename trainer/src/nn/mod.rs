@@ -5,6 +5,7 @@
 //! * [`Dropout`] with masks from the run's seeded generator (candle's CPU generator cannot be seeded);
 //! * [`LayerNorm`] over the last dimension, eps 1e-5, learnable affine;
 //! * [`BatchNorm`] (2-d, with running statistics), [`attention::MultiheadAttention`], [`attention::CrossAttention`];
+//! * [`lstm::Lstm`], PyTorch's one-layer `nn.LSTM` (the frames + voice seed system);
 //! * [`params::ParamStore`], where every layer's parameters are created, named, loaded and saved.
 
 use candle_core::Tensor;
@@ -17,6 +18,7 @@ use crate::ops;
 
 pub mod attention;
 pub mod batch_norm;
+pub mod lstm;
 pub mod params;
 
 pub use batch_norm::BatchNorm;
