@@ -207,3 +207,27 @@ pub fn synth(out: &Path, dialogues: u32, seed: u64, durations: &str, extra: &[&s
             .arg(out),
     )
 }
+
+/// The folder a test binary's shared dataset lives in (the one its `static` builds once for all its tests):
+/// `<target>/tmp/<name>`, emptied when the binary builds it. A `static` `TempDir` is never dropped — Rust runs no
+/// destructors for statics — so each run of the suite left its datasets (up to 1.4 GB each) in /tmp until the disk
+/// filled; this folder is reused instead, one per test binary, under the target directory `cargo clean` empties.
+#[derive(Debug)]
+pub struct Scratch(PathBuf);
+
+impl Scratch {
+    /// `target_tmpdir`: the test binary's `env!("CARGO_TARGET_TMPDIR")`.
+    pub fn new(target_tmpdir: &str, name: &str) -> Scratch {
+        let dir = Path::new(target_tmpdir).join(name);
+        if dir.exists() {
+            std::fs::remove_dir_all(&dir)
+                .unwrap_or_else(|e| panic!("emptying {}: {e}", dir.display()));
+        }
+        std::fs::create_dir_all(&dir).unwrap_or_else(|e| panic!("{}: {e}", dir.display()));
+        Scratch(dir)
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.0
+    }
+}

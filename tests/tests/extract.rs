@@ -16,7 +16,7 @@ const FRAME_SECONDS: f64 = 1001.0 / 24000.0;
 const SPLIT_DIRS: [(&str, &str); 3] = [("train", "train"), ("valid", "dev"), ("test", "test")];
 
 struct Extraction {
-    _dir: tempfile::TempDir,
+    _dir: meld_erc_tests::Scratch,
     raw: PathBuf,
     out: PathBuf,
     stdout: String,
@@ -26,7 +26,7 @@ struct Extraction {
 fn extraction() -> &'static Extraction {
     static EXTRACTION: OnceLock<Extraction> = OnceLock::new();
     EXTRACTION.get_or_init(|| {
-        let dir = tempfile::tempdir().expect("temp dir");
+        let dir = meld_erc_tests::Scratch::new(env!("CARGO_TARGET_TMPDIR"), "extract");
         let raw = dir.path().join("MELD.Raw");
         synth(&raw, 3, 21, "1-2.5", &["--faults"]);
         let out = dir.path().join("data");

@@ -32,7 +32,7 @@ const MIN_IOU_HLM12ERC: f64 = 0.80;
 const MIN_FACE_SCORE: f64 = 0.95;
 
 struct Setup {
-    _dir: tempfile::TempDir,
+    _dir: meld_erc_tests::Scratch,
     dir: PathBuf,
     raw: PathBuf,
     /// `extract --faces` in one go.
@@ -67,7 +67,7 @@ fn setup() -> &'static Setup {
     static SETUP: OnceLock<Setup> = OnceLock::new();
     SETUP.get_or_init(|| {
         let photo = model_file("astronaut.png");
-        let dir = tempfile::tempdir().expect("temp dir");
+        let dir = meld_erc_tests::Scratch::new(env!("CARGO_TARGET_TMPDIR"), "faces");
         let raw = dir.path().join("MELD.Raw");
         run_ok(
             bin("meld-etl")

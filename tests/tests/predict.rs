@@ -10,7 +10,7 @@ use std::sync::OnceLock;
 use meld_erc_tests::{bin, read_csv_maps, repo, run_ok, synth, write_glove};
 
 struct Setup {
-    dir: tempfile::TempDir,
+    dir: meld_erc_tests::Scratch,
     raw: PathBuf,
     data: PathBuf,
     run: PathBuf,
@@ -19,7 +19,7 @@ struct Setup {
 fn setup() -> &'static Setup {
     static SETUP: OnceLock<Setup> = OnceLock::new();
     SETUP.get_or_init(|| {
-        let dir = tempfile::tempdir().expect("temp dir");
+        let dir = meld_erc_tests::Scratch::new(env!("CARGO_TARGET_TMPDIR"), "predict");
         let raw = dir.path().join("MELD.Raw");
         synth(&raw, 12, 7, "1-2", &[]);
         let data = dir.path().join("data");

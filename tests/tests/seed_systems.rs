@@ -11,14 +11,14 @@ use std::sync::OnceLock;
 use meld_erc_tests::{backbone_fixture, bin, read_csv_maps, repo, run_ok};
 
 struct Dataset {
-    dir: tempfile::TempDir,
+    dir: meld_erc_tests::Scratch,
     data: PathBuf,
 }
 
 fn dataset() -> &'static Dataset {
     static DATA: OnceLock<Dataset> = OnceLock::new();
     DATA.get_or_init(|| {
-        let dir = tempfile::tempdir().expect("temp dir");
+        let dir = meld_erc_tests::Scratch::new(env!("CARGO_TARGET_TMPDIR"), "seed_systems");
         let raw = dir.path().join("MELD.Raw");
         run_ok(
             bin("meld-etl")

@@ -15,7 +15,7 @@ const MELD_HEADER: &str =
 const FRAME_SECONDS: f64 = 1001.0 / 24000.0;
 
 struct Tree {
-    _dir: tempfile::TempDir,
+    _dir: meld_erc_tests::Scratch,
     root: PathBuf,
     stdout: String,
 }
@@ -24,7 +24,7 @@ struct Tree {
 fn faulty_kaggle_tree() -> &'static Tree {
     static TREE: OnceLock<Tree> = OnceLock::new();
     TREE.get_or_init(|| {
-        let dir = tempfile::tempdir().expect("temp dir");
+        let dir = meld_erc_tests::Scratch::new(env!("CARGO_TARGET_TMPDIR"), "synth");
         let root = dir.path().join("MELD.Raw");
         let output = run_ok(
             bin("meld-etl")

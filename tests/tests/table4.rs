@@ -13,7 +13,7 @@ use meld_erc_tests::{
 };
 
 struct Dataset {
-    dir: tempfile::TempDir,
+    dir: meld_erc_tests::Scratch,
     /// `--profile hlm12erc --faces`.
     data: PathBuf,
     /// The default extraction, without faces.
@@ -24,7 +24,7 @@ struct Dataset {
 fn dataset() -> &'static Dataset {
     static DATA: OnceLock<Dataset> = OnceLock::new();
     DATA.get_or_init(|| {
-        let dir = tempfile::tempdir().expect("temp dir");
+        let dir = meld_erc_tests::Scratch::new(env!("CARGO_TARGET_TMPDIR"), "table4");
         let raw = dir.path().join("MELD.Raw");
         synth(&raw, 12, 5, "1-2", &[]);
         let data = dir.path().join("data");

@@ -17,7 +17,7 @@ use meld_erc_tests::{backbone_fixture, bin, repo, run_ok, write_glove};
 const DIALOGUES: &str = "30";
 
 struct Dataset {
-    dir: tempfile::TempDir,
+    dir: meld_erc_tests::Scratch,
     data: PathBuf,
     glove: PathBuf,
 }
@@ -25,7 +25,7 @@ struct Dataset {
 fn dataset() -> &'static Dataset {
     static DATA: OnceLock<Dataset> = OnceLock::new();
     DATA.get_or_init(|| {
-        let dir = tempfile::tempdir().expect("temp dir");
+        let dir = meld_erc_tests::Scratch::new(env!("CARGO_TARGET_TMPDIR"), "train");
         let raw = dir.path().join("MELD.Raw");
         let data = dir.path().join("data");
         run_ok(

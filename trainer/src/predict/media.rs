@@ -115,10 +115,7 @@ fn run_etl(args: &[String]) -> Result<()> {
 }
 
 /// The split of `failures.csv` in `data` as (dialogue, sequence) → problems (none when the file is absent).
-fn read_failures(
-    data: &Path,
-    split: Split,
-) -> Result<Failures> {
+fn read_failures(data: &Path, split: Split) -> Result<Failures> {
     let path = data.join("failures.csv");
     let mut out = Failures::new();
     if !path.is_file() {
