@@ -187,7 +187,7 @@ fn the_seeds_table_checks_trains_and_writes_its_files() {
     assert!(!output.status.success());
     assert!(String::from_utf8_lossy(&output.stderr).contains("--corrected"));
 
-    run_ok(models(&mut table(&["--smoke"])));
+    run_ok(models(&mut table(&["--smoke", "--rows", "01-03"])));
     for file in ["seeds.md", "seeds.csv", "seeds.png"] {
         assert!(out.join(file).is_file(), "{file} missing");
     }
@@ -213,11 +213,13 @@ fn the_seeds_table_checks_trains_and_writes_its_files() {
         "{md}"
     );
     // a rerun trains nothing
-    let output = run_ok(models(&mut table(&["--smoke"])));
+    let output = run_ok(models(&mut table(&["--smoke", "--rows", "01-03"])));
     assert!(String::from_utf8_lossy(&output.stderr).contains("complete in"));
     // --collect assembles the same tables from the folders
     std::fs::remove_file(out.join("seeds.csv")).unwrap();
-    run_ok(models(table(&["--smoke", "--collect"]).arg(&out)));
+    run_ok(models(
+        table(&["--smoke", "--rows", "01-03", "--collect"]).arg(&out),
+    ));
     assert_eq!(read_csv_maps(&out.join("seeds.csv")).len(), 3);
 }
 

@@ -9,6 +9,7 @@ pub mod glove;
 pub mod gpt2;
 pub mod hub;
 pub mod resnet;
+pub mod resnet_frames;
 pub mod roberta;
 pub mod wav2vec2;
 pub mod waveform;

@@ -24,6 +24,7 @@ use crate::encoders::glove::GloveEncoder;
 use crate::encoders::gpt2::Gpt2Encoder;
 use crate::encoders::hub::{self, Backbone};
 use crate::encoders::resnet::ResNet50;
+use crate::encoders::resnet_frames::{FramesResNet, SparseSpec};
 use crate::encoders::roberta::RobertaEncoder;
 use crate::encoders::wav2vec2::Wav2Vec2Encoder;
 use crate::encoders::waveform::WaveformEncoder;
@@ -107,6 +108,8 @@ pub struct Model {
     pub store: ParamStore,
     text: Option<TextModule>,
     visual: Option<ResNet50>,
+    /// MESM's per-frame ResNet (`resnet50_frames`), built after the encoders whose vectors are its query.
+    frames: Option<FramesResNet>,
     audio: Option<AudioModule>,
     fusion: Fusion,
     head: Head,
@@ -213,7 +216,10 @@ impl Model {
                 dims.push(encoder.out_features());
                 Some(encoder)
             }
+            VisualEncoder::Resnet50Frames => None,
         };
+        // where the per-frame ResNet's vector goes among the modalities (text, visual, audio)
+        let frames_at = dims.len();
         let audio = match config.modules_audio_encoder {
             AudioEncoder::None => None,
             AudioEncoder::Waveform => {
@@ -251,6 +257,26 @@ impl Model {
                 sequence_dims.push(loaded.encoder.model.config().hidden_size);
                 Some(AudioModule::Wav2vec2(loaded.encoder))
             }
+        };
+        let frames = match config.modules_visual_encoder {
+            VisualEncoder::Resnet50Frames => {
+                let sparse = config.visual_sparse_nucleus_p.map(|p| SparseSpec {
+                    stage: config.visual_sparse_stage(),
+                    query: dims.iter().sum(),
+                    features: config.visual_sparse_features(),
+                    p: Some(p),
+                });
+                let encoder = FramesResNet::new(
+                    &mut store,
+                    backbones.resnet50.as_deref(),
+                    sparse,
+                    config.visual_l2norm,
+                )?;
+                names.insert(frames_at, "visual");
+                dims.insert(frames_at, encoder.out_features());
+                Some(encoder)
+            }
+            _ => None,
         };
         let fusion = match config.modules_fusion {
             FusionKind::Concat => Fusion::concat(&dims),
@@ -324,6 +350,7 @@ impl Model {
             store,
             text,
             visual,
+            frames,
             audio,
             fusion,
             head,
@@ -408,6 +435,7 @@ impl Model {
                 .to_device(&self.device)?;
             embeddings.push(visual.forward(&x, ctx.train)?);
         }
+        let frames_at = embeddings.len();
         if let Some(audio) = &self.audio {
             let x = batch
                 .audio
@@ -425,6 +453,20 @@ impl Model {
                 AudioModule::Wav2vec2(encoder) => embeddings.push(encoder.forward(&x, ctx.train)?),
             }
         }
+        if let Some(frames) = &self.frames {
+            let x = batch
+                .visual
+                .as_ref()
+                .ok_or_else(|| Error::Other("batch without images for the visual encoder".into()))?
+                .to_device(&self.device)?;
+            // the query: the other modalities' vectors (text, audio), as the fusion receives them
+            let query = match frames.needs_query() {
+                true => Some(Tensor::cat(&embeddings, 1)?),
+                false => None,
+            };
+            let v = frames.forward(&x, query.as_ref(), ctx.train)?;
+            embeddings.insert(frames_at, v);
+        }
         let fused = if sequences {
             self.fusion.forward_sequences(&states)?
         } else {
@@ -435,6 +477,14 @@ impl Model {
             out.sentiment_logits = Some(head.forward(&fused, ctx)?.logits);
         }
         Ok(out)
+    }
+
+    /// MESM's fraction of feature-map positions kept in the training forwards since the last call, by modality
+    /// (`{"visual": 0.41}`; 1.0 for the dense FE2E CNN); `None` without a per-frame CNN.
+    pub fn mesm_kept_fraction(&self) -> Option<std::collections::BTreeMap<String, f64>> {
+        let frames = self.frames.as_ref()?;
+        let fraction = frames.take_kept_fraction()?;
+        Some([("visual".to_string(), fraction)].into())
     }
 
     /// Probabilities of a batch in evaluation mode, detached from any graph.

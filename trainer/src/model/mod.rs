@@ -6,6 +6,7 @@ pub mod classifier;
 pub mod fusion;
 pub mod head;
 pub mod mixer;
+pub mod sparse_attention;
 
 pub use classifier::{pad_right, Backbones, Model};
 pub use head::{Head, HeadOutput};

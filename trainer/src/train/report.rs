@@ -48,6 +48,10 @@ pub struct EpochRecord {
     pub seconds: f64,
     pub missing_visual: usize,
     pub missing_audio: usize,
+    /// MESM: the fraction of feature-map positions its sparse attention kept over the epoch's training steps, by
+    /// modality (1.0 for the dense FE2E CNN).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mesm_kept_fraction: Option<BTreeMap<String, f64>>,
 }
 
 #[derive(Debug, Clone, Serialize)]

@@ -1,0 +1,176 @@
+//! MESM end to end on a MELD-shaped synthetic dataset (a plain `meld-etl extract`), with the tiny RoBERTa and the
+//! narrow ResNet-50 of the backbone fixtures: the seeds table's MESM rows (04–06) pass `--dry-run` and take a
+//! training step (`--smoke`); each config learns the planted cues (text words, the frames' colour block) above
+//! chance in a short run, and records the fraction of feature-map positions it kept per epoch in `metrics.jsonl`
+//! (p = 0.5 keeps fewer than p = 0.7; the dense FE2E CNN keeps all).
+
+use std::path::PathBuf;
+use std::process::Command;
+use std::sync::OnceLock;
+
+use meld_erc_tests::{backbone_fixture, bin, read_csv_maps, repo, run_ok, synth};
+
+struct Dataset {
+    dir: tempfile::TempDir,
+    data: PathBuf,
+}
+
+fn dataset() -> &'static Dataset {
+    static DATA: OnceLock<Dataset> = OnceLock::new();
+    DATA.get_or_init(|| {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let raw = dir.path().join("MELD.Raw");
+        synth(&raw, 30, 3, "1-2", &[]);
+        let data = dir.path().join("data");
+        run_ok(
+            bin("meld-etl")
+                .args(["extract", "--raw"])
+                .arg(&raw)
+                .arg("--out")
+                .arg(&data),
+        );
+        Dataset { dir, data }
+    })
+}
+
+/// The tiny checkpoints in place of roberta-base and a full-width ResNet-50.
+fn models(cmd: &mut Command) -> &mut Command {
+    cmd.arg("--text-model")
+        .arg(backbone_fixture("roberta-tiny"))
+        .arg("--visual-model")
+        .arg(backbone_fixture("resnet50-tiny"))
+}
+
+/// `configs/seeds/<file>` sized for the tiny models and CI: 64-pixel frames' short side, a learning rate for
+/// models trained from random weights, few epochs of batch 16, no early stopping.
+fn short_run(file: &str) -> String {
+    let yaml = std::fs::read_to_string(repo().join("configs/seeds").join(file)).unwrap();
+    let replaced = [
+        ("classifier_learning_rate", "1.0e-3"),
+        ("classifier_warmup_steps", "10"),
+        ("epochs", "6"),
+        ("batch_size", "16"),
+    ];
+    let mut out = String::new();
+    for line in yaml.lines() {
+        if line.starts_with("classifier_early_stopping_patience") {
+            continue;
+        }
+        match replaced
+            .iter()
+            .find(|(k, _)| line.starts_with(&format!("{k}:")))
+        {
+            Some((key, value)) => out += &format!("{key}: {value}\n"),
+            None => out += &format!("{line}\n"),
+        }
+    }
+    for (key, _) in replaced {
+        assert!(yaml.contains(&format!("\n{key}:")), "{file} has no {key}");
+    }
+    out + "visual_short_side: 64\n"
+}
+
+/// Each MESM config learns the cues well above chance (≈ 0.25–0.3 for a prior-following or majority guesser),
+/// and each epoch's line of `metrics.jsonl` (and the log) carries the fraction of positions kept.
+#[test]
+fn mesm_configs_learn_the_synth_cues_and_report_the_positions_kept() {
+    let ds = dataset();
+    let mut kept = Vec::new();
+    for file in ["mesm-p05.yml", "mesm-p07.yml", "mesm-dense.yml"] {
+        let started = std::time::Instant::now();
+        let config = ds.dir.path().join(file);
+        std::fs::write(&config, short_run(file)).unwrap();
+        let output = run_ok(
+            models(&mut bin("erc-train"))
+                .arg("--config")
+                .arg(&config)
+                .arg("--data")
+                .arg(&ds.data)
+                .arg("--out")
+                .arg(ds.dir.path().join("runs")),
+        );
+        let stdout = String::from_utf8_lossy(&output.stdout);
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        let run = stdout
+            .lines()
+            .find_map(|l| l.strip_prefix("run folder: "))
+            .map(|l| PathBuf::from(l.trim()))
+            .unwrap_or_else(|| panic!("no run folder in:\n{stdout}"));
+        let summary: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(run.join("summary.json")).unwrap())
+                .unwrap();
+        let f1 = |split: &str| {
+            summary["splits"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|s| s["split"] == split)
+                .unwrap()["f1_weighted"]
+                .as_f64()
+                .unwrap()
+        };
+        let (valid, test) = (f1("valid"), f1("test"));
+        let epochs: Vec<f64> = std::fs::read_to_string(run.join("metrics.jsonl"))
+            .unwrap()
+            .lines()
+            .map(|l| {
+                let line: serde_json::Value = serde_json::from_str(l).unwrap();
+                line["mesm_kept_fraction"]["visual"]
+                    .as_f64()
+                    .unwrap_or_else(|| panic!("{file}: no visual kept fraction in {l}"))
+            })
+            .collect();
+        eprintln!(
+            "{file}: valid weighted F1 {valid:.4}, test {test:.4}; kept per epoch {epochs:.3?}; {:.1} s",
+            started.elapsed().as_secs_f64()
+        );
+        assert!(
+            valid > 0.45 && test > 0.45,
+            "{file}: valid {valid}, test {test} (chance ≈ 0.25–0.3)"
+        );
+        assert_eq!(epochs.len(), 6, "{file}: one kept fraction per epoch");
+        assert!(
+            stderr.contains("MESM kept visual"),
+            "{file}: the log shows no kept fraction:\n{stderr}"
+        );
+        kept.push(epochs.iter().sum::<f64>() / epochs.len() as f64);
+    }
+    // p = 0.5 keeps fewer positions than p = 0.7, both fewer than all; the dense CNN sees every one
+    assert!(
+        0.0 < kept[0] && kept[0] < kept[1] && kept[1] < 1.0,
+        "mean kept fractions {kept:?}"
+    );
+    assert_eq!(kept[2], 1.0);
+}
+
+/// The seeds table's MESM rows: the checks pass with the tiny models, and `--smoke` trains each one step.
+#[test]
+fn the_mesm_rows_check_and_take_a_training_step() {
+    let ds = dataset();
+    let out = ds.dir.path().join("seeds");
+    let table = |extra: &[&str]| {
+        let mut cmd = bin("erc-train");
+        cmd.args(["table4", "--table", "seeds", "--rows", "04-06", "--data"])
+            .arg(&ds.data)
+            .arg("--out")
+            .arg(&out)
+            .args(extra);
+        cmd
+    };
+    let output = run_ok(models(&mut table(&["--dry-run"])));
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(stdout.contains("every asked row can run"), "{stdout}");
+    run_ok(models(&mut table(&["--smoke"])));
+    let rows = read_csv_maps(&out.join("seeds.csv"));
+    let names: Vec<&str> = rows.iter().map(|r| r["name"].as_str()).collect();
+    assert_eq!(names, ["mesm-p05", "mesm-p07", "mesm-dense"]);
+    for row in &rows {
+        assert!(row["status"].starts_with("smoke: wF1 "), "{row:?}");
+        assert!(row["their_dataset"].contains("IEMOCAP") || row["their_dataset"].contains("MOSEI"));
+        let dir = out.join(format!("{}-{}", row["row"], row["name"]));
+        let summary: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(dir.join("summary.json")).unwrap())
+                .unwrap();
+        assert_eq!(summary["steps"], 1, "{}", row["name"]);
+    }
+}
