@@ -4,24 +4,29 @@
 //! chance in a short run, and records the fraction of feature-map positions it kept per epoch in `metrics.jsonl`
 //! (p = 0.5 keeps fewer than p = 0.7; the dense FE2E CNN keeps all).
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::OnceLock;
 
 use meld_erc_tests::{backbone_fixture, bin, read_csv_maps, repo, run_ok, synth};
 
 struct Dataset {
-    dir: tempfile::TempDir,
+    dir: PathBuf,
     data: PathBuf,
 }
 
+/// One synthetic dataset for the file's tests, in cargo's per-target temporary folder: a static is never dropped,
+/// so a `tempfile` folder would outlive every run; this one is replaced by the next run instead.
 fn dataset() -> &'static Dataset {
     static DATA: OnceLock<Dataset> = OnceLock::new();
     DATA.get_or_init(|| {
-        let dir = tempfile::tempdir().expect("temp dir");
-        let raw = dir.path().join("MELD.Raw");
+        let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("seed_mesm");
+        if dir.exists() {
+            std::fs::remove_dir_all(&dir).expect("remove the last run's dataset");
+        }
+        let raw = dir.join("MELD.Raw");
         synth(&raw, 30, 3, "1-2", &[]);
-        let data = dir.path().join("data");
+        let data = dir.join("data");
         run_ok(
             bin("meld-etl")
                 .args(["extract", "--raw"])
@@ -29,6 +34,8 @@ fn dataset() -> &'static Dataset {
                 .arg("--out")
                 .arg(&data),
         );
+        // the videos are not needed once extracted
+        std::fs::remove_dir_all(&raw).expect("remove the raw tree");
         Dataset { dir, data }
     })
 }
@@ -41,14 +48,14 @@ fn models(cmd: &mut Command) -> &mut Command {
         .arg(backbone_fixture("resnet50-tiny"))
 }
 
-/// `configs/seeds/<file>` sized for the tiny models and CI: 64-pixel frames' short side, a learning rate for
+/// `configs/seeds/<file>` sized for the tiny models and CI: mosaics 32 pixels wide (frames of 18 x 32), a learning rate for
 /// models trained from random weights, few epochs of batch 16, no early stopping.
 fn short_run(file: &str) -> String {
     let yaml = std::fs::read_to_string(repo().join("configs/seeds").join(file)).unwrap();
     let replaced = [
-        ("classifier_learning_rate", "1.0e-3"),
+        ("classifier_learning_rate", "2.0e-3"),
         ("classifier_warmup_steps", "10"),
-        ("epochs", "6"),
+        ("epochs", "5"),
         ("batch_size", "16"),
     ];
     let mut out = String::new();
@@ -67,7 +74,7 @@ fn short_run(file: &str) -> String {
     for (key, _) in replaced {
         assert!(yaml.contains(&format!("\n{key}:")), "{file} has no {key}");
     }
-    out + "visual_short_side: 64\n"
+    out + "visual_short_side: 32\n"
 }
 
 /// Each MESM config learns the cues well above chance (≈ 0.25–0.3 for a prior-following or majority guesser),
@@ -78,7 +85,7 @@ fn mesm_configs_learn_the_synth_cues_and_report_the_positions_kept() {
     let mut kept = Vec::new();
     for file in ["mesm-p05.yml", "mesm-p07.yml", "mesm-dense.yml"] {
         let started = std::time::Instant::now();
-        let config = ds.dir.path().join(file);
+        let config = ds.dir.join(file);
         std::fs::write(&config, short_run(file)).unwrap();
         let output = run_ok(
             models(&mut bin("erc-train"))
@@ -87,7 +94,7 @@ fn mesm_configs_learn_the_synth_cues_and_report_the_positions_kept() {
                 .arg("--data")
                 .arg(&ds.data)
                 .arg("--out")
-                .arg(ds.dir.path().join("runs")),
+                .arg(ds.dir.join("runs")),
         );
         let stdout = String::from_utf8_lossy(&output.stdout);
         let stderr = String::from_utf8_lossy(&output.stderr);
@@ -125,10 +132,10 @@ fn mesm_configs_learn_the_synth_cues_and_report_the_positions_kept() {
             started.elapsed().as_secs_f64()
         );
         assert!(
-            valid > 0.45 && test > 0.45,
+            valid > 0.4 && test > 0.4,
             "{file}: valid {valid}, test {test} (chance ≈ 0.25–0.3)"
         );
-        assert_eq!(epochs.len(), 6, "{file}: one kept fraction per epoch");
+        assert_eq!(epochs.len(), 5, "{file}: one kept fraction per epoch");
         assert!(
             stderr.contains("MESM kept visual"),
             "{file}: the log shows no kept fraction:\n{stderr}"
@@ -147,7 +154,7 @@ fn mesm_configs_learn_the_synth_cues_and_report_the_positions_kept() {
 #[test]
 fn the_mesm_rows_check_and_take_a_training_step() {
     let ds = dataset();
-    let out = ds.dir.path().join("seeds");
+    let out = ds.dir.join("seeds");
     let table = |extra: &[&str]| {
         let mut cmd = bin("erc-train");
         cmd.args(["table4", "--table", "seeds", "--rows", "04-06", "--data"])
@@ -161,7 +168,11 @@ fn the_mesm_rows_check_and_take_a_training_step() {
     let stdout = String::from_utf8_lossy(&output.stdout);
     assert!(stdout.contains("every asked row can run"), "{stdout}");
     run_ok(models(&mut table(&["--smoke"])));
-    let rows = read_csv_maps(&out.join("seeds.csv"));
+    // the table lists every row; the others are "not run"
+    let rows: Vec<_> = read_csv_maps(&out.join("seeds.csv"))
+        .into_iter()
+        .filter(|r| r["status"] != "not run")
+        .collect();
     let names: Vec<&str> = rows.iter().map(|r| r["name"].as_str()).collect();
     assert_eq!(names, ["mesm-p05", "mesm-p07", "mesm-dense"]);
     for row in &rows {

@@ -217,3 +217,58 @@ fn kept_fraction_follows_p() {
     );
     assert_eq!(fractions[2], 1.0);
 }
+
+/// MESM's keys: defaults, and errors that name the key and the fix.
+#[test]
+fn mesm_keys_are_checked() {
+    use erc_train::config::Config;
+    let base =
+        "classifier_classes: [anger, joy]\nmodules_text_encoder: glove\ntext_out_features: 50\n\
+                modules_visual_encoder: resnet50_frames\nvisual_crop: full\n";
+    let parse = |extra: &str| Config::parse(Path::new("x.yml"), &format!("{base}{extra}"));
+    let err = |extra: &str| parse(extra).unwrap_err().to_string();
+    let c = parse("visual_sparse_nucleus_p: 0.5\n").unwrap();
+    assert_eq!(
+        (c.visual_sparse_stage(), c.visual_sparse_features()),
+        (2, 64)
+    );
+    let again = Config::parse(Path::new("y.yml"), &c.to_yaml().unwrap()).unwrap();
+    assert_eq!(again, c);
+    // the dense FE2E CNN: no sparse keys, none written back
+    let dense = parse("").unwrap().to_yaml().unwrap();
+    assert!(!dense.contains("visual_sparse"), "{dense}");
+    let e = Config::parse(Path::new("x.yml"), &base.replace("visual_crop: full\n", ""))
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("visual_crop: full"), "{e}");
+    for (extra, needle) in [
+        ("visual_sparse_nucleus_p: 0.0\n", "visual_sparse_nucleus_p"),
+        ("visual_sparse_nucleus_p: 1.5\n", "(0, 1]"),
+        ("visual_sparse_stage: 3\n", "visual_sparse_nucleus_p"),
+        (
+            "visual_sparse_nucleus_p: 0.5\nvisual_sparse_stage: 5\n",
+            "1 to 4",
+        ),
+        (
+            "visual_sparse_nucleus_p: 0.5\nvisual_sparse_features: 0\n",
+            "visual_sparse_features",
+        ),
+    ] {
+        let e = err(extra);
+        assert!(e.contains(needle), "{extra}: {e}");
+    }
+    let e = Config::parse(
+        Path::new("x.yml"),
+        "classifier_classes: [anger, joy]\nmodules_visual_encoder: resnet50\nvisual_sparse_nucleus_p: 0.5\n",
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(e.contains("resnet50_frames"), "{e}");
+    let e = Config::parse(
+        Path::new("x.yml"),
+        "classifier_classes: [anger, joy]\nmodules_visual_encoder: resnet50_frames\nvisual_crop: full\nvisual_sparse_nucleus_p: 0.5\n",
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(e.contains("query"), "{e}");
+}
