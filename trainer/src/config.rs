@@ -35,7 +35,10 @@
 //! * `modules_visual_encoder: resnet50_frames` (needs `visual_crop: full`) — ResNet-50 on each of the mosaic's 5
 //!   frames, averaged (MESM's dense FE2E CNN); with `visual_sparse_nucleus_p` (p ∈ (0, 1]) MESM's text-guided
 //!   sparse attention after ResNet stage `visual_sparse_stage` (default 2) at hidden width `visual_sparse_features`
-//!   (k, default 64), its query the text (and audio) vectors.
+//!   (k, default 64), its query the text (and audio) vectors;
+//! * `modules_audio_encoder: mel_cnn` (needs `audio_input: normalized_mono`) — MESM's audio CNN over a log-mel
+//!   spectrogram; with `audio_sparse_nucleus_p` the same sparse attention, guided by the text vector, after its
+//!   block `audio_sparse_stage` (default 2).
 //!
 //! Unknown keys, wrong types and missing required keys are errors that name the file, the key and what is
 //! allowed.
@@ -72,6 +75,8 @@ pub enum AudioEncoder {
     None,
     Waveform,
     Wav2vec2,
+    /// MESM's audio CNN over the log-mel spectrogram (sparse attention with `audio_sparse_nucleus_p`).
+    MelCnn,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -419,6 +424,10 @@ pub struct Config {
     pub visual_sparse_stage: Option<usize>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub visual_sparse_features: Option<usize>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub audio_sparse_nucleus_p: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub audio_sparse_stage: Option<usize>,
 }
 
 /// Where the pretrained backbones come from, when the command line says (`--text-model`, `--audio-model`,
@@ -670,6 +679,46 @@ impl Config {
     /// MESM's keys: the sparse attention of `resnet50_frames`, guided by the text (and audio) vectors.
     fn validate_mesm(&self, path: &Path) -> Result<()> {
         let bad = |key: &str, message: String| Err(Config::invalid(path, key, message));
+        let mel = self.modules_audio_encoder == AudioEncoder::MelCnn;
+        if mel && self.audio_input != AudioInput::NormalizedMono {
+            return bad(
+                "audio_input",
+                "`mel_cnn` computes its spectrogram from 16 kHz mono samples: set `audio_input: normalized_mono`"
+                    .into(),
+            );
+        }
+        if self.audio_sparse_nucleus_p.is_some() || self.audio_sparse_stage.is_some() {
+            if !mel {
+                return bad(
+                    "audio_sparse_nucleus_p",
+                    "MESM's audio sparse attention applies to `modules_audio_encoder: mel_cnn` only".into(),
+                );
+            }
+            match self.audio_sparse_nucleus_p {
+                Some(p) if p > 0.0 && p <= 1.0 => {}
+                other => {
+                    return bad(
+                        "audio_sparse_nucleus_p",
+                        format!("the nucleus mass p must be in (0, 1], found {other:?}"),
+                    )
+                }
+            }
+            if !(1..=4).contains(&self.audio_sparse_stage()) {
+                return bad(
+                    "audio_sparse_stage",
+                    format!(
+                        "a block of the audio CNN, 1 to 4, found {}",
+                        self.audio_sparse_stage()
+                    ),
+                );
+            }
+            if !self.uses_text() {
+                return bad(
+                    "audio_sparse_nucleus_p",
+                    "the audio attention's query is the text vector: the config has no text encoder".into(),
+                );
+            }
+        }
         let frames = self.modules_visual_encoder == VisualEncoder::Resnet50Frames;
         if frames && self.visual_crop != VisualCrop::Full {
             return bad(
@@ -743,7 +792,12 @@ impl Config {
         self.visual_sparse_stage.unwrap_or(DEFAULT_SPARSE_STAGE)
     }
 
-    /// The sparse attention's hidden width k (`visual_sparse_features`, default 64).
+    /// The audio CNN block after which MESM's audio attention runs (`audio_sparse_stage`, default 2).
+    pub fn audio_sparse_stage(&self) -> usize {
+        self.audio_sparse_stage.unwrap_or(DEFAULT_SPARSE_STAGE)
+    }
+
+    /// The sparse attention's hidden width k (`visual_sparse_features`, default 64; the audio's too).
     pub fn visual_sparse_features(&self) -> usize {
         self.visual_sparse_features
             .unwrap_or(DEFAULT_SPARSE_FEATURES)

@@ -272,3 +272,89 @@ fn mesm_keys_are_checked() {
     .to_string();
     assert!(e.contains("query"), "{e}");
 }
+
+/// MESM's audio CNN against PyTorch: the log-mel front end against `torch.stft` and an HTK filter bank, then the
+/// CNN (narrowed, BatchNorm in training mode) with the text-guided attention after block 2 — output, kept
+/// positions, the query's and every weight's gradient.
+#[test]
+fn mel_cnn_matches_pytorch() {
+    use erc_train::encoders::mel_cnn::{AudioSparseSpec, LogMel, MelCnn};
+    let io = io();
+    let waveform = &io["mel.waveform"];
+    let ours = LogMel::new(&Device::Cpu)
+        .unwrap()
+        .forward(waveform)
+        .unwrap();
+    let mut all = vec![Compared {
+        name: "mel.log_mel".into(),
+        error: rel_err(&ours, &io["mel.log_mel"]),
+        zero: false,
+    }];
+    let mut store = ParamStore::new(&Device::Cpu, 5);
+    let spec = AudioSparseSpec {
+        stage: 2,
+        query: 10,
+        features: 6,
+        p: 0.5,
+    };
+    let model = MelCnn::new(&mut store, [4, 8, 8, 12], Some(spec)).unwrap();
+    // the fixture's `blocks.*` are the CNN's (under `audio.`), its `block.*` the attention's (`audio_sparse.`)
+    let ours_of = |name: &str| match name.strip_prefix("block.") {
+        Some(rest) => format!("audio_sparse.{rest}"),
+        None => format!("audio.{name}"),
+    };
+    let mut names: Vec<String> = io
+        .keys()
+        .filter_map(|k| k.strip_prefix("mel.param.").map(str::to_string))
+        .collect();
+    names.sort();
+    assert_eq!(names.len(), store.trainable().len(), "{names:?}");
+    for name in &names {
+        store
+            .assign(
+                &ours_of(name),
+                &io[&format!("mel.param.{name}")],
+                &fixture(),
+            )
+            .unwrap();
+    }
+    let query = Var::from_tensor(&io["mel.query"]).unwrap();
+    let out = model
+        .forward(waveform, Some(query.as_tensor()), true)
+        .unwrap();
+    assert_eq!(
+        model.take_kept_fraction().unwrap(),
+        kept(&io, "mel") as f64 / (2.0 * 16.0 * 6.0)
+    );
+    let grads = (&out * &io["mel.R"])
+        .unwrap()
+        .sum_all()
+        .unwrap()
+        .backward()
+        .unwrap();
+    all.push(Compared {
+        name: "mel.out".into(),
+        error: rel_err(&out, &io["mel.out"]),
+        zero: false,
+    });
+    let named = std::iter::once(("query".to_string(), query.as_tensor().clone())).chain(
+        names
+            .iter()
+            .map(|n| (n.clone(), store.get(&ours_of(n)).unwrap())),
+    );
+    for (name, t) in named {
+        let key = format!("mel.grad.{name}");
+        let g = grads
+            .get(&t)
+            .unwrap_or_else(|| panic!("no gradient for {key}"));
+        let zero = name.ends_with("score.bias");
+        let error = if zero { norm(g) } else { rel_err(g, &io[&key]) };
+        all.push(Compared {
+            name: key,
+            error,
+            zero,
+        });
+    }
+    assert!(all.len() > 15, "{} tensors compared", all.len());
+    assert_parity("MESM audio CNN vs PyTorch", &all);
+}

@@ -8,6 +8,7 @@ pub mod check;
 pub mod glove;
 pub mod gpt2;
 pub mod hub;
+pub mod mel_cnn;
 pub mod resnet;
 pub mod resnet_frames;
 pub mod roberta;

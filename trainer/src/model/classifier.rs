@@ -23,6 +23,7 @@ use crate::encoders::check;
 use crate::encoders::glove::GloveEncoder;
 use crate::encoders::gpt2::Gpt2Encoder;
 use crate::encoders::hub::{self, Backbone};
+use crate::encoders::mel_cnn::{AudioSparseSpec, MelCnn};
 use crate::encoders::resnet::ResNet50;
 use crate::encoders::resnet_frames::{FramesResNet, SparseSpec};
 use crate::encoders::roberta::RobertaEncoder;
@@ -102,6 +103,8 @@ enum TextModule {
 enum AudioModule {
     Waveform(WaveformEncoder),
     Wav2vec2(Wav2Vec2Encoder),
+    /// MESM's log-mel CNN; its sparse attention's query is the text vector.
+    MelCnn(MelCnn),
 }
 
 pub struct Model {
@@ -256,6 +259,19 @@ impl Model {
                 dims.push(loaded.encoder.out_features());
                 sequence_dims.push(loaded.encoder.model.config().hidden_size);
                 Some(AudioModule::Wav2vec2(loaded.encoder))
+            }
+            AudioEncoder::MelCnn => {
+                let sparse = config.audio_sparse_nucleus_p.map(|p| AudioSparseSpec {
+                    stage: config.audio_sparse_stage(),
+                    // the text vector (validated: a text encoder exists, and comes first)
+                    query: dims.first().copied().unwrap_or(0),
+                    features: config.visual_sparse_features(),
+                    p,
+                });
+                let encoder = MelCnn::new(&mut store, crate::encoders::mel_cnn::WIDTHS, sparse)?;
+                names.push("audio");
+                dims.push(encoder.out_features());
+                Some(AudioModule::MelCnn(encoder))
             }
         };
         let frames = match config.modules_visual_encoder {
@@ -451,6 +467,11 @@ impl Model {
                     states.push((frames, mask));
                 }
                 AudioModule::Wav2vec2(encoder) => embeddings.push(encoder.forward(&x, ctx.train)?),
+                AudioModule::MelCnn(encoder) => {
+                    // the text vector comes first among the embeddings
+                    let query = embeddings.first().cloned();
+                    embeddings.push(encoder.forward(&x, query.as_ref(), ctx.train)?)
+                }
             }
         }
         if let Some(frames) = &self.frames {
@@ -480,11 +501,18 @@ impl Model {
     }
 
     /// MESM's fraction of feature-map positions kept in the training forwards since the last call, by modality
-    /// (`{"visual": 0.41}`; 1.0 for the dense FE2E CNN); `None` without a per-frame CNN.
+    /// (`{"visual": 0.41, "audio": 0.55}`; 1.0 for a dense CNN); `None` without MESM's CNNs.
     pub fn mesm_kept_fraction(&self) -> Option<std::collections::BTreeMap<String, f64>> {
-        let frames = self.frames.as_ref()?;
-        let fraction = frames.take_kept_fraction()?;
-        Some([("visual".to_string(), fraction)].into())
+        let mut kept = std::collections::BTreeMap::new();
+        if let Some(fraction) = self.frames.as_ref().and_then(|f| f.take_kept_fraction()) {
+            kept.insert("visual".to_string(), fraction);
+        }
+        if let Some(AudioModule::MelCnn(encoder)) = &self.audio {
+            if let Some(fraction) = encoder.take_kept_fraction() {
+                kept.insert("audio".to_string(), fraction);
+            }
+        }
+        (!kept.is_empty()).then_some(kept)
     }
 
     /// Probabilities of a batch in evaluation mode, detached from any graph.
