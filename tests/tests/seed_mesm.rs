@@ -1,8 +1,8 @@
 //! MESM end to end on a MELD-shaped synthetic dataset (a plain `meld-etl extract`), with the tiny RoBERTa and the
 //! narrow ResNet-50 of the backbone fixtures: the seeds table's MESM rows (04–06) pass `--dry-run` and take a
-//! training step (`--smoke`); each config learns the planted cues (text words, the frames' colour block) above
-//! chance in a short run, and records the fraction of feature-map positions it kept per epoch in `metrics.jsonl`
-//! (p = 0.5 keeps fewer than p = 0.7; the dense FE2E CNN keeps all).
+//! training step (`--smoke`); each config learns the planted cues (text words, audio tone, the frames' colour block)
+//! above chance in a short run, and records the fraction of feature-map positions each CNN kept per epoch in
+//! `metrics.jsonl` (p = 0.5 keeps fewer than p = 0.7; the dense FE2E CNNs keep all).
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -56,6 +56,7 @@ fn short_run(file: &str) -> String {
         ("classifier_learning_rate", "2.0e-3"),
         ("classifier_warmup_steps", "10"),
         ("epochs", "5"),
+        ("audio_in_features", "16000"),
         ("batch_size", "16"),
     ];
     let mut out = String::new();
@@ -117,14 +118,18 @@ fn mesm_configs_learn_the_synth_cues_and_report_the_positions_kept() {
                 .unwrap()
         };
         let (valid, test) = (f1("valid"), f1("test"));
-        let epochs: Vec<f64> = std::fs::read_to_string(run.join("metrics.jsonl"))
+        // (visual, audio) per epoch
+        let epochs: Vec<(f64, f64)> = std::fs::read_to_string(run.join("metrics.jsonl"))
             .unwrap()
             .lines()
             .map(|l| {
                 let line: serde_json::Value = serde_json::from_str(l).unwrap();
-                line["mesm_kept_fraction"]["visual"]
-                    .as_f64()
-                    .unwrap_or_else(|| panic!("{file}: no visual kept fraction in {l}"))
+                let of = |m: &str| {
+                    line["mesm_kept_fraction"][m]
+                        .as_f64()
+                        .unwrap_or_else(|| panic!("{file}: no {m} kept fraction in {l}"))
+                };
+                (of("visual"), of("audio"))
             })
             .collect();
         eprintln!(
@@ -137,17 +142,27 @@ fn mesm_configs_learn_the_synth_cues_and_report_the_positions_kept() {
         );
         assert_eq!(epochs.len(), 5, "{file}: one kept fraction per epoch");
         assert!(
-            stderr.contains("MESM kept visual"),
+            stderr.contains("MESM kept audio") && stderr.contains(", visual "),
             "{file}: the log shows no kept fraction:\n{stderr}"
         );
-        kept.push(epochs.iter().sum::<f64>() / epochs.len() as f64);
+        let n = epochs.len() as f64;
+        kept.push((
+            epochs.iter().map(|e| e.0).sum::<f64>() / n,
+            epochs.iter().map(|e| e.1).sum::<f64>() / n,
+        ));
     }
-    // p = 0.5 keeps fewer positions than p = 0.7, both fewer than all; the dense CNN sees every one
-    assert!(
-        0.0 < kept[0] && kept[0] < kept[1] && kept[1] < 1.0,
-        "mean kept fractions {kept:?}"
-    );
-    assert_eq!(kept[2], 1.0);
+    // in both CNNs p = 0.5 keeps fewer positions than p = 0.7, both fewer than all; the dense CNNs see every one
+    for (m, of) in [
+        ("visual", (|k: (f64, f64)| k.0) as fn((f64, f64)) -> f64),
+        ("audio", |k| k.1),
+    ] {
+        let k: Vec<f64> = kept.iter().map(|x| of(*x)).collect();
+        assert!(
+            0.0 < k[0] && k[0] < k[1] && k[1] < 1.0,
+            "{m}: mean kept fractions {k:?}"
+        );
+        assert_eq!(k[2], 1.0, "{m}");
+    }
 }
 
 /// The seeds table's MESM rows: the checks pass with the tiny models, and `--smoke` trains each one step.

@@ -219,6 +219,8 @@ fn one_step(file: &str) {
         "sentiment_head.logits.weight",
         "visual_sparse.query_proj.weight",
         "visual_sparse.score.weight",
+        "audio_sparse.score.weight",
+        "audio.blocks.0.conv.weight",
     ] {
         if model.store.get(name).is_some() {
             watched.push(name.to_string());
