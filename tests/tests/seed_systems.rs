@@ -190,19 +190,20 @@ fn the_seeds_table_checks_trains_and_writes_its_files() {
     assert!(!output.status.success());
     assert!(String::from_utf8_lossy(&output.stderr).contains("--corrected"));
 
-    run_ok(models(&mut table(&["--smoke"])));
+    run_ok(models(&mut table(&["--smoke", "--rows", "01-03"])));
     for file in ["seeds.md", "seeds.csv", "seeds.png"] {
         assert!(out.join(file).is_file(), "{file} missing");
     }
     let png = std::fs::read(out.join("seeds.png")).unwrap();
     assert!(png.starts_with(b"\x89PNG\r\n\x1a\n"));
-    let rows = read_csv_maps(&out.join("seeds.csv"));
+    // TMN's rows run; the table lists the other systems' as "not run"
+    let rows: Vec<_> = read_csv_maps(&out.join("seeds.csv"))
+        .into_iter()
+        .filter(|r| r["status"] != "not run")
+        .collect();
     let names: Vec<&str> = rows.iter().map(|r| r["name"].as_str()).collect();
-    assert!(
-        names.starts_with(&["tmn", "tmn-concat", "tmn-xattn"])
-            && names.contains(&"frames-lstm-scratch"),
-        "{names:?}"
-    );
+    // (the other systems' rows train in their own tests: seed_mesm, seed_lstm below, seed_faces)
+    assert_eq!(names, ["tmn", "tmn-concat", "tmn-xattn"]);
     for row in &rows {
         assert!(row["status"].starts_with("smoke: wF1 "), "{:?}", row);
         assert_eq!(
@@ -220,12 +221,21 @@ fn the_seeds_table_checks_trains_and_writes_its_files() {
         "{md}"
     );
     // a rerun trains nothing
-    let output = run_ok(models(&mut table(&["--smoke"])));
+    let output = run_ok(models(&mut table(&["--smoke", "--rows", "01-03"])));
     assert!(String::from_utf8_lossy(&output.stderr).contains("complete in"));
     // --collect assembles the same tables from the folders
     std::fs::remove_file(out.join("seeds.csv")).unwrap();
-    run_ok(models(table(&["--smoke", "--collect"]).arg(&out)));
-    assert_eq!(read_csv_maps(&out.join("seeds.csv")).len(), rows.len());
+    run_ok(models(
+        table(&["--smoke", "--rows", "01-03", "--collect"]).arg(&out),
+    ));
+    let collected = read_csv_maps(&out.join("seeds.csv"));
+    assert_eq!(
+        collected
+            .iter()
+            .filter(|r| r["status"] != "not run")
+            .count(),
+        3
+    );
 }
 
 /// README's `make reproduce-seeds`: the recipe passes SEEDS_OUT, ROWS and SEEDS_FLAGS through.

@@ -39,6 +39,13 @@
 //! * `visual_pretrained: false` — the ResNet starts from torchvision's random initialisation whatever
 //!   `visual_model` names: a checkpoint there then gives only the network's widths, `random` the real ResNet-50.
 //!   Unset, the ResNet is pretrained unless `visual_model: random`; `true` with `visual_model: random` is an error.
+//! * `modules_visual_encoder: resnet50_frames` (needs `visual_crop: full`) — ResNet-50 on each of the mosaic's 5
+//!   frames, averaged (MESM's dense FE2E CNN); with `visual_sparse_nucleus_p` (p ∈ (0, 1]) MESM's text-guided
+//!   sparse attention after ResNet stage `visual_sparse_stage` (default 2) at hidden width `visual_sparse_features`
+//!   (k, default 64), its query the text (and audio) vectors;
+//! * `modules_audio_encoder: mel_cnn` (needs `audio_input: normalized_mono`) — MESM's audio CNN over a log-mel
+//!   spectrogram; with `audio_sparse_nucleus_p` the same sparse attention, guided by the text vector, after its
+//!   block `audio_sparse_stage` (default 2).
 //!
 //! Unknown keys, wrong types and missing required keys are errors that name the file, the key and what is
 //! allowed.
@@ -64,6 +71,9 @@ pub enum TextEncoder {
 pub enum VisualEncoder {
     None,
     Resnet50,
+    /// ResNet-50 on each of the mosaic's 5 frames, the frames' vectors averaged (MESM's visual CNN; FE2E without
+    /// `visual_sparse_nucleus_p`).
+    Resnet50Frames,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -74,6 +84,8 @@ pub enum AudioEncoder {
     Wav2vec2,
     /// The frames + voice seed system's 1-D CNN on each frame's window of the waveform (needs `modules_fusion: lstm`).
     VocalNet,
+    /// MESM's audio CNN over the log-mel spectrogram (sparse attention with `audio_sparse_nucleus_p`).
+    MelCnn,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -420,6 +432,17 @@ pub struct Config {
     pub visual_frames: Option<usize>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub visual_pretrained: Option<bool>,
+    // MESM (seed system 2): the text-guided sparse attention of `resnet50_frames`
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub visual_sparse_nucleus_p: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub visual_sparse_stage: Option<usize>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub visual_sparse_features: Option<usize>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub audio_sparse_nucleus_p: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub audio_sparse_stage: Option<usize>,
 }
 
 /// Where the pretrained backbones come from, when the command line says (`--text-model`, `--audio-model`,
@@ -455,6 +478,9 @@ pub const DEFAULT_MIXER_TOKEN_FEATURES: usize = 256;
 pub const DEFAULT_MIXER_CHANNEL_FEATURES: usize = 256;
 /// The frames of a mosaic, the LSTM fusion's time steps, when the config does not say (`visual_frames`).
 pub const DEFAULT_VISUAL_FRAMES: usize = 5;
+/// MESM's sparse attention: after ResNet stage 2 (stride 8), hidden width k = 64, when the config does not say.
+pub const DEFAULT_SPARSE_STAGE: usize = 2;
+pub const DEFAULT_SPARSE_FEATURES: usize = 64;
 /// `visual_model` value for a randomly initialised ResNet-50.
 pub const RANDOM_WEIGHTS: &str = "random";
 /// The reference's resize target (torchvision `Resize(256)`).
@@ -654,6 +680,7 @@ impl Config {
         }
         self.validate_seeds(path)?;
         self.validate_frames_lstm(path)?;
+        self.validate_mesm(path)?;
         if let Some(side) = self.visual_short_side {
             if side < 32 {
                 return bad(
@@ -665,6 +692,133 @@ impl Config {
             }
         }
         Ok(())
+    }
+
+    /// MESM's keys: the sparse attention of `resnet50_frames`, guided by the text (and audio) vectors.
+    fn validate_mesm(&self, path: &Path) -> Result<()> {
+        let bad = |key: &str, message: String| Err(Config::invalid(path, key, message));
+        let mel = self.modules_audio_encoder == AudioEncoder::MelCnn;
+        if mel && self.audio_input != AudioInput::NormalizedMono {
+            return bad(
+                "audio_input",
+                "`mel_cnn` computes its spectrogram from 16 kHz mono samples: set `audio_input: normalized_mono`"
+                    .into(),
+            );
+        }
+        if self.audio_sparse_nucleus_p.is_some() || self.audio_sparse_stage.is_some() {
+            if !mel {
+                return bad(
+                    "audio_sparse_nucleus_p",
+                    "MESM's audio sparse attention applies to `modules_audio_encoder: mel_cnn` only".into(),
+                );
+            }
+            match self.audio_sparse_nucleus_p {
+                Some(p) if p > 0.0 && p <= 1.0 => {}
+                other => {
+                    return bad(
+                        "audio_sparse_nucleus_p",
+                        format!("the nucleus mass p must be in (0, 1], found {other:?}"),
+                    )
+                }
+            }
+            if !(1..=4).contains(&self.audio_sparse_stage()) {
+                return bad(
+                    "audio_sparse_stage",
+                    format!(
+                        "a block of the audio CNN, 1 to 4, found {}",
+                        self.audio_sparse_stage()
+                    ),
+                );
+            }
+            if !self.uses_text() {
+                return bad(
+                    "audio_sparse_nucleus_p",
+                    "the audio attention's query is the text vector: the config has no text encoder".into(),
+                );
+            }
+        }
+        let frames = self.modules_visual_encoder == VisualEncoder::Resnet50Frames;
+        if frames && self.visual_crop != VisualCrop::Full {
+            return bad(
+                "visual_crop",
+                "`resnet50_frames` splits the whole mosaic into its 5 frames: set `visual_crop: full`".into(),
+            );
+        }
+        let sparse = self.visual_sparse_nucleus_p.is_some()
+            || self.visual_sparse_stage.is_some()
+            || self.visual_sparse_features.is_some();
+        if !sparse {
+            return Ok(());
+        }
+        let key = match (
+            self.visual_sparse_nucleus_p,
+            self.visual_sparse_stage,
+            self.visual_sparse_features,
+        ) {
+            (Some(_), _, _) => "visual_sparse_nucleus_p",
+            (_, Some(_), _) => "visual_sparse_stage",
+            _ => "visual_sparse_features",
+        };
+        if !frames {
+            return bad(
+                key,
+                "MESM's sparse attention applies to `modules_visual_encoder: resnet50_frames` only"
+                    .into(),
+            );
+        }
+        match self.visual_sparse_nucleus_p {
+            Some(p) if p > 0.0 && p <= 1.0 => {}
+            other => {
+                return bad(
+                    "visual_sparse_nucleus_p",
+                    format!("the nucleus mass p must be in (0, 1] (1: every position kept), found {other:?}"),
+                )
+            }
+        }
+        if !(1..=4).contains(&self.visual_sparse_stage()) {
+            return bad(
+                "visual_sparse_stage",
+                format!(
+                    "a ResNet stage, 1 to 4, found {}",
+                    self.visual_sparse_stage()
+                ),
+            );
+        }
+        if self.visual_sparse_features() == 0 {
+            return bad(
+                "visual_sparse_features",
+                "expected a positive integer".into(),
+            );
+        }
+        if !self.uses_text() && !self.uses_audio() {
+            return bad(
+                "visual_sparse_nucleus_p",
+                "the sparse attention's query is the text (and audio) vector: the config has neither".into(),
+            );
+        }
+        if matches!(self.modules_fusion, Fusion::CrossAttn) {
+            return bad(
+                "modules_fusion",
+                "`cross_attn` reads sequences, MESM's query is the vectors".into(),
+            );
+        }
+        Ok(())
+    }
+
+    /// The ResNet stage after which MESM's sparse attention runs (`visual_sparse_stage`, default 2).
+    pub fn visual_sparse_stage(&self) -> usize {
+        self.visual_sparse_stage.unwrap_or(DEFAULT_SPARSE_STAGE)
+    }
+
+    /// The audio CNN block after which MESM's audio attention runs (`audio_sparse_stage`, default 2).
+    pub fn audio_sparse_stage(&self) -> usize {
+        self.audio_sparse_stage.unwrap_or(DEFAULT_SPARSE_STAGE)
+    }
+
+    /// The sparse attention's hidden width k (`visual_sparse_features`, default 64; the audio's too).
+    pub fn visual_sparse_features(&self) -> usize {
+        self.visual_sparse_features
+            .unwrap_or(DEFAULT_SPARSE_FEATURES)
     }
 
     /// The keys of the seed systems (TMN's fusion, RoBERTa's pooling, the sentiment task, soft targets).

@@ -217,6 +217,10 @@ fn one_step(file: &str) {
         "fusion.blocks.1.token_mixing.fc1.weight",
         "fusion.text_to_audio.q_proj.weight",
         "sentiment_head.logits.weight",
+        "visual_sparse.query_proj.weight",
+        "visual_sparse.score.weight",
+        "audio_sparse.score.weight",
+        "audio.blocks.0.conv.weight",
     ] {
         if model.store.get(name).is_some() {
             watched.push(name.to_string());
@@ -316,4 +320,19 @@ fn tmn_ablation_concat() {
 #[test]
 fn tmn_ablation_cross_attention() {
     one_step("seeds/tmn-xattn.yml");
+}
+
+#[test]
+fn mesm_sparse_attention_p05() {
+    one_step("seeds/mesm-p05.yml");
+}
+
+#[test]
+fn mesm_sparse_attention_p07() {
+    one_step("seeds/mesm-p07.yml");
+}
+
+#[test]
+fn mesm_dense_fe2e() {
+    one_step("seeds/mesm-dense.yml");
 }

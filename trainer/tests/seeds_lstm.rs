@@ -9,8 +9,9 @@ use std::path::{Path, PathBuf};
 
 use candle_core::{Device, Tensor, Var};
 use erc_train::encoders::resnet::{Config as ResNetConfig, ResNet50};
+use erc_train::encoders::resnet_frames::mosaic_frames;
 use erc_train::encoders::vocal_net::VocalNet;
-use erc_train::model::frames_lstm::{frame_features, split_frames, FramesLstm};
+use erc_train::model::frames_lstm::{frame_features, FramesLstm};
 use erc_train::nn::lstm::Lstm;
 use erc_train::nn::ParamStore;
 use erc_train::selfcheck::parity::Compared;
@@ -179,12 +180,15 @@ fn vocal_net_matches_pytorch() {
 #[test]
 fn frames_through_the_resnet_match_pytorch() {
     let io = io();
-    // the split itself: frame k of sample b is rows k·band… of the mosaic
+    // the split itself: frame k of sample b starts at row ⌊k·H/5⌋ of the mosaic (H = 62: frames at rows 0, 12, 24,
+    // 37, 49 — not at multiples of the 12-row band)
     let x = get(&io, "frames.x");
-    let frames = split_frames(x, 5).unwrap();
+    let frames = mosaic_frames(x, 5).unwrap();
     assert_eq!(frames.dims(), [10, 3, 12, 16]);
     let third = x.narrow(0, 1, 1).unwrap().narrow(2, 24, 12).unwrap();
     assert_eq!(rel_err(&frames.narrow(0, 7, 1).unwrap(), &third), 0.0);
+    let fourth = x.narrow(0, 1, 1).unwrap().narrow(2, 37, 12).unwrap();
+    assert_eq!(rel_err(&frames.narrow(0, 8, 1).unwrap(), &fourth), 0.0);
 
     let mut store = ParamStore::new(&Device::Cpu, 1);
     let resnet = ResNet50::with_config(&mut store, "f", &micro(), false).unwrap();

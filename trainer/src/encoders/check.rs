@@ -11,7 +11,7 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use crate::config::{AudioEncoder, Config, TextEncoder, VisualEncoder};
+use crate::config::{AudioEncoder, Config, TextEncoder};
 use crate::encoders::hub::{self, Backbone, HubEnv};
 use crate::encoders::weights::{self, Checkpoint};
 use crate::encoders::{gpt2, resnet, roberta, wav2vec2};
@@ -28,7 +28,7 @@ pub fn needed(config: &Config) -> Vec<(Backbone, String)> {
     if config.modules_audio_encoder == AudioEncoder::Wav2vec2 {
         needed.push((Backbone::Wav2vec2, config.audio_model().to_string()));
     }
-    if config.modules_visual_encoder == VisualEncoder::Resnet50 {
+    if config.uses_visual() {
         if let Some(spec) = config.visual_model() {
             needed.push((Backbone::Resnet50, spec.to_string()));
         }

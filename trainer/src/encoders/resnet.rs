@@ -382,6 +382,40 @@ impl ResNet50 {
         Ok(out)
     }
 
+    /// The stem (conv, BatchNorm, ReLU, max-pool): (B, 3, H, W) → (B, stem, H/4, W/4). With [`Self::run_stages`]
+    /// and [`Self::pool`], the network in pieces, for a block between two stages (MESM's sparse attention).
+    pub fn stem(&self, x: &Tensor, train: bool) -> Result<Tensor> {
+        max_pool_3x3_s2(&self.bn1.forward_relu(&self.conv1.forward(x)?, train)?)
+    }
+
+    /// The stages `stages` (0-based, of 4) over `h`, the output of the stem or of the stage before them.
+    pub fn run_stages(
+        &self,
+        h: &Tensor,
+        stages: std::ops::Range<usize>,
+        train: bool,
+    ) -> Result<Tensor> {
+        let mut h = h.clone();
+        for blocks in &self.stages[stages] {
+            for block in blocks {
+                h = block.forward(&h, train)?;
+            }
+        }
+        Ok(h)
+    }
+
+    /// The channels after stage `stage` (0-based): 4 × its width.
+    pub fn stage_channels(&self, stage: usize) -> Result<usize> {
+        let block = self.stages.get(stage).and_then(|b| b.last());
+        let block = block.ok_or_else(|| Error::Other(format!("ResNet without stage {stage}")))?;
+        Ok(block.conv3.weight.dim(0)?)
+    }
+
+    /// Global average pool of the last stage's (B, C, h, w) → (B, C), l2-normalised if configured.
+    pub fn pool(&self, last: &Tensor) -> Result<Tensor> {
+        l2_normalize_if(last.flatten_from(2)?.mean(D::Minus1)?, self.l2norm)
+    }
+
     /// (B, 3, H, W) → (B, 2048): global average pool of the last stage (l2-normalised if configured).
     pub fn forward(&self, x: &Tensor, train: bool) -> Result<Tensor> {
         let stages = self.stages(x, train)?;

@@ -24,8 +24,10 @@ use crate::encoders::check;
 use crate::encoders::glove::GloveEncoder;
 use crate::encoders::gpt2::Gpt2Encoder;
 use crate::encoders::hub::{self, Backbone};
+use crate::encoders::mel_cnn::{AudioSparseSpec, MelCnn};
 use crate::encoders::resnet::Config as ResNetConfig;
 use crate::encoders::resnet::ResNet50;
+use crate::encoders::resnet_frames::{FramesResNet, SparseSpec};
 use crate::encoders::roberta::RobertaEncoder;
 use crate::encoders::vocal_net::VocalNet;
 use crate::encoders::wav2vec2::Wav2Vec2Encoder;
@@ -106,12 +108,16 @@ enum AudioModule {
     Wav2vec2(Wav2Vec2Encoder),
     /// One vector per frame's window (B, T, A), for the LSTM fusion.
     VocalNet(VocalNet),
+    /// MESM's log-mel CNN; its sparse attention's query is the text vector.
+    MelCnn(MelCnn),
 }
 
 pub struct Model {
     pub store: ParamStore,
     text: Option<TextModule>,
     visual: Option<ResNet50>,
+    /// MESM's per-frame ResNet (`resnet50_frames`), built after the encoders whose vectors are its query.
+    frames: Option<FramesResNet>,
     audio: Option<AudioModule>,
     fusion: Fusion,
     head: Head,
@@ -120,7 +126,7 @@ pub struct Model {
     pub classes: usize,
     device: Device,
     /// The mosaic's frames (`visual_frames`): the time steps of a per-step fusion.
-    frames: usize,
+    time_steps: usize,
 }
 
 impl Model {
@@ -227,7 +233,10 @@ impl Model {
                 dims.push(encoder.out_features());
                 Some(encoder)
             }
+            VisualEncoder::Resnet50Frames => None,
         };
+        // where the per-frame ResNet's vector goes among the modalities (text, visual, audio)
+        let frames_at = dims.len();
         let audio = match config.modules_audio_encoder {
             AudioEncoder::None => None,
             AudioEncoder::Waveform => {
@@ -277,6 +286,39 @@ impl Model {
                 dims.push(encoder.out_features());
                 Some(AudioModule::VocalNet(encoder))
             }
+            AudioEncoder::MelCnn => {
+                let sparse = config.audio_sparse_nucleus_p.map(|p| AudioSparseSpec {
+                    stage: config.audio_sparse_stage(),
+                    // the text vector (validated: a text encoder exists, and comes first)
+                    query: dims.first().copied().unwrap_or(0),
+                    features: config.visual_sparse_features(),
+                    p,
+                });
+                let encoder = MelCnn::new(&mut store, crate::encoders::mel_cnn::WIDTHS, sparse)?;
+                names.push("audio");
+                dims.push(encoder.out_features());
+                Some(AudioModule::MelCnn(encoder))
+            }
+        };
+        let frames = match config.modules_visual_encoder {
+            VisualEncoder::Resnet50Frames => {
+                let sparse = config.visual_sparse_nucleus_p.map(|p| SparseSpec {
+                    stage: config.visual_sparse_stage(),
+                    query: dims.iter().sum(),
+                    features: config.visual_sparse_features(),
+                    p: Some(p),
+                });
+                let encoder = FramesResNet::new(
+                    &mut store,
+                    backbones.resnet50.as_deref(),
+                    sparse,
+                    config.visual_l2norm,
+                )?;
+                names.insert(frames_at, "visual");
+                dims.insert(frames_at, encoder.out_features());
+                Some(encoder)
+            }
+            _ => None,
         };
         let fusion = match config.modules_fusion {
             FusionKind::Concat => Fusion::concat(&dims),
@@ -356,13 +398,14 @@ impl Model {
             store,
             text,
             visual,
+            frames,
             audio,
             fusion,
             head,
             sentiment_head,
             classes,
             device: device.clone(),
-            frames: config.visual_frames(),
+            time_steps: config.visual_frames(),
         })
     }
 
@@ -393,9 +436,6 @@ impl Model {
         let sequences = self.fusion.needs_sequences();
         let mut embeddings = Vec::new();
         let mut states = Vec::new();
-        // which modality each embedding and each sequence is, for the feature-spread diagnostic
-        let mut embedding_names = Vec::new();
-        let mut state_names = Vec::new();
         match &self.text {
             None => {}
             Some(TextModule::Glove(encoder)) => {
@@ -436,13 +476,6 @@ impl Model {
                 }
             }
         }
-        tag(
-            "text",
-            &embeddings,
-            &states,
-            &mut embedding_names,
-            &mut state_names,
-        );
         if let Some(visual) = &self.visual {
             let x = batch
                 .visual
@@ -450,18 +483,12 @@ impl Model {
                 .ok_or_else(|| Error::Other("batch without images for the visual encoder".into()))?
                 .to_device(&self.device)?;
             if self.fusion.per_step() {
-                embeddings.push(frame_features(visual, &x, self.frames, ctx.train)?);
+                embeddings.push(frame_features(visual, &x, self.time_steps, ctx.train)?);
             } else {
                 embeddings.push(visual.forward(&x, ctx.train)?);
             }
         }
-        tag(
-            "visual",
-            &embeddings,
-            &states,
-            &mut embedding_names,
-            &mut state_names,
-        );
+        let frames_at = embeddings.len();
         if let Some(audio) = &self.audio {
             let x = batch
                 .audio
@@ -478,15 +505,27 @@ impl Model {
                 }
                 AudioModule::Wav2vec2(encoder) => embeddings.push(encoder.forward(&x, ctx.train)?),
                 AudioModule::VocalNet(encoder) => embeddings.push(encoder.forward(&x)?),
+                AudioModule::MelCnn(encoder) => {
+                    // the text vector comes first among the embeddings
+                    let query = embeddings.first().cloned();
+                    embeddings.push(encoder.forward(&x, query.as_ref(), ctx.train)?)
+                }
             }
         }
-        tag(
-            "audio",
-            &embeddings,
-            &states,
-            &mut embedding_names,
-            &mut state_names,
-        );
+        if let Some(frames) = &self.frames {
+            let x = batch
+                .visual
+                .as_ref()
+                .ok_or_else(|| Error::Other("batch without images for the visual encoder".into()))?
+                .to_device(&self.device)?;
+            // the query: the other modalities' vectors (text, audio), as the fusion receives them
+            let query = match frames.needs_query() {
+                true => Some(Tensor::cat(&embeddings, 1)?),
+                false => None,
+            };
+            let v = frames.forward(&x, query.as_ref(), ctx.train)?;
+            embeddings.insert(frames_at, v);
+        }
         let fused = if sequences {
             self.fusion.forward_sequences(&states)?
         } else {
@@ -495,7 +534,7 @@ impl Model {
         let mut out = self.head.forward(&fused, ctx)?;
         if !ctx.train {
             // measured in eval mode only (`train::diagnostics`): training steps skip the extra ops
-            out.features = modality_features(&embedding_names, &embeddings, &state_names, &states)?;
+            out.features = self.modality_features(sequences, &embeddings, &states)?;
         }
         if let Some(head) = &self.sentiment_head {
             out.sentiment_logits = Some(head.forward(&fused, ctx)?.logits);
@@ -503,50 +542,67 @@ impl Model {
         Ok(out)
     }
 
+    /// Each modality's vector for the feature-spread diagnostic, detached: an encoder's output vector as it is, a
+    /// sequence as its mean over the real positions. The encoders give their vectors (or, for a fusion that reads
+    /// sequences, their sequences) in the order text, visual, audio.
+    fn modality_features(
+        &self,
+        sequences: bool,
+        embeddings: &[Tensor],
+        states: &[(Tensor, Tensor)],
+    ) -> Result<Vec<(&'static str, Tensor)>> {
+        let present: Vec<&'static str> = [
+            ("text", self.text.is_some()),
+            ("visual", self.visual.is_some() || self.frames.is_some()),
+            ("audio", self.audio.is_some()),
+        ]
+        .into_iter()
+        .filter_map(|(name, used)| used.then_some(name))
+        .collect();
+        let mut out = Vec::new();
+        if !sequences && present.len() == embeddings.len() {
+            for (name, x) in present.iter().zip(embeddings) {
+                out.push((*name, x.detach()));
+            }
+        } else if sequences && present.len() == states.len() {
+            for (name, (x, mask)) in present.iter().zip(states) {
+                let x = x.detach();
+                let mask = mask.to_dtype(x.dtype())?.unsqueeze(2)?;
+                let sum = x.broadcast_mul(&mask)?.sum(1)?;
+                let count = mask.sum(1)?.clamp(1f64, f64::MAX)?;
+                out.push((*name, sum.broadcast_div(&count)?));
+            }
+        } else {
+            tracing::debug!(
+                "feature spread: {} modalities, {} vectors, {} sequences: not measured",
+                present.len(),
+                embeddings.len(),
+                states.len()
+            );
+        }
+        Ok(out)
+    }
+
+    /// MESM's fraction of feature-map positions kept in the training forwards since the last call, by modality
+    /// (`{"visual": 0.41, "audio": 0.55}`; 1.0 for a dense CNN); `None` without MESM's CNNs.
+    pub fn mesm_kept_fraction(&self) -> Option<std::collections::BTreeMap<String, f64>> {
+        let mut kept = std::collections::BTreeMap::new();
+        if let Some(fraction) = self.frames.as_ref().and_then(|f| f.take_kept_fraction()) {
+            kept.insert("visual".to_string(), fraction);
+        }
+        if let Some(AudioModule::MelCnn(encoder)) = &self.audio {
+            if let Some(fraction) = encoder.take_kept_fraction() {
+                kept.insert("audio".to_string(), fraction);
+            }
+        }
+        (!kept.is_empty()).then_some(kept)
+    }
+
     /// Probabilities of a batch in evaluation mode, detached from any graph.
     pub fn predict(&self, batch: &Batch) -> Result<Tensor> {
         let mut ctx = Ctx::eval();
         Ok(self.forward(batch, &mut ctx)?.probs.detach())
     }
-}
-
-/// Names the vector or sequence an encoder just added (each adds at most one): `embedding_names` and
-/// `state_names` run beside `embeddings` and `states`.
-fn tag<T>(
-    name: &'static str,
-    embeddings: &[Tensor],
-    states: &[T],
-    embedding_names: &mut Vec<&'static str>,
-    state_names: &mut Vec<&'static str>,
-) {
-    if embedding_names.len() < embeddings.len() {
-        embedding_names.push(name);
-    } else if state_names.len() < states.len() {
-        state_names.push(name);
-    }
-}
-
-/// Each modality's vector for the feature-spread diagnostic, detached: an encoder's output vector as it is, a
-/// sequence as its mean over the real positions.
-fn modality_features(
-    embedding_names: &[&'static str],
-    embeddings: &[Tensor],
-    state_names: &[&'static str],
-    states: &[(Tensor, Tensor)],
-) -> Result<Vec<(&'static str, Tensor)>> {
-    let mut out: Vec<(&'static str, Tensor)> = embedding_names
-        .iter()
-        .zip(embeddings)
-        .map(|(name, x)| (*name, x.detach()))
-        .collect();
-    for (name, (x, mask)) in state_names.iter().zip(states) {
-        let x = x.detach();
-        let mask = mask.to_dtype(x.dtype())?.unsqueeze(2)?;
-        let sum = x.broadcast_mul(&mask)?.sum(1)?;
-        let count = mask.sum(1)?.clamp(1f64, f64::MAX)?;
-        out.push((name, sum.broadcast_div(&count)?));
-    }
-    Ok(out)
 }
 
 /// GPT-2 inputs of a batch of token-id rows: `(input_ids, attention_mask)` (B, L), padded on the right with

@@ -4,38 +4,21 @@
 //! hidden state the fused vector the head reads.
 //!
 //! The mosaic is T frames stacked top to bottom (`meld-etl extract`), resized whole (`visual_crop: full`) to
-//! (3, L, S): frame k is rows ⌊k·L/T⌋ … + ⌊L/T⌋ — [`split_frames`] cuts the first T·⌊L/T⌋ rows into T equal
-//! bands (the last row or so, under one pixel of the frame's share, is dropped).
+//! (3, L, S): frame k is rows ⌊k·L/T⌋ … + ⌊L/T⌋ ([`mosaic_frames`], the cut MESM's CNN uses too).
 
 use candle_core::Tensor;
 
 use crate::encoders::resnet::ResNet50;
+use crate::encoders::resnet_frames::mosaic_frames;
 use crate::error::{Error, Result};
 use crate::nn::lstm::Lstm;
 use crate::nn::params::ParamStore;
-
-/// The frames of a batch of mosaics: (B, C, H, W) → (B·T, C, ⌊H/T⌋, W), sample-major (sample b's frames are rows
-/// b·T … b·T + T − 1, in time order).
-pub fn split_frames(x: &Tensor, frames: usize) -> Result<Tensor> {
-    let (b, c, h, w) = x.dims4()?;
-    let band = h / frames.max(1);
-    if frames == 0 || band == 0 {
-        return Err(Error::Other(format!(
-            "cannot cut a {h}-row mosaic into {frames} frames"
-        )));
-    }
-    Ok(x.narrow(2, 0, band * frames)?
-        .reshape((b, c, frames, band, w))?
-        .permute((0, 2, 1, 3, 4))?
-        .contiguous()?
-        .reshape((b * frames, c, band, w))?)
-}
 
 /// The ResNet's pooled features of every frame: (B, C, H, W) → (B, T, F). BatchNorm's batch statistics (in
 /// training) are over all B·T frames.
 pub fn frame_features(resnet: &ResNet50, x: &Tensor, frames: usize, train: bool) -> Result<Tensor> {
     let b = x.dim(0)?;
-    let features = resnet.forward(&split_frames(x, frames)?, train)?;
+    let features = resnet.forward(&mosaic_frames(x, frames)?, train)?;
     Ok(features.reshape((b, frames, resnet.out_features()))?)
 }
 

@@ -7,6 +7,7 @@ pub mod frames_lstm;
 pub mod fusion;
 pub mod head;
 pub mod mixer;
+pub mod sparse_attention;
 
 pub use classifier::{pad_right, Backbones, Model};
 pub use head::{Head, HeadOutput};

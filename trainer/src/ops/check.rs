@@ -21,6 +21,7 @@ use candle_core::{DType, Device, Tensor, Var};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
+use super::nucleus;
 use super::{
     adamw, batch_norm, concat_l2, conv1d, conv2d, dropout, gelu, group_norm, layer_norm, linear,
     loss, peak_labels, pool, softmax, softmax_dropout, tensor_fusion, Kernel, Mask,
@@ -88,6 +89,7 @@ pub fn compare_with_cpu(device: &Device) -> Result<Vec<OpCheck>> {
         check_softmax(device)?,
         check_softmax_dropout(device)?,
         check_tensor_fusion(device)?,
+        check_nucleus(device)?,
     ];
     if on_cpu {
         for c in &mut checks {
@@ -867,6 +869,26 @@ fn check_tensor_fusion(device: &Device) -> Result<OpCheck> {
             &|d, _| Ok(vec![tensor_fusion::kernel(&d[0], &d[1])?]),
             &|d, _| Ok(vec![tensor_fusion::generic(&d[0], &d[1])?]),
             &|d, _| Ok(vec![tensor_fusion::tensor_fusion(&d[0], &d[1])?]),
+        )?;
+    }
+    Ok(report.finish())
+}
+
+/// Masks only (no gradient), at both of MESM's p and over a width of several generic chunks' rows.
+fn check_nucleus(device: &Device) -> Result<OpCheck> {
+    let mut report = Report::new("nucleus", device, false)?;
+    let scores =
+        candle_nn::ops::softmax(&seeded(&[37, 576], 4.0, 0.0, 141)?, candle_core::D::Minus1)?;
+    for p in [0.5, 0.7] {
+        case(
+            &mut report,
+            &format!("(37, 576) p {p}"),
+            device,
+            &[],
+            &[&scores],
+            &|_, s| Ok(vec![nucleus::kernel(&s[0], p)?]),
+            &|_, s| Ok(vec![nucleus::generic(&s[0], p)?]),
+            &|_, s| Ok(vec![nucleus::nucleus_mask(&s[0], p)?]),
         )?;
     }
     Ok(report.finish())

@@ -70,6 +70,8 @@ pub mod pool;
 pub mod softmax;
 pub mod softmax_dropout;
 pub mod tensor_fusion;
+// MESM's sparse cross-modal attention
+pub mod nucleus;
 
 pub use batch_norm::batch_norm;
 pub use concat_l2::{concat_l2_normalize, l2_normalize, l2_normalize_if};
@@ -80,6 +82,7 @@ pub use gelu::{gelu_erf, gelu_tanh};
 pub use group_norm::group_norm_per_channel;
 pub use layer_norm::layer_norm;
 pub use linear::linear;
+pub use nucleus::nucleus_mask;
 pub use peak_labels::peak_labels;
 pub use pool::max_pool_3x3_s2;
 pub use softmax::softmax;

@@ -10,7 +10,7 @@ use std::path::Path;
 use meld_shared::Split;
 
 use super::Job;
-use crate::config::{AudioEncoder, AudioInput, TextEncoder, VisualEncoder};
+use crate::config::{AudioEncoder, AudioInput, TextEncoder};
 use crate::data::dataset::{face_detector, SplitData, REFERENCE_CHANNELS, REFERENCE_RATE};
 use crate::encoders::check;
 use crate::encoders::hub::{Backbone, HubEnv};
@@ -217,7 +217,7 @@ pub fn check(jobs: &[Job], glove: Option<&Path>, device_problem: Option<&str>) -
                     Some(c.audio_model()),
                 ),
                 backbone(
-                    c.modules_visual_encoder == VisualEncoder::Resnet50,
+                    c.uses_visual(),
                     Backbone::Resnet50,
                     c.visual_model(),
                 ),

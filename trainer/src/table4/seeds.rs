@@ -13,8 +13,8 @@
 //! * `note`: what differs from the seed on MELD, or empty.
 //!
 //! Systems enter the table as they are implemented, under their own row numbers: TMN and its two fusion ablations
-//! (01–03), frames + voice + LSTM (10–11); MESM and the others come
-//! with their configs (not listed before).
+//! (01–03), MESM at p = 0.5 and 0.7 and its dense FE2E variant (04–06), faces + landmarks (07–09), frames + voice
+//! + LSTM from a pretrained and a scratch ResNet (10–11).
 //!
 //! [`Results::write_all`] writes `seeds.md`, `seeds.csv` (full precision, `ours_*` and `their_*` columns) and
 //! `seeds.png` (our weighted F1 per row, valid and test; the seeds' figures are not drawn: no common axis exists).
@@ -40,6 +40,9 @@ pub fn yaml(file: &str) -> Option<&'static str> {
         "tmn.yml" => include_str!("../../../configs/seeds/tmn.yml"),
         "tmn-concat.yml" => include_str!("../../../configs/seeds/tmn-concat.yml"),
         "tmn-xattn.yml" => include_str!("../../../configs/seeds/tmn-xattn.yml"),
+        "mesm-p05.yml" => include_str!("../../../configs/seeds/mesm-p05.yml"),
+        "mesm-p07.yml" => include_str!("../../../configs/seeds/mesm-p07.yml"),
+        "mesm-dense.yml" => include_str!("../../../configs/seeds/mesm-dense.yml"),
         "frames-lstm.yml" => include_str!("../../../configs/seeds/frames-lstm.yml"),
         "frames-lstm-scratch.yml" => include_str!("../../../configs/seeds/frames-lstm-scratch.yml"),
         _ => return None,
@@ -472,6 +475,8 @@ mod tests {
         let rows = rows().expect("the embedded seeds table parses");
         let names: Vec<&str> = rows.iter().map(|r| r.name.as_str()).collect();
         assert_eq!(names[..3], ["tmn", "tmn-concat", "tmn-xattn"]);
+        assert_eq!(names[3..6], ["mesm-p05", "mesm-p07", "mesm-dense"]);
+        assert!(rows[4].published.dataset.contains("IEMOCAP"));
         assert!(names.contains(&"frames-lstm") && names.contains(&"frames-lstm-scratch"));
         assert_eq!(rows[0].published.value, 0.844);
         assert!(rows[0].published.dataset.contains("KEMDy"));
@@ -519,7 +524,7 @@ mod tests {
                 test: None,
             },
         ];
-        let results = Results::new(&rows, &ours).unwrap();
+        let results = Results::new(&rows[..3], &ours).unwrap();
         let dir = tempfile::tempdir().unwrap();
         results.write_all(dir.path()).unwrap();
         let md = std::fs::read_to_string(dir.path().join("seeds.md")).unwrap();

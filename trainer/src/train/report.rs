@@ -54,6 +54,10 @@ pub struct EpochRecord {
     pub feature_variance: BTreeMap<String, f64>,
     #[serde(default)]
     pub feature_variance_share: BTreeMap<String, f64>,
+    /// MESM: the fraction of feature-map positions its sparse attention kept over the epoch's training steps, by
+    /// modality (1.0 for the dense FE2E CNN).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mesm_kept_fraction: Option<BTreeMap<String, f64>>,
 }
 
 #[derive(Debug, Clone, Serialize)]

@@ -530,7 +530,8 @@ pub fn train(prepared: Prepared, options: &TrainOptions) -> Result<(PathBuf, Sum
             break;
         }
         let epoch_start = Instant::now();
-        // the epoch's training steps are the measured region of its peak memory
+        model.mesm_kept_fraction(); // the epoch's count starts here (a dry run's step is not in it)
+                                    // the epoch's training steps are the measured region of its peak memory
         let memory = PeakMemory::start(device);
         let order = epoch_order(config, &prepared.train.labels, &mut rng.shuffle);
         let bar = progress_bar(&options.progress, steps_per_epoch as u64, epoch, epochs);
@@ -644,7 +645,15 @@ pub fn train(prepared: Prepared, options: &TrainOptions) -> Result<(PathBuf, Sum
                 .iter()
                 .map(|(name, s)| (name.clone(), s.share))
                 .collect(),
+            mesm_kept_fraction: model.mesm_kept_fraction(),
         };
+        if let Some(kept) = &record.mesm_kept_fraction {
+            let kept: Vec<String> = kept.iter().map(|(m, f)| format!("{m} {f:.3}")).collect();
+            tracing::info!(
+                "epoch {epoch}/{epochs}: MESM kept {} of the feature-map positions",
+                kept.join(", ")
+            );
+        }
         tracing::info!(
             "epoch {epoch}/{epochs}: train loss {:.4}, valid loss {:.4}, valid weighted F1 {:.4}, accuracy {:.4}{}",
             record.train_loss,
