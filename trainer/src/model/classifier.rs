@@ -108,6 +108,8 @@ pub struct Model {
     text: Option<TextModule>,
     visual: Option<ResNet50>,
     audio: Option<AudioModule>,
+    /// `visual_crop: faces`: seed system 3's face CNN and/or landmarks MLP (the visual modality).
+    faces: Option<super::face_net::FaceNet>,
     fusion: Fusion,
     head: Head,
     /// MELD's sentiment (3 classes), with a sentiment task.
@@ -213,6 +215,25 @@ impl Model {
                 dims.push(encoder.out_features());
                 Some(encoder)
             }
+            VisualEncoder::FaceCnn | VisualEncoder::FaceLandmarks | VisualEncoder::FaceCnnLandmarks => {
+                None
+            }
+        };
+        let faces = if config.uses_faces() {
+            let kind = config.modules_visual_encoder;
+            let encoder = super::face_net::FaceNet::new(
+                &mut store,
+                "visual",
+                (kind != VisualEncoder::FaceLandmarks).then_some(super::face_net::CNN_CHANNELS),
+                kind != VisualEncoder::FaceCnn,
+                config.face_size(),
+                config.face_features(),
+            )?;
+            names.push("visual");
+            dims.push(encoder.out_features());
+            Some(encoder)
+        } else {
+            None
         };
         let audio = match config.modules_audio_encoder {
             AudioEncoder::None => None,
@@ -325,6 +346,7 @@ impl Model {
             text,
             visual,
             audio,
+            faces,
             fusion,
             head,
             sentiment_head,
@@ -407,6 +429,17 @@ impl Model {
                 .ok_or_else(|| Error::Other("batch without images for the visual encoder".into()))?
                 .to_device(&self.device)?;
             embeddings.push(visual.forward(&x, ctx.train)?);
+        }
+        if let Some(faces) = &self.faces {
+            let inputs = batch.faces.as_ref().ok_or_else(|| {
+                Error::Other("batch without face crops for the face encoders".into())
+            })?;
+            let on_device = crate::data::face_crops::FaceBatch {
+                crops: inputs.crops.to_device(&self.device)?,
+                landmarks: inputs.landmarks.to_device(&self.device)?,
+                mask: inputs.mask.to_device(&self.device)?,
+            };
+            embeddings.push(faces.forward(&on_device)?);
         }
         if let Some(audio) = &self.audio {
             let x = batch
