@@ -7,8 +7,7 @@
 //!   flatten, a dense layer of `visual_out_features` (16) with sigmoid: the seed's "features". The ReLU is applied
 //!   after the pooling: max-pooling and ReLU commute (ReLU is monotone), so the values are the seed's, the
 //!   gradients too (a window's maximum gets the gradient either way, and ReLU zeroes it either way), on a quarter
-//!   of the elements; and the pooling's ties (candle's 2x2 max-pool sends the gradient to every tied maximum,
-//!   PyTorch to the first) are then between raw convolution outputs, not between ReLU's zeros.
+//!   of the elements. The pooling is [`ops::max_pool_2x2`] (candle's `max_pool2d` backward is wrong: see there).
 //! * [`LandmarksMlp`] — the seed split 68 dlib points into 8 face parts, each through a dense layer of 4
 //!   (sigmoid); RetinaFace gives 5 points, split the same way into 3 parts (eyes: points 1–2, nose: 3, mouth
 //!   corners: 4–5), each part's normalised coordinates through a dense layer of 4 (sigmoid), concatenated, two
@@ -78,7 +77,12 @@ impl FaceCnn {
         let mut convs = Vec::new();
         let mut cin = 1;
         for (i, cout) in channels.iter().enumerate() {
-            convs.push(Conv3x3::new(store, &format!("{name}.conv{}", i + 1), cin, *cout)?);
+            convs.push(Conv3x3::new(
+                store,
+                &format!("{name}.conv{}", i + 1),
+                cin,
+                *cout,
+            )?);
             cin = *cout;
         }
         let side = size / 8; // three 2x2 poolings, floored as PyTorch does
@@ -87,7 +91,12 @@ impl FaceCnn {
                 "face crops of {size} pixels leave nothing after three 2x2 poolings (at least 8)"
             )));
         }
-        let features = Linear::new(store, &format!("{name}.features"), cin * side * side, features)?;
+        let features = Linear::new(
+            store,
+            &format!("{name}.features"),
+            cin * side * side,
+            features,
+        )?;
         Ok(FaceCnn { convs, features })
     }
 
@@ -95,7 +104,7 @@ impl FaceCnn {
         let mut x = x.clone();
         for conv in &self.convs {
             // = max_pool(relu(conv(x))): see the module doc
-            x = conv.forward(&x)?.max_pool2d(2)?.relu()?;
+            x = ops::max_pool_2x2(&conv.forward(&x)?)?.relu()?;
         }
         sigmoid(&self.features.forward(&x.flatten_from(1)?)?)
     }
@@ -113,21 +122,44 @@ impl LandmarksMlp {
         let parts = PARTS
             .iter()
             .enumerate()
-            .map(|(i, (_, n))| Linear::new(store, &format!("{name}.part{}", i + 1), *n, PART_FEATURES))
+            .map(|(i, (_, n))| {
+                Linear::new(store, &format!("{name}.part{}", i + 1), *n, PART_FEATURES)
+            })
             .collect::<Result<Vec<_>>>()?;
         let dense = [
-            Linear::new(store, &format!("{name}.dense1"), PARTS.len() * PART_FEATURES, LANDMARK_HIDDEN)?,
-            Linear::new(store, &format!("{name}.dense2"), LANDMARK_HIDDEN, LANDMARK_HIDDEN)?,
+            Linear::new(
+                store,
+                &format!("{name}.dense1"),
+                PARTS.len() * PART_FEATURES,
+                LANDMARK_HIDDEN,
+            )?,
+            Linear::new(
+                store,
+                &format!("{name}.dense2"),
+                LANDMARK_HIDDEN,
+                LANDMARK_HIDDEN,
+            )?,
         ];
-        let features = Linear::new(store, &format!("{name}.features"), LANDMARK_HIDDEN, features)?;
-        Ok(LandmarksMlp { parts, dense, features })
+        let features = Linear::new(
+            store,
+            &format!("{name}.features"),
+            LANDMARK_HIDDEN,
+            features,
+        )?;
+        Ok(LandmarksMlp {
+            parts,
+            dense,
+            features,
+        })
     }
 
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let parts = PARTS
             .iter()
             .zip(&self.parts)
-            .map(|((start, n), layer)| sigmoid(&layer.forward(&x.narrow(D::Minus1, *start, *n)?)?))
+            .map(|((start, n), layer)| {
+                sigmoid(&layer.forward(&x.narrow(D::Minus1, *start, *n)?)?)
+            })
             .collect::<Result<Vec<_>>>()?;
         let mut h = Tensor::cat(&parts, D::Minus1)?;
         for layer in &self.dense {
@@ -165,7 +197,9 @@ impl FaceNet {
     ) -> Result<Self> {
         Ok(FaceNet {
             cnn: cnn
-                .map(|channels| FaceCnn::new(store, &format!("{name}.cnn"), channels, size, features))
+                .map(|channels| {
+                    FaceCnn::new(store, &format!("{name}.cnn"), channels, size, features)
+                })
                 .transpose()?,
             landmarks: landmarks
                 .then(|| LandmarksMlp::new(store, &format!("{name}.landmarks"), features))
