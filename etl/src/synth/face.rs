@@ -173,7 +173,10 @@ fn rotated(image: &image::RgbImage, centre: (f64, f64), degrees: f64) -> image::
     let (w, h) = image.dimensions();
     let (sin, cos) = degrees.to_radians().sin_cos();
     let at = |x: i64, y: i64| {
-        let p = image.get_pixel(x.clamp(0, w as i64 - 1) as u32, y.clamp(0, h as i64 - 1) as u32);
+        let p = image.get_pixel(
+            x.clamp(0, w as i64 - 1) as u32,
+            y.clamp(0, h as i64 - 1) as u32,
+        );
         p.0.map(f64::from)
     };
     image::RgbImage::from_fn(w, h, |x, y| {
@@ -185,7 +188,12 @@ fn rotated(image: &image::RgbImage, centre: (f64, f64), degrees: f64) -> image::
         let (fx, fy) = (sx - x0, sy - y0);
         let (x0, y0) = (x0 as i64, y0 as i64);
         let mut out = [0u8; 3];
-        let (a, b, c, d) = (at(x0, y0), at(x0 + 1, y0), at(x0, y0 + 1), at(x0 + 1, y0 + 1));
+        let (a, b, c, d) = (
+            at(x0, y0),
+            at(x0 + 1, y0),
+            at(x0, y0 + 1),
+            at(x0 + 1, y0 + 1),
+        );
         for k in 0..3 {
             let top = a[k] * (1.0 - fx) + b[k] * fx;
             let bottom = c[k] * (1.0 - fx) + d[k] * fx;

@@ -535,7 +535,9 @@ pub fn run(args: &SynthArgs) -> Result<SynthSummary> {
     let rolled: Vec<Arc<FacePatch>> = match (&args.face_image, args.face_box, args.face_cues) {
         (Some(photo), Some(face_box), true) => Emotion::ALL
             .iter()
-            .map(|e| FacePatch::from_photo_rolled(photo, face_box, face::roll_degrees(*e)).map(Arc::new))
+            .map(|e| {
+                FacePatch::from_photo_rolled(photo, face_box, face::roll_degrees(*e)).map(Arc::new)
+            })
             .collect::<Result<_>>()?,
         _ => Vec::new(),
     };

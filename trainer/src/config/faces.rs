@@ -75,7 +75,10 @@ impl Config {
             );
         }
         if self.visual_face_size.is_some() && !crop_faces {
-            return bad("visual_face_size", "applies to `visual_crop: faces` only".into());
+            return bad(
+                "visual_face_size",
+                "applies to `visual_crop: faces` only".into(),
+            );
         }
         // three 2x2 poolings: a side below 8 leaves no pixel
         if let Some(size) = self.visual_face_size.filter(|s| *s < 8) {
@@ -108,7 +111,10 @@ impl Config {
             } else {
                 "classifier_plateau_patience"
             };
-            return bad(key, "applies to `classifier_lr_scheduler: plateau` only".into());
+            return bad(
+                key,
+                "applies to `classifier_lr_scheduler: plateau` only".into(),
+            );
         }
         if let Some(f) = self.classifier_plateau_factor {
             // written so that NaN is rejected too (PyTorch: factor must be < 1)
@@ -127,10 +133,13 @@ impl Config {
 mod tests {
     use super::*;
 
-    const FACES: &str = "classifier_classes: [anger, joy]\nmodules_visual_encoder: face_cnn\nvisual_crop: faces\n";
+    const FACES: &str =
+        "classifier_classes: [anger, joy]\nmodules_visual_encoder: face_cnn\nvisual_crop: faces\n";
 
     fn err(text: &str) -> String {
-        Config::parse(Path::new("x.yml"), text).unwrap_err().to_string()
+        Config::parse(Path::new("x.yml"), text)
+            .unwrap_err()
+            .to_string()
     }
 
     #[test]
@@ -140,16 +149,31 @@ mod tests {
         assert_eq!((c.face_size(), c.face_features()), (48, 16));
         assert_eq!(c.plateau(), None);
         let e = err(&FACES.replace("visual_crop: faces\n", ""));
-        assert!(e.contains("modules_visual_encoder") && e.contains("visual_crop: faces"), "{e}");
-        let e = err("classifier_classes: [anger]\nmodules_visual_encoder: resnet50\nvisual_crop: faces\n");
+        assert!(
+            e.contains("modules_visual_encoder") && e.contains("visual_crop: faces"),
+            "{e}"
+        );
+        let e = err(
+            "classifier_classes: [anger]\nmodules_visual_encoder: resnet50\nvisual_crop: faces\n",
+        );
         assert!(e.contains("visual_crop"), "{e}");
         let e = err(&format!("{FACES}visual_face_size: 4\n"));
         assert!(e.contains("visual_face_size"), "{e}");
-        let e = err(&format!("{FACES}classifier_loss_fn: dice\nclassifier_class_weights: inverse_frequency\n"));
-        assert!(e.contains("classifier_class_weights") && e.contains("dice"), "{e}");
+        let e = err(&format!(
+            "{FACES}classifier_loss_fn: dice\nclassifier_class_weights: inverse_frequency\n"
+        ));
+        assert!(
+            e.contains("classifier_class_weights") && e.contains("dice"),
+            "{e}"
+        );
         let e = err(&format!("{FACES}classifier_plateau_patience: 3\n"));
-        assert!(e.contains("classifier_plateau_patience") && e.contains("plateau"), "{e}");
-        let e = err(&format!("{FACES}classifier_lr_scheduler: plateau\nclassifier_plateau_factor: 1.5\n"));
+        assert!(
+            e.contains("classifier_plateau_patience") && e.contains("plateau"),
+            "{e}"
+        );
+        let e = err(&format!(
+            "{FACES}classifier_lr_scheduler: plateau\nclassifier_plateau_factor: 1.5\n"
+        ));
         assert!(e.contains("classifier_plateau_factor"), "{e}");
         let e = err(&format!("{FACES}classifier_lr_scheduler: cosine\n"));
         assert!(e.contains("plateau") && e.contains("linear"), "{e}");

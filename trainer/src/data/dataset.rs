@@ -110,10 +110,14 @@ impl Preprocess {
                 samples: config.audio_samples(),
                 input: config.audio_input,
             }),
-            faces: config.uses_faces().then(|| crate::data::face_crops::FaceSpec {
-                size: config.face_size(),
-                crops: config.modules_visual_encoder != crate::config::VisualEncoder::FaceLandmarks,
-            }),
+            faces: config
+                .uses_faces()
+                .then(|| crate::data::face_crops::FaceSpec {
+                    size: config.face_size(),
+                    crops: config.modules_visual_encoder
+                        != crate::config::VisualEncoder::FaceLandmarks,
+                    landmark_stats: None,
+                }),
         }
     }
 }

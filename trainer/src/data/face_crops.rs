@@ -5,7 +5,8 @@
 //! Per frame: the highest-scoring face of the tile; its box (clamped to the tile) resized to S x S (Triangle
 //! filter, the box's aspect not kept: FER2013's faces are square crops of a similar region), grey by BT.601 luma
 //! (PIL's `convert("L")`), scaled to [0, 1]; and its landmarks as (x − x1)/(x2 − x1), (y − y1)/(y2 − y1) —
-//! position and size of the face removed, its geometry kept.
+//! position and size of the face removed, its geometry kept — standardised by the training faces' statistics
+//! ([`fit_landmark_stats`]).
 //!
 //! A frame without a face is a zero crop, zero landmarks and mask 0: the encoders average their per-frame
 //! features over the frames with a face only, and a row with no face in any frame gets the zero vector (and is
@@ -33,6 +34,59 @@ pub struct FaceSpec {
     pub size: usize,
     /// Whether the model reads the crops (not for landmarks alone: no image is decoded then).
     pub crops: bool,
+    /// Each landmark coordinate's mean and standard deviation over the training split's faces
+    /// ([`fit_landmark_stats`]): the coordinates are standardised with them.
+    pub landmark_stats: Option<LandmarkStats>,
+}
+
+/// Per-coordinate (mean, standard deviation) of the normalised landmarks.
+pub type LandmarkStats = ([f32; LANDMARK_VALUES], [f32; LANDMARK_VALUES]);
+
+/// Standardises the landmarks by the training split's statistics (`train`: its rows' faces, after
+/// [`SplitData::load_faces`]). Why: a face's pose moves its normalised landmarks by a few hundredths of the box;
+/// through the seed's chain of sigmoid layers such inputs barely move the features, and NN2 did not train on the
+/// synthetic data (it predicted the majority class) until its inputs had unit spread — as the mosaics are
+/// normalised with the training mosaics' statistics. Computed from the split at hand each time the data is
+/// prepared (the same training CSV gives the same numbers).
+pub fn fit_landmark_stats(prep: &mut super::Preprocess, train: &SplitData) {
+    let Some(spec) = prep.faces.as_mut() else {
+        return;
+    };
+    let frames: Vec<[f32; LANDMARK_VALUES]> = train
+        .faces
+        .iter()
+        .flat_map(|row| row.iter().flatten().map(box_normalised))
+        .collect();
+    if frames.len() < 2 {
+        return;
+    }
+    let n = frames.len() as f64;
+    let mut mean = [0f32; LANDMARK_VALUES];
+    let mut std = [1f32; LANDMARK_VALUES];
+    for k in 0..LANDMARK_VALUES {
+        let m = frames.iter().map(|f| f[k] as f64).sum::<f64>() / n;
+        let var = frames
+            .iter()
+            .map(|f| (f[k] as f64 - m).powi(2))
+            .sum::<f64>()
+            / (n - 1.0);
+        mean[k] = m as f32;
+        std[k] = var.sqrt().max(1e-3) as f32;
+    }
+    tracing::info!("landmarks standardised by the training faces: mean {mean:?}, std {std:?}");
+    spec.landmark_stats = Some((mean, std));
+}
+
+/// A face's landmarks as (x − x1)/(x2 − x1), (y − y1)/(y2 − y1).
+fn box_normalised(face: &FrameFace) -> [f32; LANDMARK_VALUES] {
+    let [x1, y1, x2, y2] = face.bbox;
+    let (w, h) = ((x2 - x1).max(1e-3), (y2 - y1).max(1e-3));
+    let mut out = [0f32; LANDMARK_VALUES];
+    for k in 0..5 {
+        out[2 * k] = (face.landmarks[2 * k] - x1) / w;
+        out[2 * k + 1] = (face.landmarks[2 * k + 1] - y1) / h;
+    }
+    out
 }
 
 /// One detected face of a frame, in mosaic pixels.
@@ -94,7 +148,11 @@ pub fn read_faces(path: &Path) -> Result<HashMap<(u32, u32), RowFaces>> {
         value_columns.push(column(&format!("lm{k}_x"))?);
         value_columns.push(column(&format!("lm{k}_y"))?);
     }
-    let (dialogue, utterance, tile) = (column("dialogue_id")?, column("utterance_id")?, column("tile")?);
+    let (dialogue, utterance, tile) = (
+        column("dialogue_id")?,
+        column("utterance_id")?,
+        column("tile")?,
+    );
     let mut faces: HashMap<(u32, u32), RowFaces> = HashMap::new();
     for (i, record) in reader.records().enumerate() {
         let line = i + 2;
@@ -104,24 +162,39 @@ pub fn read_faces(path: &Path) -> Result<HashMap<(u32, u32), RowFaces>> {
             field(c).parse::<u32>().map_err(|_| {
                 Error::data(
                     path,
-                    format!("line {line}, column `{}`: expected an integer, found `{}`", &headers[c], field(c)),
+                    format!(
+                        "line {line}, column `{}`: expected an integer, found `{}`",
+                        &headers[c],
+                        field(c)
+                    ),
                 )
             })
         };
         let mut v = [0f32; 15];
         for (slot, c) in v.iter_mut().zip(&value_columns) {
-            *slot = field(*c).parse::<f32>().ok().filter(|x| x.is_finite()).ok_or_else(|| {
-                Error::data(
-                    path,
-                    format!("line {line}, column `{}`: expected a number, found `{}`", &headers[*c], field(*c)),
-                )
-            })?;
+            *slot = field(*c)
+                .parse::<f32>()
+                .ok()
+                .filter(|x| x.is_finite())
+                .ok_or_else(|| {
+                    Error::data(
+                        path,
+                        format!(
+                            "line {line}, column `{}`: expected a number, found `{}`",
+                            &headers[*c],
+                            field(*c)
+                        ),
+                    )
+                })?;
         }
         let t = int(tile)? as usize;
         if t >= FRAMES {
             return Err(Error::data(
                 path,
-                format!("line {line}: tile {t}, but the mosaics have {FRAMES} frames (tiles 0 to {})", FRAMES - 1),
+                format!(
+                    "line {line}: tile {t}, but the mosaics have {FRAMES} frames (tiles 0 to {})",
+                    FRAMES - 1
+                ),
             ));
         }
         let face = FrameFace {
@@ -143,7 +216,12 @@ pub fn load_split_faces(data: &SplitData) -> Result<Vec<RowFaces>> {
     Ok(data
         .rows
         .iter()
-        .map(|r| faces.get(&(r.dialogue, r.sequence)).copied().unwrap_or_default())
+        .map(|r| {
+            faces
+                .get(&(r.dialogue, r.sequence))
+                .copied()
+                .unwrap_or_default()
+        })
         .collect())
 }
 
@@ -205,23 +283,29 @@ pub fn crop_faces(mosaic: &Path, faces: &RowFaces, size: usize) -> Result<Vec<f3
     Ok(out)
 }
 
-/// Each frame's landmarks normalised to its face box (zeros where a frame has none), frame after frame.
-pub fn normalised_landmarks(faces: &RowFaces) -> Vec<f32> {
+/// Each frame's landmarks normalised to its face box, then standardised by `stats` when given (zeros where a
+/// frame has none), frame after frame.
+pub fn normalised_landmarks(faces: &RowFaces, stats: Option<&LandmarkStats>) -> Vec<f32> {
     let mut out = vec![0f32; FRAMES * LANDMARK_VALUES];
     for (f, face) in faces.iter().enumerate() {
         let Some(face) = face else { continue };
-        let [x1, y1, x2, y2] = face.bbox;
-        let (w, h) = ((x2 - x1).max(1e-3), (y2 - y1).max(1e-3));
-        for k in 0..5 {
-            out[f * LANDMARK_VALUES + 2 * k] = (face.landmarks[2 * k] - x1) / w;
-            out[f * LANDMARK_VALUES + 2 * k + 1] = (face.landmarks[2 * k + 1] - y1) / h;
+        let values = box_normalised(face);
+        for k in 0..LANDMARK_VALUES {
+            out[f * LANDMARK_VALUES + k] = match stats {
+                Some((mean, std)) => (values[k] - mean[k]) / std[k],
+                None => values[k],
+            };
         }
     }
     out
 }
 
 /// The face inputs of a batch's rows; also how many rows have no face in any frame (or no mosaic).
-pub fn face_batch(data: &SplitData, spec: FaceSpec, indices: &[usize]) -> Result<(FaceBatch, usize)> {
+pub fn face_batch(
+    data: &SplitData,
+    spec: FaceSpec,
+    indices: &[usize],
+) -> Result<(FaceBatch, usize)> {
     use rayon::prelude::*;
     // without the CNN, 1-pixel zero crops: no mosaic is decoded
     let s = if spec.crops { spec.size } else { 1 };
@@ -238,8 +322,15 @@ pub fn face_batch(data: &SplitData, spec: FaceSpec, indices: &[usize]) -> Result
                 Some(cell) if spec.crops => crop_faces(&media_path(&data.csv, cell), faces, s)?,
                 _ => vec![0f32; FRAMES * s * s],
             };
-            let mask = faces.iter().map(|f| f32::from(u8::from(f.is_some()))).collect();
-            Ok((crops, normalised_landmarks(faces), mask))
+            let mask = faces
+                .iter()
+                .map(|f| f32::from(u8::from(f.is_some())))
+                .collect();
+            Ok((
+                crops,
+                normalised_landmarks(faces, spec.landmark_stats.as_ref()),
+                mask,
+            ))
         })
         .collect::<Result<_>>()?;
     let b = indices.len();
@@ -284,13 +375,25 @@ mod tests {
         let faces = read_faces(&path).unwrap();
         let row = faces[&(0, 1)];
         assert!(row[0].is_none() && row[2].is_some_and(|f| f.score == 0.9));
-        let lm = normalised_landmarks(&row);
-        assert_eq!(&lm[20..30], &[0.25, 0.2, 0.75, 0.2, 0.5, 0.5, 0.3, 0.8, 0.7, 0.8]);
+        let lm = normalised_landmarks(&row, None);
+        assert_eq!(
+            &lm[20..30],
+            &[0.25, 0.2, 0.75, 0.2, 0.5, 0.5, 0.3, 0.8, 0.7, 0.8]
+        );
         assert!(lm[..20].iter().all(|v| *v == 0.0));
-        std::fs::write(&path, format!("{header}train,0,1,2,10,x,50,540,0.9,20,500,40,500,30,515,22,530,38,530\n")).unwrap();
+        std::fs::write(
+            &path,
+            format!("{header}train,0,1,2,10,x,50,540,0.9,20,500,40,500,30,515,22,530,38,530\n"),
+        )
+        .unwrap();
         let e = read_faces(&path).unwrap_err().to_string();
-        assert!(e.contains("faces.csv") && e.contains("line 2") && e.contains("y1"), "{e}");
-        let e = read_faces(&dir.path().join("none.csv")).unwrap_err().to_string();
+        assert!(
+            e.contains("faces.csv") && e.contains("line 2") && e.contains("y1"),
+            "{e}"
+        );
+        let e = read_faces(&dir.path().join("none.csv"))
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("--faces"), "{e}");
     }
 
@@ -307,11 +410,19 @@ mod tests {
             }
         });
         img.save(&path).unwrap();
-        let face = FrameFace { score: 1.0, bbox: [10.0, 25.0, 20.0, 35.0], landmarks: [0.0; 10] };
+        let face = FrameFace {
+            score: 1.0,
+            bbox: [10.0, 25.0, 20.0, 35.0],
+            landmarks: [0.0; 10],
+        };
         let faces: RowFaces = [None, Some(face), None, None, None];
         let crops = crop_faces(&path, &faces, 8).unwrap();
         assert_eq!(crops.len(), 5 * 64);
-        assert!(crops[64..128].iter().all(|v| (*v - 1.0).abs() < 1e-4), "{:?}", &crops[64..128]);
+        assert!(
+            crops[64..128].iter().all(|v| (*v - 1.0).abs() < 1e-4),
+            "{:?}",
+            &crops[64..128]
+        );
         assert!(crops[..64].iter().chain(&crops[128..]).all(|v| *v == 0.0));
     }
 }

@@ -215,9 +215,9 @@ impl Model {
                 dims.push(encoder.out_features());
                 Some(encoder)
             }
-            VisualEncoder::FaceCnn | VisualEncoder::FaceLandmarks | VisualEncoder::FaceCnnLandmarks => {
-                None
-            }
+            VisualEncoder::FaceCnn
+            | VisualEncoder::FaceLandmarks
+            | VisualEncoder::FaceCnnLandmarks => None,
         };
         let faces = if config.uses_faces() {
             let kind = config.modules_visual_encoder;

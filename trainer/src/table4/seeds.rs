@@ -473,7 +473,14 @@ mod tests {
         let names: Vec<&str> = rows.iter().map(|r| r.name.as_str()).collect();
         assert_eq!(
             names,
-            ["tmn", "tmn-concat", "tmn-xattn", "faces-cnn", "faces-landmarks", "faces"]
+            [
+                "tmn",
+                "tmn-concat",
+                "tmn-xattn",
+                "faces-cnn",
+                "faces-landmarks",
+                "faces"
+            ]
         );
         assert_eq!(rows[3].label(), "07");
         assert!(rows[5].published.dataset.contains("FER2013"));

@@ -12,7 +12,7 @@
 
 use candle_core::{Tensor, D};
 
-use crate::error::{Error, Result};
+use crate::error::Result;
 
 /// Weights `max n / n_c` of the classes of `labels` (indices below `classes`).
 pub fn inverse_frequency(labels: &[usize], classes: usize) -> Vec<f32> {
@@ -25,7 +25,13 @@ pub fn inverse_frequency(labels: &[usize], classes: usize) -> Vec<f32> {
     let largest = counts.iter().copied().max().unwrap_or(0) as f64;
     counts
         .iter()
-        .map(|n| if *n == 0 { 0.0 } else { (largest / *n as f64) as f32 })
+        .map(|n| {
+            if *n == 0 {
+                0.0
+            } else {
+                (largest / *n as f64) as f32
+            }
+        })
         .collect()
 }
 
@@ -33,18 +39,19 @@ pub fn inverse_frequency(labels: &[usize], classes: usize) -> Vec<f32> {
 pub fn weighted_targets(y: &Tensor, weights: &Tensor) -> Result<Tensor> {
     let b = y.dim(0)? as f64;
     let yw = y.broadcast_mul(weights)?;
-    let total = yw.sum_all()?.to_scalar::<f32>()? as f64;
-    if !(total > 0.0) {
-        return Err(Error::Other(format!(
-            "class-weighted loss: the batch's targets weigh {total} in all (every row of a class of weight 0?)"
-        )));
-    }
-    Ok((yw * (b / total))?)
+    // on the device, no read back: a training batch always weighs > 0 (only classes without a training row
+    // weigh 0, and training batches hold training rows)
+    let total = yw.sum_all()?;
+    Ok(yw.broadcast_div(&total)?.affine(b, 0.0)?)
 }
 
 /// The weighted cross-entropy on logits (B, C) straight from its definition, composed of candle ops: the
 /// reference [`weighted_targets`] is tested against.
-pub fn weighted_cross_entropy_generic(logits: &Tensor, y: &Tensor, weights: &Tensor) -> Result<Tensor> {
+pub fn weighted_cross_entropy_generic(
+    logits: &Tensor,
+    y: &Tensor,
+    weights: &Tensor,
+) -> Result<Tensor> {
     let log_p = candle_nn::ops::log_softmax(logits, D::Minus1)?;
     let yw = y.broadcast_mul(weights)?;
     let numerator = (yw.clone() * log_p)?.sum_all()?.neg()?;
@@ -58,14 +65,19 @@ mod tests {
 
     #[test]
     fn weights_are_largest_count_over_count() {
-        assert_eq!(inverse_frequency(&[0, 0, 0, 0, 1, 1, 2], 4), [1.0, 2.0, 4.0, 0.0]);
+        assert_eq!(
+            inverse_frequency(&[0, 0, 0, 0, 1, 1, 2], 4),
+            [1.0, 2.0, 4.0, 0.0]
+        );
     }
 
     #[test]
     fn rescaled_targets_give_the_weighted_loss_and_gradient() {
         let dev = Device::Cpu;
         let x = Var::from_vec(
-            vec![0.3f32, -1.0, 2.0, 0.5, 0.1, -0.4, 1.2, 0.0, 0.7, -2.0, 0.2, 0.9],
+            vec![
+                0.3f32, -1.0, 2.0, 0.5, 0.1, -0.4, 1.2, 0.0, 0.7, -2.0, 0.2, 0.9,
+            ],
             (4, 3),
             &dev,
         )
@@ -77,12 +89,32 @@ mod tests {
         )
         .unwrap();
         let w = Tensor::new(&[1f32, 2.5, 4.0], &dev).unwrap();
-        let fused = crate::ops::loss::cross_entropy(&x, &weighted_targets(&y, &w).unwrap()).unwrap();
+        let fused =
+            crate::ops::loss::cross_entropy(&x, &weighted_targets(&y, &w).unwrap()).unwrap();
         let generic = weighted_cross_entropy_generic(&x, &y, &w).unwrap();
-        let (a, b) = (fused.to_scalar::<f32>().unwrap(), generic.to_scalar::<f32>().unwrap());
+        let (a, b) = (
+            fused.to_scalar::<f32>().unwrap(),
+            generic.to_scalar::<f32>().unwrap(),
+        );
         assert!((a - b).abs() < 1e-6, "{a} {b}");
-        let ga = fused.backward().unwrap().get(&x).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap();
-        let gb = generic.backward().unwrap().get(&x).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        let ga = fused
+            .backward()
+            .unwrap()
+            .get(&x)
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1::<f32>()
+            .unwrap();
+        let gb = generic
+            .backward()
+            .unwrap()
+            .get(&x)
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1::<f32>()
+            .unwrap();
         for (p, q) in ga.iter().zip(&gb) {
             assert!((p - q).abs() < 1e-6, "{ga:?} {gb:?}");
         }

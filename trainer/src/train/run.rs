@@ -111,6 +111,8 @@ pub fn prepare(
         data.load_faces(&prep)?;
         splits.push(data);
     }
+    let mut prep = prep;
+    crate::data::face_crops::fit_landmark_stats(&mut prep, &splits[0]);
     let (mut vocab, mut glove_file) = (None, None);
     if config.config.modules_text_encoder == TextEncoder::Glove {
         let dim = config.config.text_out_features.unwrap_or(50).max(1) as usize;
@@ -425,7 +427,8 @@ pub fn train(prepared: Prepared, options: &TrainOptions) -> Result<(PathBuf, Sum
     let mut loss_fn = Loss::new(config);
     if config.classifier_class_weights.is_some() {
         // seed system 3: weights from the training split's class counts, logged and kept in the run folder
-        let weights = super::class_weights::inverse_frequency(&prepared.train.labels, model.classes);
+        let weights =
+            super::class_weights::inverse_frequency(&prepared.train.labels, model.classes);
         tracing::info!("class weights (classifier_class_weights): {weights:?}");
         let named: BTreeMap<&str, f32> = prepared
             .classes
