@@ -56,7 +56,7 @@ test: system-deps models
 # onto its generic path (ERC_OPS=generic; the op unit tests compare both paths in every run).
 # ERC_EXPECT_OPS=generic: the tests then check that no CPU kernel ran (a lost ERC_OPS cannot pass unnoticed).
 test-generic:
-	ERC_OPS=generic ERC_EXPECT_OPS=generic $(CARGO) test --release --workspace --test backbones --test resnet_parity --test gradients --test reference_fixtures --test backbone_configs --test seeds --test seeds_lstm --test seeds_mesm
+	ERC_OPS=generic ERC_EXPECT_OPS=generic $(CARGO) test --release --workspace --test backbones --test resnet_parity --test gradients --test reference_fixtures --test backbone_configs --test seeds --test seeds_lstm --test seeds_mesm --test seeds_faces
 	ERC_OPS=generic ERC_EXPECT_OPS=generic $(CARGO) test --release --workspace --test train small_resnet_model_trains_and_its_loss_falls
 
 glove: models/glove.6B.50d.txt

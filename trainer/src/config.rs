@@ -57,6 +57,10 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
 
+/// Seed system 3's keys (faces, landmarks, class weights, the plateau scheduler): their checks and accessors.
+mod faces;
+pub use faces::{DEFAULT_FACE_SIZE, DEFAULT_PLATEAU_FACTOR, DEFAULT_PLATEAU_PATIENCE};
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum TextEncoder {
@@ -74,6 +78,12 @@ pub enum VisualEncoder {
     /// ResNet-50 on each of the mosaic's 5 frames, the frames' vectors averaged (MESM's visual CNN; FE2E without
     /// `visual_sparse_nucleus_p`).
     Resnet50Frames,
+    /// Seed system 3's NN1: a small CNN on each frame's grey face crop (`visual_crop: faces`).
+    FaceCnn,
+    /// Seed system 3's NN2: an MLP on each frame's 5 RetinaFace landmarks, normalised to the face box.
+    FaceLandmarks,
+    /// Both, their feature vectors concatenated (the seed's feature-level fusion).
+    FaceCnnLandmarks,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -117,6 +127,28 @@ pub enum VisualCrop {
     Reference,
     /// The whole resized mosaic.
     Full,
+    /// Each frame's face as `faces.csv` locates it (`meld-etl extract --faces`): a grey square crop of
+    /// `visual_face_size` pixels and the 5 landmarks; for the face encoders only.
+    Faces,
+}
+
+/// `classifier_class_weights`: per-class weights of the cross-entropy.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ClassWeights {
+    /// The largest training-class count divided by each class's count (seed system 3).
+    InverseFrequency,
+}
+
+/// `classifier_lr_scheduler`: how the learning rate moves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LrScheduler {
+    /// Linear warm-up over `classifier_warmup_steps`, then linear decay to 0 (the reference; the default).
+    Linear,
+    /// Constant, cut by `classifier_plateau_factor` when the validation loss has not improved for
+    /// `classifier_plateau_patience` epochs (PyTorch `ReduceLROnPlateau`, mode min, threshold 1e-4 rel).
+    Plateau,
 }
 
 /// What attention layers attend over (docs/reference.md quirk Q7).
@@ -443,6 +475,17 @@ pub struct Config {
     pub audio_sparse_nucleus_p: Option<f64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub audio_sparse_stage: Option<usize>,
+    // ---- seed system 3 (faces + landmarks) and its trainer options ----
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub classifier_class_weights: Option<ClassWeights>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub classifier_lr_scheduler: Option<LrScheduler>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub classifier_plateau_factor: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub classifier_plateau_patience: Option<usize>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub visual_face_size: Option<usize>,
 }
 
 /// Where the pretrained backbones come from, when the command line says (`--text-model`, `--audio-model`,
@@ -975,6 +1018,7 @@ impl Config {
                 ),
             );
         }
+        self.validate_faces(path)?;
         Ok(())
     }
 

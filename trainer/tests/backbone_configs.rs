@@ -141,6 +141,7 @@ fn batch(config: &Config, vocab: Option<&GloveVocab>) -> Batch {
             Vec::new()
         },
         missing: MediaCounts::default(),
+        faces: None,
     }
 }
 

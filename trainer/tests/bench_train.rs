@@ -76,6 +76,7 @@ fn batch(rng: &mut ChaCha8Rng, text: bool, audio: Option<usize>) -> Batch {
         labels: (0..BATCH).map(|_| rng.gen_range(0..CLASSES)).collect(),
         sentiments: Vec::new(),
         missing: MediaCounts::default(),
+        faces: None,
     }
 }
 

@@ -63,6 +63,7 @@ fn batch(b: usize, audio: usize, visual: Option<(usize, usize)>) -> Batch {
         labels: (0..b).map(|i| [3, 5, 6, 3, 4, 5][i % 6]).collect(),
         sentiments: Vec::new(),
         missing: MediaCounts::default(),
+        faces: None,
     }
 }
 
@@ -118,6 +119,7 @@ fn check_family(name: &str, yaml: &str, b: usize, visual: Option<(usize, usize)>
             warmup_steps: 0,
             total_steps: 100,
             max_grad_norm: 1.0,
+            constant: false,
         },
     )
     .unwrap();

@@ -127,6 +127,7 @@ fn adamw_schedule_and_clipping_match_pytorch() {
             warmup_steps: h["warmup_steps"].as_u64().unwrap() as usize,
             total_steps: h["total_steps"].as_u64().unwrap() as usize,
             max_grad_norm: h["max_grad_norm"].as_f64().unwrap(),
+            constant: false,
         },
     )
     .unwrap();

@@ -294,6 +294,7 @@ fn visual_pretrained_loads_or_reinitialises_the_checkpoints_network() {
         labels: vec![0, 1],
         sentiments: Vec::new(),
         missing: Default::default(),
+        faces: None,
     };
     let probs = model.predict(&batch).unwrap();
     assert_eq!(probs.dims(), [2, 7]);

@@ -44,9 +44,19 @@ pub struct FacePatch {
 impl FacePatch {
     /// Crops `photo` around `face_box` (photo pixels) and scales it for 1280x720 clips.
     pub fn from_photo(photo: &Path, face_box: [f64; 4]) -> Result<Self> {
-        let image = image::open(photo)
+        Self::from_photo_rolled(photo, face_box, 0.0)
+    }
+
+    /// [`FacePatch::from_photo`] with the head rolled by `degrees` (clockwise on screen) about the face's
+    /// centre first (`synth --face-cues`); the recorded face box stays the upright one.
+    pub fn from_photo_rolled(photo: &Path, face_box: [f64; 4], degrees: f64) -> Result<Self> {
+        let mut image = image::open(photo)
             .with_context(|| format!("reading {}", photo.display()))?
             .to_rgb8();
+        if degrees != 0.0 {
+            let [x1, y1, x2, y2] = face_box;
+            image = rotated(&image, ((x1 + x2) / 2.0, (y1 + y2) / 2.0), degrees);
+        }
         let (pw, ph) = (image.width() as f64, image.height() as f64);
         let [x1, y1, x2, y2] = face_box;
         if x2 > pw || y2 > ph {
@@ -142,9 +152,71 @@ impl FacePatch {
     }
 }
 
+/// The head roll of `synth --face-cues` for a clip whose visual cue is `emotion`: 8° steps from −24° to 24°,
+/// upright for neutral. RetinaFace finds faces rolled this far; the landmarks' geometry relative to the box and
+/// the crop's look both carry it.
+pub fn roll_degrees(emotion: meld_shared::Emotion) -> f64 {
+    use meld_shared::Emotion::*;
+    match emotion {
+        Anger => -24.0,
+        Disgust => -16.0,
+        Fear => -8.0,
+        Neutral => 0.0,
+        Joy => 8.0,
+        Sadness => 16.0,
+        Surprise => 24.0,
+    }
+}
+
+/// `image` rotated by `degrees` about `centre` (bilinear; pixels from outside take the nearest edge's).
+fn rotated(image: &image::RgbImage, centre: (f64, f64), degrees: f64) -> image::RgbImage {
+    let (w, h) = image.dimensions();
+    let (sin, cos) = degrees.to_radians().sin_cos();
+    let at = |x: i64, y: i64| {
+        let p = image.get_pixel(
+            x.clamp(0, w as i64 - 1) as u32,
+            y.clamp(0, h as i64 - 1) as u32,
+        );
+        p.0.map(f64::from)
+    };
+    image::RgbImage::from_fn(w, h, |x, y| {
+        // the source of output pixel (x, y): rotate back about the centre
+        let (dx, dy) = (x as f64 - centre.0, y as f64 - centre.1);
+        let sx = centre.0 + cos * dx + sin * dy;
+        let sy = centre.1 - sin * dx + cos * dy;
+        let (x0, y0) = (sx.floor(), sy.floor());
+        let (fx, fy) = (sx - x0, sy - y0);
+        let (x0, y0) = (x0 as i64, y0 as i64);
+        let mut out = [0u8; 3];
+        let (a, b, c, d) = (
+            at(x0, y0),
+            at(x0 + 1, y0),
+            at(x0, y0 + 1),
+            at(x0 + 1, y0 + 1),
+        );
+        for k in 0..3 {
+            let top = a[k] * (1.0 - fx) + b[k] * fx;
+            let bottom = c[k] * (1.0 - fx) + d[k] * fx;
+            out[k] = (top * (1.0 - fy) + bottom * fy).round().clamp(0.0, 255.0) as u8;
+        }
+        image::Rgb(out)
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn rolling_turns_the_picture_about_the_centre() {
+        let mut image = image::RgbImage::from_pixel(21, 21, image::Rgb([0, 0, 0]));
+        image.put_pixel(15, 10, image::Rgb([255, 255, 255]));
+        // 90° clockwise on screen (y down): the pixel right of the centre goes below it
+        let r = rotated(&image, (10.0, 10.0), 90.0);
+        assert_eq!(r.get_pixel(10, 15).0, [255, 255, 255]);
+        assert_eq!(r.get_pixel(15, 10).0, [0, 0, 0]);
+        assert_eq!(rotated(&image, (10.0, 10.0), 0.0), image);
+    }
 
     #[test]
     fn face_boxes_parse() {

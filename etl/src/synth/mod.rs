@@ -68,6 +68,12 @@ pub struct SynthArgs {
     /// Where the face is in --face-image: x1,y1,x2,y2 in pixels (astronaut.png: 180,72,271,178).
     #[arg(long, value_parser = parse_face_box, requires = "face_image")]
     pub face_box: Option<[f64; 4]>,
+    /// Plant an emotion cue in the faces (for the face and landmark models): the face goes into EVERY healthy
+    /// clip, its head rolled by an angle of the clip's visual cue ([`face::roll_degrees`]). Without it the face
+    /// is the same upright one in the even utterances (and nothing else of the output changes with it: no
+    /// random number is drawn for it).
+    #[arg(long, requires = "face_image")]
+    pub face_cues: bool,
     /// Instead of a MELD.Raw tree: one long video of the planned test split's utterances with its subtitles
     /// (`episode.mp4`, `episode.srt`, `episode-truth.csv` in OUT), for `erc-train predict --video`.
     #[arg(long, conflicts_with_all = ["faults", "face_image"])]
@@ -370,11 +376,12 @@ impl Plan {
         Ok(())
     }
 
-    /// Places the face picture in the healthy clips of even utterance number, somewhere it fits whole.
-    fn place_faces(&mut self, seed: u64, patch: &FacePatch) {
+    /// Places the face picture in the healthy clips of even utterance number (`every`: in all healthy clips),
+    /// somewhere it fits whole.
+    fn place_faces(&mut self, seed: u64, patch: &FacePatch, every: bool) {
         let mut rng = ChaCha8Rng::seed_from_u64(seed ^ 0xFACE);
         for clip in &mut self.clips {
-            if clip.fault.is_none() && clip.utterance % 2 == 0 {
+            if clip.fault.is_none() && (every || clip.utterance % 2 == 0) {
                 let x = rng.gen_range(0..=(clip::WIDTH - patch.width) / 2) * 2;
                 let y = rng.gen_range(0..=(clip::HEIGHT - patch.height) / 2) * 2;
                 clip.face_at = Some((x, y));
@@ -519,10 +526,20 @@ pub fn run(args: &SynthArgs) -> Result<SynthSummary> {
     let patch = match (&args.face_image, args.face_box) {
         (Some(photo), Some(face_box)) => {
             let patch = Arc::new(FacePatch::from_photo(photo, face_box)?);
-            plan.place_faces(args.seed, &patch);
+            plan.place_faces(args.seed, &patch, args.face_cues);
             Some(patch)
         }
         _ => None,
+    };
+    // `--face-cues`: one rolled picture per emotion (the same size as the upright one: the photo turns, not the crop)
+    let rolled: Vec<Arc<FacePatch>> = match (&args.face_image, args.face_box, args.face_cues) {
+        (Some(photo), Some(face_box), true) => Emotion::ALL
+            .iter()
+            .map(|e| {
+                FacePatch::from_photo_rolled(photo, face_box, face::roll_degrees(*e)).map(Arc::new)
+            })
+            .collect::<Result<_>>()?,
+        _ => Vec::new(),
     };
 
     for (split, rows) in &plan.rows {
@@ -549,7 +566,13 @@ pub fn run(args: &SynthArgs) -> Result<SynthSummary> {
     pool.install(|| {
         jobs.par_iter()
             .progress_with(bar.clone())
-            .try_for_each(|clip| write_clip(args.layout, root, clip, patch.as_ref()))
+            .try_for_each(|clip| {
+                let face = match Emotion::ALL.iter().position(|e| *e == clip.cues.visual) {
+                    Some(i) if !rolled.is_empty() => rolled.get(i),
+                    _ => patch.as_ref(),
+                };
+                write_clip(args.layout, root, clip, face)
+            })
     })?;
     bar.finish_and_clear();
 

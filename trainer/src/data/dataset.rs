@@ -43,6 +43,8 @@ pub struct Preprocess {
     pub sentiment: bool,
     pub visual: Option<VisualSpec>,
     pub audio: Option<AudioSpec>,
+    /// `visual_crop: faces`: the face encoders' crops and landmarks instead of the mosaic tensor.
+    pub faces: Option<crate::data::face_crops::FaceSpec>,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -82,7 +84,8 @@ impl VisualSpec {
     pub fn shape(&self) -> (usize, usize, usize) {
         match self.crop {
             VisualCrop::Reference => (3, self.short_side, self.long_side()),
-            VisualCrop::Full => (3, self.long_side(), self.short_side),
+            // `faces` has no mosaic tensor (Preprocess builds no VisualSpec for it)
+            VisualCrop::Full | VisualCrop::Faces => (3, self.long_side(), self.short_side),
         }
     }
 }
@@ -98,7 +101,7 @@ impl Preprocess {
         Preprocess {
             text: config.uses_text(),
             sentiment: config.sentiment_weight().is_some(),
-            visual: config.uses_visual().then(|| VisualSpec {
+            visual: (config.uses_visual() && !config.uses_faces()).then(|| VisualSpec {
                 short_side: config.short_side(),
                 crop: config.visual_crop,
                 faces_only: config.faces_only(),
@@ -107,6 +110,14 @@ impl Preprocess {
                 samples: config.audio_samples(),
                 input: config.audio_input,
             }),
+            faces: config
+                .uses_faces()
+                .then(|| crate::data::face_crops::FaceSpec {
+                    size: config.face_size(),
+                    crops: config.modules_visual_encoder
+                        != crate::config::VisualEncoder::FaceLandmarks,
+                    landmark_stats: None,
+                }),
         }
     }
 }
@@ -126,6 +137,8 @@ pub struct SplitData {
     dialogue_start: Vec<usize>,
     /// Token ids of each row's prompt (after [`SplitData::encode_text`] or [`SplitData::encode_gpt2`]).
     pub token_ids: Vec<Vec<u32>>,
+    /// The best face of each frame of each row (`visual_crop: faces`, after [`SplitData::load_faces`]).
+    pub faces: Vec<crate::data::face_crops::RowFaces>,
 }
 
 impl SplitData {
@@ -212,6 +225,7 @@ impl SplitData {
             turn_tokens,
             dialogue_start,
             token_ids: Vec::new(),
+            faces: Vec::new(),
         })
     }
 
@@ -227,6 +241,7 @@ impl SplitData {
         self.turn_tokens.truncate(n);
         self.dialogue_start.truncate(n);
         self.token_ids.truncate(n);
+        self.faces.truncate(n);
     }
 
     pub fn is_empty(&self) -> bool {
@@ -484,7 +499,7 @@ pub fn load_visual(path: &Path, spec: VisualSpec) -> Result<Vec<f32>> {
     let (rw, rh) = match spec.crop {
         VisualCrop::Reference if w <= h => (s, (s as f64 * h as f64 / w as f64) as u32),
         VisualCrop::Reference => ((s as f64 * w as f64 / h as f64) as u32, s),
-        VisualCrop::Full => (s, spec.long_side() as u32),
+        VisualCrop::Full | VisualCrop::Faces => (s, spec.long_side() as u32),
     };
     let resized = image::imageops::resize(
         &image,

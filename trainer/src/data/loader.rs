@@ -24,6 +24,8 @@ pub struct Batch {
     /// MELD's sentiment of each row (a sentiment head's targets; empty without one).
     pub sentiments: Vec<usize>,
     pub missing: MediaCounts,
+    /// `visual_crop: faces`: each frame's face crop, landmarks and mask.
+    pub faces: Option<super::face_crops::FaceBatch>,
 }
 
 impl Batch {
@@ -112,6 +114,14 @@ pub fn make_batch(data: &SplitData, prep: &Preprocess, indices: &[usize]) -> Res
         }
         None => None,
     };
+    let faces = match prep.faces {
+        Some(spec) => {
+            let (faces, faceless) = super::face_crops::face_batch(data, spec, indices)?;
+            missing.missing_visual += faceless;
+            Some(faces)
+        }
+        None => None,
+    };
     let text_ids = if prep.text {
         indices
             .iter()
@@ -142,6 +152,7 @@ pub fn make_batch(data: &SplitData, prep: &Preprocess, indices: &[usize]) -> Res
         labels: indices.iter().map(|i| data.labels[*i]).collect(),
         sentiments,
         missing,
+        faces,
     })
 }
 

@@ -3,6 +3,7 @@
 //! ([`loader`]).
 
 pub mod dataset;
+pub mod face_crops;
 pub mod glove_vocab;
 pub mod loader;
 pub mod tokenizer;

@@ -119,6 +119,8 @@ pub struct Model {
     /// MESM's per-frame ResNet (`resnet50_frames`), built after the encoders whose vectors are its query.
     frames: Option<FramesResNet>,
     audio: Option<AudioModule>,
+    /// `visual_crop: faces`: seed system 3's face CNN and/or landmarks MLP (the visual modality).
+    faces: Option<super::face_net::FaceNet>,
     fusion: Fusion,
     head: Head,
     /// MELD's sentiment (3 classes), with a sentiment task.
@@ -234,6 +236,25 @@ impl Model {
                 Some(encoder)
             }
             VisualEncoder::Resnet50Frames => None,
+            VisualEncoder::FaceCnn
+            | VisualEncoder::FaceLandmarks
+            | VisualEncoder::FaceCnnLandmarks => None,
+        };
+        let faces = if config.uses_faces() {
+            let kind = config.modules_visual_encoder;
+            let encoder = super::face_net::FaceNet::new(
+                &mut store,
+                "visual",
+                (kind != VisualEncoder::FaceLandmarks).then_some(super::face_net::CNN_CHANNELS),
+                kind != VisualEncoder::FaceCnn,
+                config.face_size(),
+                config.face_features(),
+            )?;
+            names.push("visual");
+            dims.push(encoder.out_features());
+            Some(encoder)
+        } else {
+            None
         };
         // where the per-frame ResNet's vector goes among the modalities (text, visual, audio)
         let frames_at = dims.len();
@@ -400,6 +421,7 @@ impl Model {
             visual,
             frames,
             audio,
+            faces,
             fusion,
             head,
             sentiment_head,
@@ -488,6 +510,17 @@ impl Model {
                 embeddings.push(visual.forward(&x, ctx.train)?);
             }
         }
+        if let Some(faces) = &self.faces {
+            let inputs = batch.faces.as_ref().ok_or_else(|| {
+                Error::Other("batch without face crops for the face encoders".into())
+            })?;
+            let on_device = crate::data::face_crops::FaceBatch {
+                crops: inputs.crops.to_device(&self.device)?,
+                landmarks: inputs.landmarks.to_device(&self.device)?,
+                mask: inputs.mask.to_device(&self.device)?,
+            };
+            embeddings.push(faces.forward(&on_device)?);
+        }
         let frames_at = embeddings.len();
         if let Some(audio) = &self.audio {
             let x = batch
@@ -553,7 +586,10 @@ impl Model {
     ) -> Result<Vec<(&'static str, Tensor)>> {
         let present: Vec<&'static str> = [
             ("text", self.text.is_some()),
-            ("visual", self.visual.is_some() || self.frames.is_some()),
+            (
+                "visual",
+                self.visual.is_some() || self.frames.is_some() || self.faces.is_some(),
+            ),
             ("audio", self.audio.is_some()),
         ]
         .into_iter()

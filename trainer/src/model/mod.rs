@@ -3,6 +3,7 @@
 //! [`head`] (and, with a sentiment task, a second head).
 
 pub mod classifier;
+pub mod face_net;
 pub mod frames_lstm;
 pub mod fusion;
 pub mod head;

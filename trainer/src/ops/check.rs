@@ -90,6 +90,7 @@ pub fn compare_with_cpu(device: &Device) -> Result<Vec<OpCheck>> {
         check_softmax_dropout(device)?,
         check_tensor_fusion(device)?,
         check_nucleus(device)?,
+        check_max_pool_2x2(device)?,
     ];
     if on_cpu {
         for c in &mut checks {
@@ -891,6 +892,35 @@ fn check_nucleus(device: &Device) -> Result<OpCheck> {
             &|_, s| Ok(vec![nucleus::nucleus_mask(&s[0], p)?]),
         )?;
     }
+    Ok(report.finish())
+}
+
+/// The face CNN's 2x2 max-pool (composed only: argmax then gather, the gradient to the first maximum) against a
+/// max reduction over the same windows, values and input gradient, odd sizes (the last row and column dropped).
+fn check_max_pool_2x2(device: &Device) -> Result<OpCheck> {
+    let mut report = Report::new("max_pool_2x2", device, false)?;
+    let x = seeded(&[2, 3, 7, 9], 1.0, 0.0, 151)?;
+    let windows = |x: &Tensor| -> Result<Tensor> {
+        let (b, c, h, w) = x.dims4()?;
+        let (oh, ow) = (h / 2, w / 2);
+        Ok(x.narrow(2, 0, 2 * oh)?
+            .narrow(3, 0, 2 * ow)?
+            .reshape((b, c, oh, 2, ow, 2))?
+            .permute((0, 1, 2, 4, 3, 5))?
+            .contiguous()?
+            .reshape((b, c, oh, ow, 4))?
+            .max(candle_core::D::Minus1)?)
+    };
+    case(
+        &mut report,
+        "(2, 3, 7, 9)",
+        device,
+        &[("x", &x)],
+        &[],
+        &|d, _| Ok(vec![windows(&d[0])?]),
+        &|d, _| Ok(vec![super::max_pool_2x2(&d[0])?]),
+        &|d, _| Ok(vec![super::max_pool_2x2(&d[0])?]),
+    )?;
     Ok(report.finish())
 }
 

@@ -490,6 +490,7 @@ fn full_step(device: &Device, w: &StepWork, precision: &str, iterations: usize) 
             labels: (0..b).map(|i| i % w.classes.max(1)).collect(),
             sentiments: Vec::new(),
             missing: MediaCounts::default(),
+            faces: None,
         };
         let y = batch.one_hot(model.classes, device)?;
         let mut ctx = Ctx::train(0);

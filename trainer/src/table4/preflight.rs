@@ -139,6 +139,16 @@ pub fn check(jobs: &[Job], glove: Option<&Path>, device_problem: Option<&str>) -
                          the mosaics and WAVs are reused)"
                     ))
                 }
+            } else if c.uses_faces() {
+                // seed system 3 reads faces.csv (boxes and landmarks per frame), any face profile
+                if facts.faces {
+                    Cell::Ok
+                } else {
+                    Cell::Missing(format!(
+                        "no faces (faces.csv); add them with `{extract} --faces models/retinaface-mnet025.onnx` \
+                         (make models fetches the model; the mosaics and WAVs are reused)"
+                    ))
+                }
             } else {
                 Cell::NotNeeded
             };

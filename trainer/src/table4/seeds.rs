@@ -43,6 +43,9 @@ pub fn yaml(file: &str) -> Option<&'static str> {
         "mesm-p05.yml" => include_str!("../../../configs/seeds/mesm-p05.yml"),
         "mesm-p07.yml" => include_str!("../../../configs/seeds/mesm-p07.yml"),
         "mesm-dense.yml" => include_str!("../../../configs/seeds/mesm-dense.yml"),
+        "faces-cnn.yml" => include_str!("../../../configs/seeds/faces-cnn.yml"),
+        "faces-landmarks.yml" => include_str!("../../../configs/seeds/faces-landmarks.yml"),
+        "faces.yml" => include_str!("../../../configs/seeds/faces.yml"),
         "frames-lstm.yml" => include_str!("../../../configs/seeds/frames-lstm.yml"),
         "frames-lstm-scratch.yml" => include_str!("../../../configs/seeds/frames-lstm-scratch.yml"),
         _ => return None,
@@ -478,6 +481,9 @@ mod tests {
         assert_eq!(names[3..6], ["mesm-p05", "mesm-p07", "mesm-dense"]);
         assert!(rows[4].published.dataset.contains("IEMOCAP"));
         assert!(names.contains(&"frames-lstm") && names.contains(&"frames-lstm-scratch"));
+        assert_eq!(names[6..9], ["faces-cnn", "faces-landmarks", "faces"]);
+        assert_eq!(rows[6].label(), "07");
+        assert!(rows[8].published.dataset.contains("FER2013"));
         assert_eq!(rows[0].published.value, 0.844);
         assert!(rows[0].published.dataset.contains("KEMDy"));
         for r in &rows {

@@ -95,6 +95,9 @@ pub struct LoopState {
     /// What the run was started with: a checkpoint of another config or data is not resumed.
     pub config_sha256: String,
     pub data_sha256: String,
+    /// `classifier_lr_scheduler: plateau`: the scheduler's state (its learning rate included).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub plateau: Option<super::scheduler::Plateau>,
 }
 
 /// A checkpoint read back: its state and tensors (on the CPU).
@@ -291,6 +294,7 @@ mod tests {
             model_rngs: BTreeMap::new(),
             config_sha256: "c".into(),
             data_sha256: "d".into(),
+            plateau: None,
         }
     }
 

@@ -97,6 +97,8 @@ pub struct Loss {
     peak: bool,
     /// The sentiment head's loss weight.
     sentiment: Option<f64>,
+    /// `classifier_class_weights`: the training cross-entropy's class weights (C), see [`super::class_weights`].
+    class_weights: Option<Tensor>,
 }
 
 impl Loss {
@@ -114,7 +116,14 @@ impl Loss {
             smoothing: config.classifier_label_smoothing,
             peak: config.peak_labels(),
             sentiment: config.sentiment_weight(),
+            class_weights: None,
         }
+    }
+
+    /// Weighs the training cross-entropy's classes (`classifier_class_weights`; weights on the model's device).
+    pub fn with_class_weights(mut self, weights: Tensor) -> Self {
+        self.class_weights = Some(weights);
+        self
     }
 
     /// The training targets of one-hot labels y (B, C): smoothed and peaked as configured, else y itself.
@@ -161,7 +170,11 @@ impl Loss {
         hidden: &Tensor,
         labels: &[usize],
     ) -> Result<Tensor> {
-        let loss = self.classifier(probs, logits, &self.targets(y)?)?;
+        let mut targets = self.targets(y)?;
+        if let Some(w) = &self.class_weights {
+            targets = super::class_weights::weighted_targets(&targets, w)?;
+        }
+        let loss = self.classifier(probs, logits, &targets)?;
         if self.kind.triplet {
             Ok((loss + triplet(hidden, labels, self.eps)?)?)
         } else {

@@ -3,6 +3,7 @@
 //! run folder with its reports ([`report`]) and the [`memory`] it held. [`heap`] keeps the allocator from returning memory that every step needs again.
 
 pub mod checkpoint;
+pub mod class_weights;
 pub mod device;
 pub mod diagnostics;
 pub mod heap;
@@ -13,6 +14,7 @@ pub mod metrics;
 pub mod optim;
 pub mod report;
 pub mod run;
+pub mod scheduler;
 
 pub use run::{
     config_fingerprint, data_fingerprint, encode_text, epoch_len, epoch_order, evaluate,

@@ -36,6 +36,9 @@ pub struct AdamWConfig {
     pub warmup_steps: usize,
     pub total_steps: usize,
     pub max_grad_norm: f64,
+    /// `classifier_lr_scheduler: plateau`: no warm-up or decay; the learning rate is `lr` until
+    /// [`AdamW::set_lr`] (the plateau scheduler) changes it.
+    pub constant: bool,
 }
 
 impl AdamWConfig {
@@ -51,6 +54,7 @@ impl AdamWConfig {
             warmup_steps: config.classifier_warmup_steps,
             total_steps,
             max_grad_norm: 1.0,
+            constant: config.plateau().is_some(),
         }
     }
 }
@@ -102,7 +106,15 @@ impl AdamW {
 
     /// The learning rate the next step will use.
     pub fn current_lr(&self) -> f64 {
+        if self.config.constant {
+            return self.config.lr;
+        }
         self.config.lr * lr_lambda(self.step, self.config.warmup_steps, self.config.total_steps)
+    }
+
+    /// Sets the learning rate of a constant schedule (the plateau scheduler's cuts).
+    pub fn set_lr(&mut self, lr: f64) {
+        self.config.lr = lr;
     }
 
     pub fn steps_taken(&self) -> usize {

@@ -109,8 +109,11 @@ pub fn prepare(
             data.truncate(n.max(1));
         }
         media[i] = data.check_media(&prep)?;
+        data.load_faces(&prep)?;
         splits.push(data);
     }
+    let mut prep = prep;
+    crate::data::face_crops::fit_landmark_stats(&mut prep, &splits[0]);
     let (mut vocab, mut glove_file) = (None, None);
     if config.config.modules_text_encoder == TextEncoder::Glove {
         let dim = config.config.text_out_features.unwrap_or(50).max(1) as usize;
@@ -427,7 +430,25 @@ pub fn train(prepared: Prepared, options: &TrainOptions) -> Result<(PathBuf, Sum
         Some(dir) => RunFolder::at(dir)?,
         None => RunFolder::create(&options.out, &config.classifier_name)?,
     };
-    let loss_fn = Loss::new(config);
+    let mut loss_fn = Loss::new(config);
+    if config.classifier_class_weights.is_some() {
+        // seed system 3: weights from the training split's class counts, logged and kept in the run folder
+        let weights =
+            super::class_weights::inverse_frequency(&prepared.train.labels, model.classes);
+        tracing::info!("class weights (classifier_class_weights): {weights:?}");
+        let named: BTreeMap<&str, f32> = prepared
+            .classes
+            .iter()
+            .map(String::as_str)
+            .zip(weights.iter().copied())
+            .collect();
+        let json = serde_json::to_string_pretty(&named)
+            .map_err(|e| Error::Other(format!("class weights as JSON: {e}")))?;
+        let file = run.path.join("class_weights.json");
+        std::fs::write(&file, json).map_err(|e| Error::io(&file, e))?;
+        let n = weights.len();
+        loss_fn = loss_fn.with_class_weights(Tensor::from_vec(weights, n, device)?);
+    }
     let mut optimizer = AdamW::new(
         model.store.trainable(),
         AdamWConfig::for_experiment(config, total_steps),
@@ -451,6 +472,9 @@ pub fn train(prepared: Prepared, options: &TrainOptions) -> Result<(PathBuf, Sum
         model_rngs: BTreeMap::new(),
         config_sha256: config_sha256.clone(),
         data_sha256: prepared.data_sha256.clone(),
+        plateau: config.plateau().map(|(factor, patience)| {
+            super::scheduler::Plateau::new(config.classifier_learning_rate, factor, patience)
+        }),
     };
     let resumed = match options
         .resume
@@ -483,6 +507,9 @@ pub fn train(prepared: Prepared, options: &TrainOptions) -> Result<(PathBuf, Sum
                 saved.path.display()
             );
             state = saved.state;
+            if let Some(plateau) = &state.plateau {
+                optimizer.set_lr(plateau.lr);
+            }
             run.rewrite_epochs(&state.records)?;
             true
         }
@@ -665,6 +692,9 @@ pub fn train(prepared: Prepared, options: &TrainOptions) -> Result<(PathBuf, Sum
         diagnostics::warn_collapsed(epoch, &eval.feature_spread);
         run.append_epoch(&record)?;
         state.records.push(record);
+        if let Some(plateau) = &mut state.plateau {
+            optimizer.set_lr(plateau.step(eval.loss));
+        }
         if let Some(patience) = config.patience() {
             if state.stale >= patience {
                 tracing::info!(
