@@ -231,3 +231,42 @@ impl Scratch {
         &self.0
     }
 }
+
+/// The plain extraction (`meld-etl extract`, no faces) of `synth(dialogues, seed, durations)`, built once and shared
+/// by every test binary that asks for the same one: `<target>/tmp/datasets/<dialogues>-<seed>-<durations>/data`.
+/// Rebuilt when the meld-etl binary changed since (its size and modification time are the stamp). The synthetic
+/// videos are removed once extracted. The trainer only reads a dataset, so the binaries can share it; a test that
+/// alters one copies it first.
+pub fn extracted_synth(target_tmpdir: &str, dialogues: u32, seed: u64, durations: &str) -> PathBuf {
+    let dir = Path::new(target_tmpdir)
+        .join("datasets")
+        .join(format!("{dialogues}-{seed}-{durations}"));
+    let etl = bin_dir().join("meld-etl");
+    let meta = std::fs::metadata(&etl).unwrap_or_else(|e| panic!("{}: {e}", etl.display()));
+    let modified = meta
+        .modified()
+        .ok()
+        .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+        .map_or(0, |d| d.as_nanos());
+    let stamp = format!("meld-etl {} bytes, modified {modified}\n", meta.len());
+    let complete = dir.join("complete.txt");
+    let data = dir.join("data");
+    if std::fs::read_to_string(&complete).ok().as_deref() == Some(stamp.as_str()) {
+        return data;
+    }
+    if dir.exists() {
+        std::fs::remove_dir_all(&dir).unwrap_or_else(|e| panic!("emptying {}: {e}", dir.display()));
+    }
+    let raw = dir.join("MELD.Raw");
+    synth(&raw, dialogues, seed, durations, &[]);
+    run_ok(
+        bin("meld-etl")
+            .args(["extract", "--raw"])
+            .arg(&raw)
+            .arg("--out")
+            .arg(&data),
+    );
+    std::fs::remove_dir_all(&raw).unwrap_or_else(|e| panic!("{}: {e}", raw.display()));
+    std::fs::write(&complete, stamp).unwrap_or_else(|e| panic!("{}: {e}", complete.display()));
+    data
+}

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use meld_erc_tests::{bin, model_file, repo, run_ok, synth};
 
 struct Dataset {
-    dir: tempfile::TempDir,
+    dir: meld_erc_tests::Scratch,
     data: PathBuf,
 }
 
@@ -21,7 +21,7 @@ struct Dataset {
 fn dataset() -> &'static Dataset {
     static DATA: OnceLock<Dataset> = OnceLock::new();
     DATA.get_or_init(|| {
-        let dir = tempfile::tempdir().expect("temp dir");
+        let dir = meld_erc_tests::Scratch::new(env!("CARGO_TARGET_TMPDIR"), "seed_faces");
         let raw = dir.path().join("MELD.Raw");
         let photo = model_file("astronaut.png");
         synth(

@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::OnceLock;
 
-use meld_erc_tests::{backbone_fixture, bin, repo, run_ok, synth};
+use meld_erc_tests::{backbone_fixture, bin, repo, run_ok};
 
 struct Dataset {
     dir: PathBuf,
@@ -22,20 +22,10 @@ fn dataset() -> &'static Dataset {
     DATA.get_or_init(|| {
         let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("seed_mesm");
         if dir.exists() {
-            std::fs::remove_dir_all(&dir).expect("remove the last run's dataset");
+            std::fs::remove_dir_all(&dir).expect("remove the last run's runs");
         }
-        let raw = dir.join("MELD.Raw");
-        synth(&raw, 30, 3, "1-2", &[]);
-        let data = dir.join("data");
-        run_ok(
-            bin("meld-etl")
-                .args(["extract", "--raw"])
-                .arg(&raw)
-                .arg("--out")
-                .arg(&data),
-        );
-        // the videos are not needed once extracted
-        std::fs::remove_dir_all(&raw).expect("remove the raw tree");
+        std::fs::create_dir_all(&dir).expect("the runs' folder");
+        let data = meld_erc_tests::extracted_synth(env!("CARGO_TARGET_TMPDIR"), 30, 3, "1-2");
         Dataset { dir, data }
     })
 }

@@ -19,29 +19,7 @@ fn dataset() -> &'static Dataset {
     static DATA: OnceLock<Dataset> = OnceLock::new();
     DATA.get_or_init(|| {
         let dir = meld_erc_tests::Scratch::new(env!("CARGO_TARGET_TMPDIR"), "seed_systems");
-        let raw = dir.path().join("MELD.Raw");
-        run_ok(
-            bin("meld-etl")
-                .args([
-                    "synth",
-                    "--dialogues",
-                    "30",
-                    "--seed",
-                    "3",
-                    "--durations",
-                    "1-2",
-                    "--out",
-                ])
-                .arg(&raw),
-        );
-        let data = dir.path().join("data");
-        run_ok(
-            bin("meld-etl")
-                .args(["extract", "--raw"])
-                .arg(&raw)
-                .arg("--out")
-                .arg(&data),
-        );
+        let data = meld_erc_tests::extracted_synth(env!("CARGO_TARGET_TMPDIR"), 30, 3, "1-2");
         Dataset { dir, data }
     })
 }

@@ -13,8 +13,8 @@ use std::sync::OnceLock;
 
 use meld_erc_tests::{backbone_fixture, bin, repo, run_ok, write_glove};
 
-/// Synth size: train dialogues (dev and test get MELD's proportions, ≈ 11% and 27%).
-const DIALOGUES: &str = "30";
+/// Synth durations (30 train dialogues, seed 3; dev and test get MELD's proportions, ≈ 11% and 27%).
+const DIALOGUES_DURATIONS: &str = "1-2";
 
 struct Dataset {
     dir: meld_erc_tests::Scratch,
@@ -26,28 +26,11 @@ fn dataset() -> &'static Dataset {
     static DATA: OnceLock<Dataset> = OnceLock::new();
     DATA.get_or_init(|| {
         let dir = meld_erc_tests::Scratch::new(env!("CARGO_TARGET_TMPDIR"), "train");
-        let raw = dir.path().join("MELD.Raw");
-        let data = dir.path().join("data");
-        run_ok(
-            bin("meld-etl")
-                .args([
-                    "synth",
-                    "--dialogues",
-                    DIALOGUES,
-                    "--seed",
-                    "3",
-                    "--durations",
-                    "1-2",
-                    "--out",
-                ])
-                .arg(&raw),
-        );
-        run_ok(
-            bin("meld-etl")
-                .args(["extract", "--raw"])
-                .arg(&raw)
-                .arg("--out")
-                .arg(&data),
+        let data = meld_erc_tests::extracted_synth(
+            env!("CARGO_TARGET_TMPDIR"),
+            30,
+            3,
+            DIALOGUES_DURATIONS,
         );
         let glove = dir.path().join("glove.test.50d.txt");
         write_glove(&glove);

@@ -1208,6 +1208,15 @@ impl Config {
         self.modules_visual_encoder != VisualEncoder::None
     }
 
+    /// Whether the visual encoder is a ResNet-50 (whole mosaic or per frame), the one that loads `visual_model`;
+    /// the face encoders are small networks trained from scratch.
+    pub fn uses_resnet(&self) -> bool {
+        matches!(
+            self.modules_visual_encoder,
+            VisualEncoder::Resnet50 | VisualEncoder::Resnet50Frames
+        )
+    }
+
     pub fn uses_audio(&self) -> bool {
         self.modules_audio_encoder != AudioEncoder::None
     }

@@ -28,7 +28,7 @@ pub fn needed(config: &Config) -> Vec<(Backbone, String)> {
     if config.modules_audio_encoder == AudioEncoder::Wav2vec2 {
         needed.push((Backbone::Wav2vec2, config.audio_model().to_string()));
     }
-    if config.uses_visual() {
+    if config.uses_resnet() {
         if let Some(spec) = config.visual_model() {
             needed.push((Backbone::Resnet50, spec.to_string()));
         }

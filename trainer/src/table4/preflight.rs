@@ -227,7 +227,7 @@ pub fn check(jobs: &[Job], glove: Option<&Path>, device_problem: Option<&str>) -
                     Some(c.audio_model()),
                 ),
                 backbone(
-                    c.uses_visual(),
+                    c.uses_resnet(),
                     Backbone::Resnet50,
                     c.visual_model(),
                 ),

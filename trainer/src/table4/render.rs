@@ -19,7 +19,8 @@ use std::path::Path;
 use plotters::prelude::*;
 
 use super::paper::{PaperRow, Scores, CLASSES};
-use crate::train::report::{aside, font, write_atomic};
+use crate::error::Error;
+use crate::train::report::{draw_atomic, font, write_atomic};
 
 /// What became of one of our runs of a row.
 #[derive(Debug, Clone, PartialEq)]
@@ -107,15 +108,11 @@ impl<'a> Results<'a> {
         write_atomic(&out.join("table4.md"), self.table4_markdown().as_bytes())?;
         write_atomic(&out.join("table4.csv"), &self.table4_csv()?)?;
         write_atomic(&out.join("table3.md"), self.table3_markdown().as_bytes())?;
-        let png = out.join("table4.png");
-        let tmp = aside(&png);
-        match self.plot(&tmp) {
-            Ok(()) => std::fs::rename(&tmp, &png),
-            Err(e) => {
-                let _ = std::fs::remove_file(&tmp);
-                Err(e)
-            }
-        }
+        // the plot is drawn aside and renamed into place, as every other plot of a run
+        draw_atomic(&out.join("table4.png"), |tmp| {
+            self.plot(tmp).map_err(|e| Error::io(tmp, e))
+        })
+        .map_err(io::Error::other)
     }
 
     /// A short table for the terminal: row, name, weighted F1 (paper, ours, Δ; and corrected), status.

@@ -29,7 +29,8 @@ use serde::Deserialize;
 
 use super::paper::{Scores, CLASSES};
 use super::render::{done, escape, fraction, short_status, Outcome, RowResult};
-use crate::train::report::{aside, font, write_atomic};
+use crate::error::Error;
+use crate::train::report::{draw_atomic, font, write_atomic};
 
 const SOURCE: &str = "configs/seeds.csv";
 const SEEDS_CSV: &str = include_str!("../../../configs/seeds.csv");
@@ -200,15 +201,11 @@ impl<'a> Results<'a> {
         std::fs::create_dir_all(out)?;
         write_atomic(&out.join("seeds.md"), self.markdown().as_bytes())?;
         write_atomic(&out.join("seeds.csv"), &self.csv()?)?;
-        let png = out.join("seeds.png");
-        let tmp = aside(&png);
-        match self.plot(&tmp) {
-            Ok(()) => std::fs::rename(&tmp, &png),
-            Err(e) => {
-                let _ = std::fs::remove_file(&tmp);
-                Err(e)
-            }
-        }
+        // the plot is drawn aside and renamed into place, as every other plot of a run
+        draw_atomic(&out.join("seeds.png"), |tmp| {
+            self.plot(tmp).map_err(|e| Error::io(tmp, e))
+        })
+        .map_err(io::Error::other)
     }
 
     /// Row, name, our valid and test weighted F1, status, their figure.
