@@ -270,3 +270,43 @@ pub fn extracted_synth(target_tmpdir: &str, dialogues: u32, seed: u64, durations
     std::fs::write(&complete, stamp).unwrap_or_else(|e| panic!("{}: {e}", complete.display()));
     data
 }
+
+/// A run folder's `summary.json`.
+pub fn run_summary(run: &Path) -> serde_json::Value {
+    let path = run.join("summary.json");
+    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    serde_json::from_str(&text).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+}
+
+/// A split's weighted F1 in a run's summary (`valid` or `test`).
+pub fn split_f1(summary: &serde_json::Value, split: &str) -> f64 {
+    summary["splits"]
+        .as_array()
+        .expect("splits")
+        .iter()
+        .find(|s| s["split"] == split)
+        .unwrap_or_else(|| panic!("no split {split} in {summary}"))["f1_weighted"]
+        .as_f64()
+        .expect("f1_weighted")
+}
+
+/// `configs/seeds/<file>` with `keys` set (each must be in the file) and the keys `drop` left out.
+pub fn seed_config(file: &str, keys: &[(&str, &str)], drop: &[&str]) -> String {
+    let yaml = std::fs::read_to_string(repo().join("configs/seeds").join(file))
+        .unwrap_or_else(|e| panic!("configs/seeds/{file}: {e}"));
+    for (key, _) in keys {
+        assert!(yaml.contains(&format!("\n{key}:")), "{file} has no {key}");
+    }
+    let mut out = String::new();
+    for line in yaml.lines() {
+        let key = line.split(':').next().unwrap_or("");
+        if drop.contains(&key) {
+            continue;
+        }
+        match keys.iter().find(|(k, _)| *k == key) {
+            Some((key, value)) => out += &format!("{key}: {value}\n"),
+            None => out += &format!("{line}\n"),
+        }
+    }
+    out
+}

@@ -10,7 +10,7 @@ use std::process::Stdio;
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
-use meld_erc_tests::{bin, model_file, repo, run_ok, synth};
+use meld_erc_tests::{bin, model_file, run_ok, run_summary, seed_config, split_f1, synth};
 
 struct Dataset {
     dir: meld_erc_tests::Scratch,
@@ -51,39 +51,9 @@ fn dataset() -> &'static Dataset {
     })
 }
 
-fn summary(dir: &Path) -> serde_json::Value {
-    let text = std::fs::read_to_string(dir.join("summary.json")).expect("summary.json");
-    serde_json::from_str(&text).unwrap()
-}
-
-fn f1(summary: &serde_json::Value, split: &str) -> f64 {
-    summary["splits"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|s| s["split"] == split)
-        .unwrap()["f1_weighted"]
-        .as_f64()
-        .unwrap()
-}
-
 /// `configs/seeds/<file>` with some keys set (each must be in the file).
 fn edited(file: &str, keys: &[(&str, &str)]) -> String {
-    let yaml = std::fs::read_to_string(repo().join("configs/seeds").join(file)).unwrap();
-    keys.iter().fold(yaml, |yaml, (key, value)| {
-        assert!(yaml.contains(&format!("\n{key}:")), "{file} has no {key}");
-        yaml.lines()
-            .map(|l| {
-                if l.starts_with(&format!("{key}:")) {
-                    format!("{key}: {value}")
-                } else {
-                    l.to_string()
-                }
-            })
-            .collect::<Vec<_>>()
-            .join("\n")
-            + "\n"
-    })
+    seed_config(file, keys, &[])
 }
 
 fn train(config: &Path, out: &Path) -> PathBuf {
@@ -123,7 +93,7 @@ fn the_faces_rows_check_and_take_a_training_step() {
     assert!(stdout.contains("every asked row can run"), "{stdout}");
     run_ok(&mut table(&["--smoke"]));
     for row in ["07-faces-cnn", "08-faces-landmarks", "09-faces"] {
-        let s = summary(&out.join(row));
+        let s = run_summary(&out.join(row));
         assert_eq!(s["steps"], 1, "{row}");
         let weights = std::fs::read_to_string(out.join(row).join("class_weights.json"))
             .unwrap_or_else(|e| panic!("{row}: class_weights.json: {e}"));
@@ -156,8 +126,8 @@ fn each_faces_config_learns_the_face_cues() {
         std::fs::write(&config, edited(file, &keys)).unwrap();
         let started = Instant::now();
         let run = train(&config, &ds.dir.path().join("runs"));
-        let s = summary(&run);
-        let (valid, test) = (f1(&s, "valid"), f1(&s, "test"));
+        let s = run_summary(&run);
+        let (valid, test) = (split_f1(&s, "valid"), split_f1(&s, "test"));
         eprintln!(
             "{file}: valid weighted F1 {valid:.4}, test {test:.4} ({:.1} s)",
             started.elapsed().as_secs_f64()
@@ -253,7 +223,7 @@ fn a_killed_plateau_run_resumes_with_the_same_learning_rates() {
         return;
     }
     run_ok(bin("erc-train").arg("--resume").arg(&run));
-    assert_eq!(summary(&run)["resumed"], true);
+    assert_eq!(run_summary(&run)["resumed"], true);
     assert_eq!(metrics(&run), metrics(&whole));
-    assert_eq!(summary(&run)["splits"], summary(&whole)["splits"]);
+    assert_eq!(run_summary(&run)["splits"], run_summary(&whole)["splits"]);
 }

@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::OnceLock;
 
-use meld_erc_tests::{backbone_fixture, bin, repo, run_ok};
+use meld_erc_tests::{backbone_fixture, bin, run_ok, seed_config};
 
 struct Dataset {
     dir: PathBuf,
@@ -42,31 +42,14 @@ fn models(cmd: &mut Command) -> &mut Command {
 /// audio, a learning rate for
 /// models trained from random weights, few epochs of batch 16, no early stopping.
 fn short_run(file: &str) -> String {
-    let yaml = std::fs::read_to_string(repo().join("configs/seeds").join(file)).unwrap();
-    let replaced = [
+    let keys = [
         ("classifier_learning_rate", "2.0e-3"),
         ("classifier_warmup_steps", "10"),
         ("epochs", "3"),
         ("audio_in_features", "8000"),
         ("batch_size", "16"),
     ];
-    let mut out = String::new();
-    for line in yaml.lines() {
-        if line.starts_with("classifier_early_stopping_patience") {
-            continue;
-        }
-        match replaced
-            .iter()
-            .find(|(k, _)| line.starts_with(&format!("{k}:")))
-        {
-            Some((key, value)) => out += &format!("{key}: {value}\n"),
-            None => out += &format!("{line}\n"),
-        }
-    }
-    for (key, _) in replaced {
-        assert!(yaml.contains(&format!("\n{key}:")), "{file} has no {key}");
-    }
-    out + "visual_short_side: 32\n"
+    seed_config(file, &keys, &["classifier_early_stopping_patience"]) + "visual_short_side: 32\n"
 }
 
 /// Each MESM config learns the cues well above chance (≈ 0.25–0.3 for a prior-following or majority guesser),

@@ -4,11 +4,13 @@
 //! tables; `make reproduce-seeds` passes its flags through. With the tiny ResNet-50, both frames + voice + LSTM
 //! configs (rows 10–11) learn the planted tone and colour cues.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::Command;
 use std::sync::OnceLock;
 
-use meld_erc_tests::{backbone_fixture, bin, read_csv_maps, repo, run_ok};
+use meld_erc_tests::{
+    backbone_fixture, bin, read_csv_maps, repo, run_ok, run_summary, seed_config, split_f1,
+};
 
 struct Dataset {
     dir: meld_erc_tests::Scratch,
@@ -34,52 +36,20 @@ fn models(cmd: &mut Command) -> &mut Command {
         .arg(backbone_fixture("resnet50-tiny").join("model.safetensors"))
 }
 
-fn summary(dir: &Path) -> serde_json::Value {
-    let text = std::fs::read_to_string(dir.join("summary.json")).expect("summary.json");
-    serde_json::from_str(&text).unwrap()
-}
-
-fn f1(summary: &serde_json::Value, split: &str) -> f64 {
-    summary["splits"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|s| s["split"] == split)
-        .unwrap()["f1_weighted"]
-        .as_f64()
-        .unwrap()
-}
-
 /// `configs/seeds/<file>` as it is, but sized for the tiny models and CI: 1 s of audio, a learning rate for
 /// models trained from random weights, 8 epochs of batch 16, no early stopping.
 fn short_run(file: &str) -> String {
-    let yaml = std::fs::read_to_string(repo().join("configs/seeds").join(file)).unwrap();
-    let set = |yaml: String, key: &str, value: &str| -> String {
-        yaml.lines()
-            .filter(|l| !l.starts_with("classifier_early_stopping_patience"))
-            .map(|l| {
-                if l.starts_with(&format!("{key}:")) {
-                    format!("{key}: {value}")
-                } else {
-                    l.to_string()
-                }
-            })
-            .collect::<Vec<_>>()
-            .join("\n")
-            + "\n"
-    };
-    let mut yaml = yaml;
-    for (key, value) in [
-        ("classifier_learning_rate", "1.0e-3"),
-        ("classifier_warmup_steps", "10"),
-        ("audio_in_features", "16000"),
-        ("epochs", "8"),
-        ("batch_size", "16"),
-    ] {
-        assert!(yaml.contains(&format!("\n{key}:")), "{file} has no {key}");
-        yaml = set(yaml, key, value);
-    }
-    yaml
+    seed_config(
+        file,
+        &[
+            ("classifier_learning_rate", "1.0e-3"),
+            ("classifier_warmup_steps", "10"),
+            ("audio_in_features", "16000"),
+            ("epochs", "8"),
+            ("batch_size", "16"),
+        ],
+        &["classifier_early_stopping_patience"],
+    )
 }
 
 /// TMN (its label smoothing, Peaking Labels and sentiment head included) and both fusion ablations learn the
@@ -107,8 +77,8 @@ fn tmn_and_its_ablations_learn_the_synth_cues() {
             .find_map(|l| l.strip_prefix("run folder: "))
             .map(|l| PathBuf::from(l.trim()))
             .unwrap_or_else(|| panic!("no run folder in:\n{stdout}"));
-        let s = summary(&run);
-        let (valid, test) = (f1(&s, "valid"), f1(&s, "test"));
+        let s = run_summary(&run);
+        let (valid, test) = (split_f1(&s, "valid"), split_f1(&s, "test"));
         eprintln!("{file}: valid weighted F1 {valid:.4}, test {test:.4}");
         assert!(
             valid > 0.45 && test > 0.45,
@@ -193,7 +163,7 @@ fn the_seeds_table_checks_trains_and_writes_its_files() {
             "a smoke run is never reported as a result"
         );
         assert!(row["their_figure_is"].contains("not comparable"));
-        let s = summary(&out.join(format!("{}-{}", row["row"], row["name"])));
+        let s = run_summary(&out.join(format!("{}-{}", row["row"], row["name"])));
         assert_eq!(s["steps"], 1, "{}", row["name"]);
     }
     assert_eq!(rows[0]["their_value"], "0.844");
@@ -247,7 +217,7 @@ fn make_reproduce_seeds_runs_the_table() {
         String::from_utf8_lossy(&output.stdout),
         String::from_utf8_lossy(&output.stderr)
     );
-    assert_eq!(summary(&out.join("02-tmn-concat"))["epochs_run"], 1);
+    assert_eq!(run_summary(&out.join("02-tmn-concat"))["epochs_run"], 1);
     assert!(!out.join("01-tmn").exists(), "ROWS=02 ran row 02 only");
     assert!(out.join("seeds.md").is_file());
 }
@@ -319,8 +289,8 @@ fn both_frames_lstm_configs_learn_the_synth_cues() {
             .find_map(|l| l.strip_prefix("run folder: "))
             .map(|l| PathBuf::from(l.trim()))
             .unwrap_or_else(|| panic!("no run folder in:\n{stdout}"));
-        let s = summary(&run);
-        let (valid, test) = (f1(&s, "valid"), f1(&s, "test"));
+        let s = run_summary(&run);
+        let (valid, test) = (split_f1(&s, "valid"), split_f1(&s, "test"));
         eprintln!(
             "{file}: valid weighted F1 {valid:.4}, test {test:.4} ({:.0} s)",
             started.elapsed().as_secs_f64()

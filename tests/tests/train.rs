@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::OnceLock;
 
-use meld_erc_tests::{backbone_fixture, bin, repo, run_ok, write_glove};
+use meld_erc_tests::{backbone_fixture, bin, repo, run_ok, run_summary, split_f1, write_glove};
 
 /// Synth durations (30 train dialogues, seed 3; dev and test get MELD's proportions, ≈ 11% and 27%).
 const DIALOGUES_DURATIONS: &str = "1-2";
@@ -73,22 +73,6 @@ fn train(name: &str, yaml: &str, extra: &[&str]) -> PathBuf {
     PathBuf::from(line.trim())
 }
 
-fn summary(run: &Path) -> serde_json::Value {
-    let text = std::fs::read_to_string(run.join("summary.json")).expect("summary.json");
-    serde_json::from_str(&text).expect("summary json")
-}
-
-fn split_f1(summary: &serde_json::Value, split: &str) -> f64 {
-    summary["splits"]
-        .as_array()
-        .expect("splits")
-        .iter()
-        .find(|s| s["split"] == split)
-        .expect("split")["f1_weighted"]
-        .as_f64()
-        .expect("f1")
-}
-
 fn epochs(run: &Path) -> Vec<serde_json::Value> {
     std::fs::read_to_string(run.join("metrics.jsonl"))
         .expect("metrics.jsonl")
@@ -108,7 +92,7 @@ const GLOVE: &str = "modules_text_encoder: glove\ntext_out_features: 50\ntext_co
 #[test]
 fn glove_text_model_learns_the_cue_words_and_writes_a_complete_run_folder() {
     let run = train("glove-text", GLOVE, &[]);
-    let s = summary(&run);
+    let s = run_summary(&run);
     let f1 = split_f1(&s, "valid");
     eprintln!(
         "glove text: valid weighted F1 {f1:.4}, test {:.4}",
@@ -186,7 +170,7 @@ fn waveform_model_learns_the_tone_pitch() {
         "modules_audio_encoder: waveform\naudio_input: normalized_mono\naudio_in_features: 16000\naudio_out_features: 50\nclassifier_loss_fn: dice\nclassifier_learning_rate: 0.0005\nclassifier_warmup_steps: 10\nclassifier_metric_for_best_model: f1_weighted\nclassifier_early_stopping_patience: 5\nfeedforward_layers:\n  - out_features: 64\n    dropout: 0.2\nbatch_size: 16\nepochs: 12\n",
         &[],
     );
-    let f1 = split_f1(&summary(&run), "valid");
+    let f1 = split_f1(&run_summary(&run), "valid");
     eprintln!("waveform: valid weighted F1 {f1:.4}");
     assert!(f1 > 0.5, "valid weighted F1 {f1} (chance ≈ 0.25–0.3)");
 }
@@ -207,7 +191,7 @@ fn small_resnet_model_trains_and_its_loss_falls() {
     assert!(last < first, "train loss {first} → {last}");
     assert!(is_png(&run.join("curves.png")));
     // the run records which body its ops took: under `make test-generic` only the generic compositions
-    let bodies = &summary(&run)["op_bodies"];
+    let bodies = &run_summary(&run)["op_bodies"];
     let (cpu, generic) = (
         bodies["cpu"].as_u64().unwrap(),
         bodies["generic"].as_u64().unwrap(),
@@ -232,7 +216,7 @@ fn gpt2_model_trains_from_a_local_model_folder_and_eval_reloads_it() {
         "modules_text_encoder: gpt2\nclassifier_loss_fn: ce\nclassifier_warmup_steps: 2\nfeedforward_layers:\n  - out_features: 16\n    dropout: 0.1\nbatch_size: 4\nepochs: 1\n",
         &["--max-rows", "12", "--text-model", gpt2_tiny().to_str().unwrap()],
     );
-    let s = summary(&run);
+    let s = run_summary(&run);
     assert_eq!(s["epochs_run"], 1);
     let f1 = split_f1(&s, "valid");
     let output = run_ok(

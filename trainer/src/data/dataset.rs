@@ -44,7 +44,7 @@ pub struct Preprocess {
     pub visual: Option<VisualSpec>,
     pub audio: Option<AudioSpec>,
     /// `visual_crop: faces`: the face encoders' crops and landmarks instead of the mosaic tensor.
-    pub faces: Option<crate::data::face_crops::FaceSpec>,
+    pub faces: Option<crate::data::faces::FaceSpec>,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -110,14 +110,11 @@ impl Preprocess {
                 samples: config.audio_samples(),
                 input: config.audio_input,
             }),
-            faces: config
-                .uses_faces()
-                .then(|| crate::data::face_crops::FaceSpec {
-                    size: config.face_size(),
-                    crops: config.modules_visual_encoder
-                        != crate::config::VisualEncoder::FaceLandmarks,
-                    landmark_stats: None,
-                }),
+            faces: config.uses_faces().then(|| crate::data::faces::FaceSpec {
+                size: config.face_size(),
+                crops: config.modules_visual_encoder != crate::config::VisualEncoder::FaceLandmarks,
+                landmark_stats: None,
+            }),
         }
     }
 }
@@ -138,7 +135,7 @@ pub struct SplitData {
     /// Token ids of each row's prompt (after [`SplitData::encode_text`] or [`SplitData::encode_gpt2`]).
     pub token_ids: Vec<Vec<u32>>,
     /// The best face of each frame of each row (`visual_crop: faces`, after [`SplitData::load_faces`]).
-    pub faces: Vec<crate::data::face_crops::RowFaces>,
+    pub faces: Vec<crate::data::faces::RowFaces>,
 }
 
 impl SplitData {

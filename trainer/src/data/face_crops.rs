@@ -22,25 +22,7 @@ use meld_shared::dataset::media_path;
 use super::dataset::SplitData;
 use crate::error::{Error, Result};
 
-/// Frames per mosaic (`meld-etl extract --frames`, default 5).
-pub const FRAMES: usize = 5;
-/// Landmark coordinates per frame: 5 points (eyes, nose, mouth corners) × (x, y).
-pub const LANDMARK_VALUES: usize = 10;
-
-/// What the face encoders read (`visual_crop: faces`).
-#[derive(Debug, Clone, Copy)]
-pub struct FaceSpec {
-    /// The side of a crop (`visual_face_size`).
-    pub size: usize,
-    /// Whether the model reads the crops (not for landmarks alone: no image is decoded then).
-    pub crops: bool,
-    /// Each landmark coordinate's mean and standard deviation over the training split's faces
-    /// ([`fit_landmark_stats`]): the coordinates are standardised with them.
-    pub landmark_stats: Option<LandmarkStats>,
-}
-
-/// Per-coordinate (mean, standard deviation) of the normalised landmarks.
-pub type LandmarkStats = ([f32; LANDMARK_VALUES], [f32; LANDMARK_VALUES]);
+pub use super::faces::{FaceSpec, FrameFace, LandmarkStats, RowFaces, FRAMES, LANDMARK_VALUES};
 
 /// Standardises the landmarks by the training split's statistics (`train`: its rows' faces, after
 /// [`SplitData::load_faces`]). Why: a face's pose moves its normalised landmarks by a few hundredths of the box;
@@ -88,17 +70,6 @@ fn box_normalised(face: &FrameFace) -> [f32; LANDMARK_VALUES] {
     }
     out
 }
-
-/// One detected face of a frame, in mosaic pixels.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub struct FrameFace {
-    pub score: f32,
-    pub bbox: [f32; 4],
-    pub landmarks: [f32; LANDMARK_VALUES],
-}
-
-/// The best face of each frame of a row.
-pub type RowFaces = [Option<FrameFace>; FRAMES];
 
 /// A batch's face inputs.
 pub struct FaceBatch {

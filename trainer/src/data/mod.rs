@@ -4,6 +4,7 @@
 
 pub mod dataset;
 pub mod face_crops;
+pub mod faces;
 pub mod glove_vocab;
 pub mod loader;
 pub mod tokenizer;
