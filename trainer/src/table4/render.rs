@@ -384,9 +384,6 @@ impl<'a> Results<'a> {
     /// Paired bars per row: the paper's weighted F1 and ours (and corrected); rows without a result of ours show
     /// the paper's bar alone.
     fn plot(&self, path: &Path) -> io::Result<()> {
-        let err = |e: &dyn std::fmt::Display| {
-            io::Error::other(format!("{}: cannot draw the plot: {e}", path.display()))
-        };
         let columns = self.columns();
         let n = self.rows.len();
         let y_max = self
@@ -403,45 +400,6 @@ impl<'a> Results<'a> {
             .filter(|v| v.is_finite())
             .fold(0.7f64, |m, v| m.max(v + 0.05))
             .min(1.0);
-        let width = (200 + 45 * n as u32).max(600);
-        let root = BitMapBackend::new(path, (width, 520)).into_drawing_area();
-        root.fill(&WHITE).map_err(|e| err(&e))?;
-        let font = font();
-        let mut builder = ChartBuilder::on(&root);
-        builder
-            .margin(15)
-            .x_label_area_size(45)
-            .y_label_area_size(60);
-        if let Some(font) = font {
-            builder.caption(
-                "HLM12ERC Table 4: weighted F1 on MELD valid, the paper's and ours",
-                (font, 20),
-            );
-        }
-        let mut chart = builder
-            .build_cartesian_2d(0.5f64..n as f64 + 0.5, 0f64..y_max)
-            .map_err(|e| err(&e))?;
-        if let Some(font) = font {
-            let labels: Vec<String> = self.rows.iter().map(PaperRow::label).collect();
-            chart
-                .configure_mesh()
-                .disable_x_mesh()
-                .x_labels(n + 1)
-                .x_label_formatter(&|x| {
-                    let i = x.round();
-                    if (x - i).abs() < 1e-6 && i >= 1.0 {
-                        labels.get(i as usize - 1).cloned().unwrap_or_default()
-                    } else {
-                        String::new()
-                    }
-                })
-                .x_desc("Table 4 row")
-                .y_desc("weighted F1 (valid)")
-                .label_style((font, 14))
-                .light_line_style(WHITE)
-                .draw()
-                .map_err(|e| err(&e))?;
-        }
         let paper_colour = RGBColor(160, 160, 160);
         let colours = [RGBColor(31, 119, 180), RGBColor(255, 127, 14)];
         let bars = 1 + columns.len();
@@ -471,38 +429,117 @@ impl<'a> Results<'a> {
                 .collect();
             series.push((name.to_string(), colour, drawn));
         }
-        for (name, colour, rectangles) in series {
-            let drawn = chart.draw_series(rectangles).map_err(|e| err(&e))?;
-            if font.is_some() {
-                drawn.label(name).legend(move |(x, y)| {
-                    Rectangle::new([(x, y - 5), (x + 12, y + 5)], colour.filled())
-                });
-            }
-        }
-        let floor = chart
-            .draw_series(LineSeries::new(
-                [
-                    (0.5, ALL_NEUTRAL_WEIGHTED_F1),
-                    (n as f64 + 0.5, ALL_NEUTRAL_WEIGHTED_F1),
-                ],
-                BLACK.mix(0.5).stroke_width(1),
-            ))
-            .map_err(|e| err(&e))?;
-        if let Some(font) = font {
-            floor
-                .label(format!("always \"neutral\" ({ALL_NEUTRAL_WEIGHTED_F1:.2})"))
-                .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 12, y)], BLACK.mix(0.5)));
-            chart
-                .configure_series_labels()
-                .position(SeriesLabelPosition::UpperLeft)
-                .label_font((font, 14))
-                .background_style(WHITE.mix(0.85))
-                .border_style(BLACK)
-                .draw()
-                .map_err(|e| err(&e))?;
-        }
-        root.present().map_err(|e| err(&e))
+        let chart = RowChart {
+            size: ((200 + 45 * n as u32).max(600), 520),
+            caption: "HLM12ERC Table 4: weighted F1 on MELD valid, the paper's and ours",
+            caption_size: 20,
+            labels: self.rows.iter().map(PaperRow::label).collect(),
+            x_desc: Some("Table 4 row"),
+            y_desc: "weighted F1 (valid)",
+            y_max,
+            floor_label: format!("always \"neutral\" ({ALL_NEUTRAL_WEIGHTED_F1:.2})"),
+            legend: SeriesLabelPosition::UpperLeft,
+        };
+        draw_row_chart(path, &chart, series)
     }
+}
+
+/// A series of bars of a table's plot: its legend name, colour and bars.
+pub(super) type BarSeries = (String, RGBColor, Vec<Rectangle<(f64, f64)>>);
+
+/// What a table's plot says around its bars.
+pub(super) struct RowChart<'a> {
+    pub size: (u32, u32),
+    pub caption: &'a str,
+    pub caption_size: u32,
+    /// One per row, drawn under the row's group of bars (groups centred on 1, 2, …, n).
+    pub labels: Vec<String>,
+    pub x_desc: Option<&'a str>,
+    pub y_desc: &'a str,
+    pub y_max: f64,
+    /// The legend of the always-"neutral" line.
+    pub floor_label: String,
+    pub legend: SeriesLabelPosition,
+}
+
+/// A table's plot (Table 4's and the seeds'): the bars of each series over the rows, the weighted F1 of always
+/// predicting "neutral" as a line, the legend. Without a font (`font()`), bars and line only.
+pub(super) fn draw_row_chart(
+    path: &Path,
+    spec: &RowChart,
+    series: Vec<BarSeries>,
+) -> io::Result<()> {
+    let err = |e: &dyn std::fmt::Display| {
+        io::Error::other(format!("{}: cannot draw the plot: {e}", path.display()))
+    };
+    let n = spec.labels.len();
+    let root = BitMapBackend::new(path, spec.size).into_drawing_area();
+    root.fill(&WHITE).map_err(|e| err(&e))?;
+    let font = font();
+    let mut builder = ChartBuilder::on(&root);
+    builder
+        .margin(15)
+        .x_label_area_size(45)
+        .y_label_area_size(60);
+    if let Some(font) = font {
+        builder.caption(spec.caption, (font, spec.caption_size));
+    }
+    let mut chart = builder
+        .build_cartesian_2d(0.5f64..n as f64 + 0.5, 0f64..spec.y_max)
+        .map_err(|e| err(&e))?;
+    if let Some(font) = font {
+        let labels = &spec.labels;
+        let format_label = |x: &f64| {
+            let i = x.round();
+            if (x - i).abs() < 1e-6 && i >= 1.0 {
+                labels.get(i as usize - 1).cloned().unwrap_or_default()
+            } else {
+                String::new()
+            }
+        };
+        let mut mesh = chart.configure_mesh();
+        mesh.disable_x_mesh()
+            .x_labels(n + 1)
+            .x_label_formatter(&format_label)
+            .y_desc(spec.y_desc)
+            .label_style((font, 14))
+            .light_line_style(WHITE);
+        if let Some(x_desc) = spec.x_desc {
+            mesh.x_desc(x_desc);
+        }
+        mesh.draw().map_err(|e| err(&e))?;
+    }
+    for (name, colour, rectangles) in series {
+        let drawn = chart.draw_series(rectangles).map_err(|e| err(&e))?;
+        if font.is_some() {
+            drawn.label(name).legend(move |(x, y)| {
+                Rectangle::new([(x, y - 5), (x + 12, y + 5)], colour.filled())
+            });
+        }
+    }
+    let floor = chart
+        .draw_series(LineSeries::new(
+            [
+                (0.5, ALL_NEUTRAL_WEIGHTED_F1),
+                (n as f64 + 0.5, ALL_NEUTRAL_WEIGHTED_F1),
+            ],
+            BLACK.mix(0.5).stroke_width(1),
+        ))
+        .map_err(|e| err(&e))?;
+    if let Some(font) = font {
+        floor
+            .label(spec.floor_label.clone())
+            .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 12, y)], BLACK.mix(0.5)));
+        chart
+            .configure_series_labels()
+            .position(spec.legend.clone())
+            .label_font((font, 14))
+            .background_style(WHITE.mix(0.85))
+            .border_style(BLACK)
+            .draw()
+            .map_err(|e| err(&e))?;
+    }
+    root.present().map_err(|e| err(&e))
 }
 
 /// The status of a row's `test` evaluation: done, else why there is none.

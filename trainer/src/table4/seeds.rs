@@ -30,7 +30,7 @@ use serde::Deserialize;
 use super::paper::{Scores, CLASSES};
 use super::render::{done, escape, fraction, short_status, Outcome, RowResult};
 use crate::error::Error;
-use crate::train::report::{draw_atomic, font, write_atomic};
+use crate::train::report::{draw_atomic, write_atomic};
 
 const SOURCE: &str = "configs/seeds.csv";
 const SEEDS_CSV: &str = include_str!("../../../configs/seeds.csv");
@@ -360,93 +360,43 @@ impl<'a> Results<'a> {
 
     /// Our weighted F1 per row, valid and test side by side; rows without a result have no bars.
     fn plot(&self, path: &Path) -> io::Result<()> {
-        let err = |e: &dyn std::fmt::Display| {
-            io::Error::other(format!("{}: cannot draw the plot: {e}", path.display()))
-        };
-        let n = self.rows.len();
-        let width = (260 + 120 * n as u32).max(860);
-        let root = BitMapBackend::new(path, (width, 480)).into_drawing_area();
-        root.fill(&WHITE).map_err(|e| err(&e))?;
-        let font = font();
-        let mut builder = ChartBuilder::on(&root);
-        builder
-            .margin(15)
-            .x_label_area_size(45)
-            .y_label_area_size(60);
-        if let Some(font) = font {
-            builder.caption(
-                "Seed systems: our weighted F1 on MELD (their figures: other datasets, not drawn)",
-                (font, 17),
-            );
-        }
-        let mut chart = builder
-            .build_cartesian_2d(0.5f64..n as f64 + 0.5, 0f64..1.0)
-            .map_err(|e| err(&e))?;
-        if let Some(font) = font {
-            let labels: Vec<String> = self.rows.iter().map(|r| r.name.clone()).collect();
-            chart
-                .configure_mesh()
-                .disable_x_mesh()
-                .x_labels(n + 1)
-                .x_label_formatter(&|x| {
-                    let i = x.round();
-                    if (x - i).abs() < 1e-6 && i >= 1.0 {
-                        labels.get(i as usize - 1).cloned().unwrap_or_default()
-                    } else {
-                        String::new()
-                    }
-                })
-                .y_desc("weighted F1 (MELD)")
-                .label_style((font, 14))
-                .light_line_style(WHITE)
-                .draw()
-                .map_err(|e| err(&e))?;
-        }
         let colours = [RGBColor(31, 119, 180), RGBColor(255, 127, 14)];
-        for (k, (split, colour)) in ["valid", "test"].iter().zip(colours).enumerate() {
-            let bars: Vec<Rectangle<(f64, f64)>> = self
-                .ours
-                .iter()
-                .enumerate()
-                .filter_map(|(i, r)| {
-                    let (valid, test) = scores(r);
-                    let s = if k == 0 { valid } else { test }?;
-                    let left = i as f64 + 1.0 - 0.35 + k as f64 * 0.35;
-                    Some(Rectangle::new(
-                        [(left, 0.0), (left + 0.32, s.weighted_f1)],
-                        colour.filled(),
-                    ))
-                })
-                .collect();
-            let drawn = chart.draw_series(bars).map_err(|e| err(&e))?;
-            if font.is_some() {
-                drawn
-                    .label(format!("ours, MELD {split}"))
-                    .legend(move |(x, y)| {
-                        Rectangle::new([(x, y - 5), (x + 12, y + 5)], colour.filled())
-                    });
-            }
-        }
+        let series = ["valid", "test"]
+            .iter()
+            .zip(colours)
+            .enumerate()
+            .map(|(k, (split, colour))| {
+                let bars = self
+                    .ours
+                    .iter()
+                    .enumerate()
+                    .filter_map(|(i, r)| {
+                        let (valid, test) = scores(r);
+                        let s = if k == 0 { valid } else { test }?;
+                        let left = i as f64 + 1.0 - 0.35 + k as f64 * 0.35;
+                        Some(Rectangle::new(
+                            [(left, 0.0), (left + 0.32, s.weighted_f1)],
+                            colour.filled(),
+                        ))
+                    })
+                    .collect();
+                (format!("ours, MELD {split}"), colour, bars)
+            })
+            .collect();
         let floor = super::render::ALL_NEUTRAL_WEIGHTED_F1;
-        let line = chart
-            .draw_series(LineSeries::new(
-                [(0.5, floor), (n as f64 + 0.5, floor)],
-                BLACK.mix(0.5).stroke_width(1),
-            ))
-            .map_err(|e| err(&e))?;
-        if let Some(font) = font {
-            line.label(format!("always \"neutral\" on valid ({floor:.2})"))
-                .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 12, y)], BLACK.mix(0.5)));
-            chart
-                .configure_series_labels()
-                .position(SeriesLabelPosition::UpperRight)
-                .label_font((font, 14))
-                .background_style(WHITE.mix(0.85))
-                .border_style(BLACK)
-                .draw()
-                .map_err(|e| err(&e))?;
-        }
-        root.present().map_err(|e| err(&e))
+        let chart = super::render::RowChart {
+            size: ((260 + 120 * self.rows.len() as u32).max(860), 480),
+            caption:
+                "Seed systems: our weighted F1 on MELD (their figures: other datasets, not drawn)",
+            caption_size: 17,
+            labels: self.rows.iter().map(|r| r.name.clone()).collect(),
+            x_desc: None,
+            y_desc: "weighted F1 (MELD)",
+            y_max: 1.0,
+            floor_label: format!("always \"neutral\" on valid ({floor:.2})"),
+            legend: SeriesLabelPosition::UpperRight,
+        };
+        super::render::draw_row_chart(path, &chart, series)
     }
 }
 
