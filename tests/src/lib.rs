@@ -310,3 +310,13 @@ pub fn seed_config(file: &str, keys: &[(&str, &str)], drop: &[&str]) -> String {
     }
     out
 }
+
+/// The run folder `erc-train` printed (its `run folder: PATH` line).
+pub fn run_folder(output: &Output) -> PathBuf {
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("run folder: "))
+        .map(|l| PathBuf::from(l.trim()))
+        .unwrap_or_else(|| panic!("no run folder in:\n{stdout}"))
+}

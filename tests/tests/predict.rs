@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::OnceLock;
 
-use meld_erc_tests::{bin, read_csv_maps, repo, run_ok, synth, write_glove};
+use meld_erc_tests::{bin, read_csv_maps, repo, run_folder, run_ok, synth, write_glove};
 
 struct Setup {
     dir: meld_erc_tests::Scratch,
@@ -46,12 +46,7 @@ fn setup() -> &'static Setup {
                 .arg(&glove)
                 .args(["--epochs", "4"]),
         );
-        let stdout = String::from_utf8_lossy(&output.stdout);
-        let run = stdout
-            .lines()
-            .find_map(|l| l.strip_prefix("run folder: "))
-            .map(|l| PathBuf::from(l.trim()))
-            .unwrap_or_else(|| panic!("no run folder in:\n{stdout}"));
+        let run = run_folder(&output);
         Setup {
             dir,
             raw,

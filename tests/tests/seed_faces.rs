@@ -10,7 +10,9 @@ use std::process::Stdio;
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
-use meld_erc_tests::{bin, model_file, run_ok, run_summary, seed_config, split_f1, synth};
+use meld_erc_tests::{
+    bin, model_file, run_folder, run_ok, run_summary, seed_config, split_f1, synth,
+};
 
 struct Dataset {
     dir: meld_erc_tests::Scratch,
@@ -66,12 +68,7 @@ fn train(config: &Path, out: &Path) -> PathBuf {
             .arg("--out")
             .arg(out),
     );
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    stdout
-        .lines()
-        .find_map(|l| l.strip_prefix("run folder: "))
-        .map(|l| PathBuf::from(l.trim()))
-        .unwrap_or_else(|| panic!("no run folder in:\n{stdout}"))
+    run_folder(&output)
 }
 
 /// Rows 07–09 as the table runs them: `--dry-run` passes on a `--faces` dataset, `--smoke` takes one step each.

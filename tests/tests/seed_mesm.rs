@@ -8,7 +8,9 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::OnceLock;
 
-use meld_erc_tests::{backbone_fixture, bin, run_ok, seed_config};
+use meld_erc_tests::{
+    backbone_fixture, bin, run_folder, run_ok, run_summary, seed_config, split_f1,
+};
 
 struct Dataset {
     dir: PathBuf,
@@ -71,27 +73,10 @@ fn mesm_configs_learn_the_synth_cues_and_report_the_positions_kept() {
                 .arg("--out")
                 .arg(ds.dir.join("runs")),
         );
-        let stdout = String::from_utf8_lossy(&output.stdout);
         let stderr = String::from_utf8_lossy(&output.stderr);
-        let run = stdout
-            .lines()
-            .find_map(|l| l.strip_prefix("run folder: "))
-            .map(|l| PathBuf::from(l.trim()))
-            .unwrap_or_else(|| panic!("no run folder in:\n{stdout}"));
-        let summary: serde_json::Value =
-            serde_json::from_str(&std::fs::read_to_string(run.join("summary.json")).unwrap())
-                .unwrap();
-        let f1 = |split: &str| {
-            summary["splits"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .find(|s| s["split"] == split)
-                .unwrap()["f1_weighted"]
-                .as_f64()
-                .unwrap()
-        };
-        let (valid, test) = (f1("valid"), f1("test"));
+        let run = run_folder(&output);
+        let summary = run_summary(&run);
+        let (valid, test) = (split_f1(&summary, "valid"), split_f1(&summary, "test"));
         // (visual, audio) per epoch
         let epochs: Vec<(f64, f64)> = std::fs::read_to_string(run.join("metrics.jsonl"))
             .unwrap()

@@ -9,7 +9,8 @@ use std::process::Command;
 use std::sync::OnceLock;
 
 use meld_erc_tests::{
-    backbone_fixture, bin, read_csv_maps, repo, run_ok, run_summary, seed_config, split_f1,
+    backbone_fixture, bin, read_csv_maps, repo, run_folder, run_ok, run_summary, seed_config,
+    split_f1,
 };
 
 struct Dataset {
@@ -71,12 +72,7 @@ fn tmn_and_its_ablations_learn_the_synth_cues() {
                 .arg("--out")
                 .arg(&out),
         );
-        let stdout = String::from_utf8_lossy(&output.stdout);
-        let run = stdout
-            .lines()
-            .find_map(|l| l.strip_prefix("run folder: "))
-            .map(|l| PathBuf::from(l.trim()))
-            .unwrap_or_else(|| panic!("no run folder in:\n{stdout}"));
+        let run = run_folder(&output);
         let s = run_summary(&run);
         let (valid, test) = (split_f1(&s, "valid"), split_f1(&s, "test"));
         eprintln!("{file}: valid weighted F1 {valid:.4}, test {test:.4}");
@@ -283,12 +279,7 @@ fn both_frames_lstm_configs_learn_the_synth_cues() {
                 .arg("--visual-model")
                 .arg(tiny_resnet()),
         );
-        let stdout = String::from_utf8_lossy(&output.stdout);
-        let run = stdout
-            .lines()
-            .find_map(|l| l.strip_prefix("run folder: "))
-            .map(|l| PathBuf::from(l.trim()))
-            .unwrap_or_else(|| panic!("no run folder in:\n{stdout}"));
+        let run = run_folder(&output);
         let s = run_summary(&run);
         let (valid, test) = (split_f1(&s, "valid"), split_f1(&s, "test"));
         eprintln!(
@@ -311,7 +302,7 @@ fn both_frames_lstm_configs_learn_the_synth_cues() {
 }
 
 /// Rows 10 and 11 of the seeds table pass `--dry-run` (with the tiny ResNet; without it, row 10 names the ImageNet
-/// checkpoint it lacks, row 11 needs none). Their `--smoke` training step is `seed_systems.rs`'s, with every row's.
+/// checkpoint it lacks, row 11 needs none). Their training steps are the learning test's above.
 #[test]
 fn the_seeds_table_dry_runs_rows_10_and_11() {
     let ds = dataset();

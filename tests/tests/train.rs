@@ -11,7 +11,9 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::OnceLock;
 
-use meld_erc_tests::{backbone_fixture, bin, repo, run_ok, run_summary, split_f1, write_glove};
+use meld_erc_tests::{
+    backbone_fixture, bin, repo, run_folder, run_ok, run_summary, split_f1, write_glove,
+};
 
 /// Synth durations (30 train dialogues, seed 3; dev and test get MELD's proportions, ≈ 11% and 27%).
 const DIALOGUES_DURATIONS: &str = "1-2";
@@ -65,12 +67,7 @@ fn train(name: &str, yaml: &str, extra: &[&str]) -> PathBuf {
             .arg(&ds.glove)
             .args(extra),
     );
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    let line = stdout
-        .lines()
-        .find_map(|l| l.strip_prefix("run folder: "))
-        .unwrap_or_else(|| panic!("no run folder in:\n{stdout}"));
-    PathBuf::from(line.trim())
+    run_folder(&output)
 }
 
 fn epochs(run: &Path) -> Vec<serde_json::Value> {
@@ -434,15 +431,8 @@ fn a_constant_encoder_is_flagged_by_the_feature_variance_diagnostic() {
             .arg(&ds.glove)
             .args(["--max-rows", "48"]),
     );
-    let stdout = String::from_utf8_lossy(&output.stdout);
     let stderr = String::from_utf8_lossy(&output.stderr);
-    let run = PathBuf::from(
-        stdout
-            .lines()
-            .find_map(|l| l.strip_prefix("run folder: "))
-            .unwrap_or_else(|| panic!("no run folder in:\n{stdout}"))
-            .trim(),
-    );
+    let run = run_folder(&output);
     let lines = epochs(&run);
     assert_eq!(lines.len(), 2);
     for line in &lines {
